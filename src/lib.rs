@@ -1,0 +1,7 @@
+//! `egress-authz`: an Envoy external-authorization (ext_authz) service for Istio egress gateways.
+//!
+//! It decides, per HTTP request and per TCP connection, whether a mesh workload (its SPIFFE identity)
+//! may reach an external host (SNI/Host, port, method, path), from YAML rules it hot-reloads.
+//! `policy` is the pure decision logic; everything else adapts it to gRPC, files, metrics and the CLI.
+
+pub mod policy;

@@ -1,0 +1,28 @@
+//! The decision logic: rule files in, decisions out. Pure, synchronous and deterministic.
+//!
+//! This module must not depend on tonic, prost, envoy-types, notify, tokio or arc-swap: gRPC, files and
+//! metrics are adapters around it (CI greps for such paths). The semantics are documented in the README,
+//! "Decision semantics", and tested next to the code and in `policy/tests.rs`.
+
+mod compile;
+mod decision;
+mod host;
+mod identity;
+mod matcher;
+mod rule;
+mod spec;
+#[cfg(test)]
+mod tests;
+
+pub use compile::{
+    CompileError, CompileErrorKind, CompileWarning, DEFAULT_TRUST_DOMAIN, Location, SourceFile, compile, lint,
+};
+pub use decision::{
+    Decision, DryRunVerdict, EgressRequest, Explanation, HttpRequest, OwnedIdentity, Policy, Protocol, Reason,
+    RuleTrace, Settings, Verdict,
+};
+pub use host::{NormalizedHost, authority_host, is_istio_cluster_sni, is_valid_dns_name};
+pub use identity::{Caller, Identity, parse_spiffe_id};
+pub use matcher::{HostPattern, InvalidPattern, PathPattern, ServiceAccountPattern, StringPattern};
+pub use rule::{Condition, FromConditions, HttpInput, MatchInput, Rule, RuleOrigin, ToConditions};
+pub use spec::{Action, FromSpec, RuleFile, RuleSpec, ToSpec};

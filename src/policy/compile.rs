@@ -1,0 +1,552 @@
+//! Rule files → [`Policy`]: parse, validate everything, normalise, locate every error.
+//!
+//! Compilation is all-or-nothing and reports *every* error it finds (so `validate` shows them all at
+//! once), each with file, line and column. No I/O happens here: the caller hands in file contents.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use super::decision::{Policy, Settings};
+use super::identity::is_valid_trust_domain;
+use super::matcher::{
+    HostPattern, InvalidPattern, PathPattern, ServiceAccountPattern, StringPattern, parse_method,
+};
+use super::rule::{FromConditions, Rule, RuleOrigin, ToConditions};
+use super::spec::{Action, FromSpec, RuleFile, RuleSpec, ToSpec};
+
+/// The trust domain Istio uses unless the mesh configures another.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+/// A rule file's name (as shown in errors) and contents.
+#[derive(Clone, Debug)]
+pub struct SourceFile {
+    /// The path as given by the user, used in messages.
+    pub name: String,
+    /// The file's text.
+    pub text: String,
+}
+
+/// A place in a rule file, 1-based.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// The file's name.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+/// One problem in the rule files, located.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{location}: {}{kind}", rule.as_ref().map(|r| format!("rule {r:?}: ")).unwrap_or_default())]
+pub struct CompileError {
+    /// Where the problem is.
+    pub location: Location,
+    /// The rule it belongs to, if any.
+    pub rule: Option<String>,
+    /// What the problem is.
+    pub kind: CompileErrorKind,
+}
+
+/// What is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CompileErrorKind {
+    /// The YAML does not parse or does not fit the schema (includes unknown fields).
+    #[error("{0}")]
+    Syntax(String),
+    /// The file holds no YAML document at all (a truncated or half-written file).
+    #[error("the file is empty")]
+    EmptyFile,
+    /// A rule name that is not a DNS-label-like identifier.
+    #[error("rule names must match [a-z0-9]([-a-z0-9.]*[a-z0-9])?")]
+    InvalidRuleName,
+    /// Two rules with the same name.
+    #[error("duplicate rule name; first defined at {first}")]
+    DuplicateRuleName {
+        /// Where the first rule with that name is.
+        first: Location,
+    },
+    /// A value that is not a valid pattern for its field.
+    #[error("{field}: {value:?}: {source}")]
+    InvalidValue {
+        /// The field, as written in the file (`to.hosts`).
+        field: &'static str,
+        /// The offending value.
+        value: String,
+        /// Why it is invalid.
+        source: InvalidPattern,
+    },
+    /// A `from:` or `to:` block with no condition in it: almost always a mistake that widens the rule.
+    #[error("'{0}' has no conditions; remove it to match any {1}")]
+    EmptyBlock(&'static str, &'static str),
+    /// A top-level setting given differently in two files.
+    #[error("{setting} conflicts with the value set at {other}")]
+    ConflictingSetting {
+        /// The setting's name.
+        setting: &'static str,
+        /// Where the other value is.
+        other: Location,
+    },
+    /// An invalid or empty `trustDomains`.
+    #[error("trustDomains: {0}")]
+    InvalidTrustDomains(String),
+}
+
+/// Something valid but probably not what the author meant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompileWarning {
+    /// Where it is.
+    pub location: Location,
+    /// What is suspicious.
+    pub message: String,
+}
+
+impl fmt::Display for CompileWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: warning: {}", self.location, self.message)
+    }
+}
+
+/// Compiles rule files, in the order given, into one policy; or returns every error found.
+pub fn compile(files: &[SourceFile]) -> Result<Policy, Vec<CompileError>> {
+    let mut errors = Vec::new();
+    let mut settings = SettingsBuilder::default();
+    let mut rules = Vec::new();
+    let mut first_by_name: HashMap<String, Location> = HashMap::new();
+
+    for (file_index, file) in files.iter().enumerate() {
+        let Some(parsed) = parse_file(file, &mut errors) else {
+            continue;
+        };
+        let locator = Locator::new(file);
+        settings.merge(&parsed, &locator, &mut errors);
+        let mut search_from = 0;
+        for spec in parsed.rules {
+            let (rule_offset, location) = locator.rule(&spec.name, search_from);
+            search_from = rule_offset + 1;
+            let mut report = |kind| {
+                errors.push(CompileError {
+                    location: location.clone(),
+                    rule: Some(spec.name.clone()),
+                    kind,
+                });
+            };
+            if !is_valid_rule_name(&spec.name) {
+                report(CompileErrorKind::InvalidRuleName);
+            }
+            match first_by_name.get(&spec.name) {
+                Some(first) => report(CompileErrorKind::DuplicateRuleName {
+                    first: first.clone(),
+                }),
+                None => {
+                    first_by_name.insert(spec.name.clone(), location.clone());
+                }
+            }
+            let origin = RuleOrigin {
+                file: file_index,
+                line: location.line,
+            };
+            match compile_rule(spec.clone(), origin) {
+                Ok(rule) => rules.push(rule),
+                Err(kinds) => {
+                    for (kind, value) in kinds {
+                        let at = value
+                            .and_then(|v| locator.value_after(rule_offset, &v))
+                            .unwrap_or_else(|| location.clone());
+                        errors.push(CompileError {
+                            location: at,
+                            rule: Some(spec.name.clone()),
+                            kind,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    let settings = settings.finish(&mut errors);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let file_names = files.iter().map(|f| f.name.clone()).collect();
+    Ok(Policy::new(settings, rules, file_names, digest(files)))
+}
+
+/// Lists rules that can never match, and similar cheap-to-spot mistakes.
+pub fn lint(policy: &Policy) -> Vec<CompileWarning> {
+    let mut warnings = Vec::new();
+    let location = |rule: &Rule| Location {
+        file: policy.files()[rule.origin.file].clone(),
+        line: rule.origin.line,
+        column: 1,
+    };
+    let catch_all_deny = policy
+        .rules()
+        .iter()
+        .find(|r| r.action == Action::Deny && !r.dry_run && r.from.is_none() && r.to.is_none());
+    for rule in policy.rules() {
+        if let Some(deny) = catch_all_deny
+            && rule.action == Action::Allow
+        {
+            warnings.push(CompileWarning {
+                location: location(rule),
+                message: format!(
+                    "rule {:?} can never allow anything: DENY rule {:?} matches every request and DENY rules are evaluated first",
+                    rule.name, deny.name
+                ),
+            });
+        }
+        for principal in rule.from.iter().flat_map(|f| f.principals.iter()) {
+            if let StringPattern::Exact(p) | StringPattern::Prefix(p) = principal {
+                let td = p.split('/').next().unwrap_or_default();
+                let complete_td = matches!(principal, StringPattern::Exact(_)) || p.contains('/');
+                if complete_td && !policy.settings().trust_domains.iter().any(|t| t == td) {
+                    warnings.push(CompileWarning {
+                        location: location(rule),
+                        message: format!(
+                            "rule {:?}: principal {p:?} is in trust domain {td:?}, which is not in trustDomains, so it never matches",
+                            rule.name
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    warnings
+}
+
+fn parse_file(file: &SourceFile, errors: &mut Vec<CompileError>) -> Option<RuleFile> {
+    let at = |line, column| Location {
+        file: file.name.clone(),
+        line,
+        column,
+    };
+    if file.text.trim().is_empty() || file.text.lines().all(|l| l.trim_start().starts_with('#') || l.trim().is_empty()) {
+        errors.push(CompileError {
+            location: at(1, 1),
+            rule: None,
+            kind: CompileErrorKind::EmptyFile,
+        });
+        return None;
+    }
+    match yaml_serde::from_str::<RuleFile>(&file.text) {
+        Ok(parsed) => Some(parsed),
+        Err(error) => {
+            let (line, column) = error.location().map_or((1, 1), |l| (l.line(), l.column()));
+            // The message repeats the location at its end; keep just the cause.
+            let message = error.to_string();
+            let message = message
+                .rsplit_once(" at line ")
+                .map_or(message.as_str(), |(cause, _)| cause)
+                .to_owned();
+            errors.push(CompileError {
+                location: at(line, column),
+                rule: None,
+                kind: CompileErrorKind::Syntax(message),
+            });
+            None
+        }
+    }
+}
+
+fn is_valid_rule_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let inner = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.');
+    let edge = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    match bytes {
+        [] => false,
+        [only] => edge(only),
+        [first, middle @ .., last] => edge(first) && edge(last) && middle.iter().all(inner),
+    }
+}
+
+type RuleErrors = Vec<(CompileErrorKind, Option<String>)>;
+
+fn compile_rule(spec: RuleSpec, origin: RuleOrigin) -> Result<Rule, RuleErrors> {
+    // Exhaustive destructuring: a new field in the file format does not compile until it is handled here.
+    let RuleSpec {
+        name,
+        action,
+        dry_run,
+        from,
+        to,
+        description,
+        owner,
+    } = spec;
+    let mut errors = Vec::new();
+    let from = from.map(|f| compile_from(f, &mut errors));
+    let to = to.map(|t| compile_to(t, &mut errors));
+    if from.as_ref().is_some_and(FromConditions::is_empty) {
+        errors.push((CompileErrorKind::EmptyBlock("from", "caller"), None));
+    }
+    if to.as_ref().is_some_and(ToConditions::is_empty) {
+        errors.push((CompileErrorKind::EmptyBlock("to", "destination"), None));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Rule {
+        name,
+        action: action.unwrap_or(Action::Allow),
+        dry_run: dry_run.unwrap_or(false),
+        from,
+        to,
+        description,
+        owner,
+        origin,
+    })
+}
+
+fn compile_list<T>(
+    field: &'static str,
+    values: Vec<String>,
+    parse: impl Fn(&str) -> Result<T, InvalidPattern>,
+    errors: &mut RuleErrors,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(values.len());
+    for value in values {
+        match parse(&value) {
+            Ok(p) => out.push(p),
+            Err(source) => errors.push((
+                CompileErrorKind::InvalidValue {
+                    field,
+                    value: value.clone(),
+                    source,
+                },
+                Some(value),
+            )),
+        }
+    }
+    out
+}
+
+fn parse_principal(raw: &str) -> Result<StringPattern, InvalidPattern> {
+    StringPattern::parse(raw.strip_prefix("spiffe://").unwrap_or(raw))
+}
+
+fn compile_from(spec: FromSpec, errors: &mut RuleErrors) -> FromConditions {
+    let FromSpec {
+        namespaces,
+        service_accounts,
+        principals,
+        not_namespaces,
+        not_service_accounts,
+        not_principals,
+    } = spec;
+    FromConditions {
+        namespaces: compile_list("from.namespaces", namespaces, StringPattern::parse, errors),
+        service_accounts: compile_list(
+            "from.serviceAccounts",
+            service_accounts,
+            ServiceAccountPattern::parse,
+            errors,
+        ),
+        principals: compile_list("from.principals", principals, parse_principal, errors),
+        not_namespaces: compile_list("from.notNamespaces", not_namespaces, StringPattern::parse, errors),
+        not_service_accounts: compile_list(
+            "from.notServiceAccounts",
+            not_service_accounts,
+            ServiceAccountPattern::parse,
+            errors,
+        ),
+        not_principals: compile_list("from.notPrincipals", not_principals, parse_principal, errors),
+    }
+}
+
+fn compile_to(spec: ToSpec, errors: &mut RuleErrors) -> ToConditions {
+    let ToSpec {
+        hosts,
+        not_hosts,
+        ports,
+        methods,
+        paths,
+    } = spec;
+    if ports.contains(&0) {
+        errors.push((
+            CompileErrorKind::InvalidValue {
+                field: "to.ports",
+                value: "0".to_owned(),
+                source: InvalidPattern::InvalidPort,
+            },
+            None,
+        ));
+    }
+    ToConditions {
+        hosts: compile_list("to.hosts", hosts, HostPattern::parse, errors),
+        not_hosts: compile_list("to.notHosts", not_hosts, HostPattern::parse, errors),
+        ports,
+        methods: compile_list("to.methods", methods, parse_method, errors),
+        paths: compile_list("to.paths", paths, PathPattern::parse, errors),
+    }
+}
+
+/// Top-level settings seen so far, with where each was set.
+#[derive(Default)]
+struct SettingsBuilder {
+    default_action: Option<(Action, Location)>,
+    trust_domains: Option<(Vec<String>, Location)>,
+    require_sni_matches_host: Option<(bool, Location)>,
+}
+
+impl SettingsBuilder {
+    fn merge(&mut self, file: &RuleFile, locator: &Locator<'_>, errors: &mut Vec<CompileError>) {
+        fn merge_one<T: PartialEq + Clone>(
+            slot: &mut Option<(T, Location)>,
+            value: Option<&T>,
+            setting: &'static str,
+            locator: &Locator<'_>,
+            errors: &mut Vec<CompileError>,
+        ) {
+            let Some(value) = value else { return };
+            let here = locator.key(setting);
+            match slot {
+                Some((existing, other)) if existing != value => errors.push(CompileError {
+                    location: here,
+                    rule: None,
+                    kind: CompileErrorKind::ConflictingSetting {
+                        setting,
+                        other: other.clone(),
+                    },
+                }),
+                Some(_) => {}
+                None => *slot = Some((value.clone(), here)),
+            }
+        }
+        merge_one(&mut self.default_action, file.default_action.as_ref(), "defaultAction", locator, errors);
+        if let Some(tds) = &file.trust_domains {
+            let location = locator.key("trustDomains");
+            if tds.is_empty() {
+                errors.push(CompileError {
+                    location: location.clone(),
+                    rule: None,
+                    kind: CompileErrorKind::InvalidTrustDomains("at least one trust domain is required".into()),
+                });
+            }
+            for td in tds.iter().filter(|td| !is_valid_trust_domain(td)) {
+                errors.push(CompileError {
+                    location: locator.value_after(0, td).unwrap_or_else(|| location.clone()),
+                    rule: None,
+                    kind: CompileErrorKind::InvalidTrustDomains(format!(
+                        "{td:?} is not a SPIFFE trust domain (lower-case letters, digits, '.', '-', '_')"
+                    )),
+                });
+            }
+        }
+        let sorted = file.trust_domains.as_ref().map(|tds| {
+            let mut tds = tds.clone();
+            tds.sort();
+            tds.dedup();
+            tds
+        });
+        merge_one(&mut self.trust_domains, sorted.as_ref(), "trustDomains", locator, errors);
+        merge_one(
+            &mut self.require_sni_matches_host,
+            file.require_sni_matches_host.as_ref(),
+            "requireSniMatchesHost",
+            locator,
+            errors,
+        );
+    }
+
+    fn finish(self, _errors: &mut [CompileError]) -> Settings {
+        Settings {
+            default_action: self.default_action.map_or(Action::Deny, |(a, _)| a),
+            trust_domains: self
+                .trust_domains
+                .map_or_else(|| vec![DEFAULT_TRUST_DOMAIN.to_owned()], |(t, _)| t),
+            require_sni_matches_host: self.require_sni_matches_host.map_or(true, |(b, _)| b),
+        }
+    }
+}
+
+/// Finds where things are written in a file's text, for error locations. serde's model does not keep
+/// spans, so rules are found by their `name:` line (in order) and values by searching inside the rule.
+struct Locator<'a> {
+    file: &'a SourceFile,
+}
+
+impl<'a> Locator<'a> {
+    fn new(file: &'a SourceFile) -> Self {
+        Self { file }
+    }
+
+    fn at(&self, offset: usize) -> Location {
+        let before = &self.file.text[..offset.min(self.file.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+        Location {
+            file: self.file.name.clone(),
+            line,
+            column,
+        }
+    }
+
+    /// The byte offset and location of the `name: <name>` of a rule, searching from `from`.
+    fn rule(&self, name: &str, from: usize) -> (usize, Location) {
+        let text = &self.file.text;
+        let mut offset = from.min(text.len());
+        while let Some(found) = text[offset..].find("name:") {
+            let start = offset + found;
+            let line_end = text[start..].find('\n').map_or(text.len(), |e| start + e);
+            let value = text[start + "name:".len()..line_end].trim();
+            let value = value.split(" #").next().unwrap_or(value).trim().trim_matches(['"', '\'']);
+            if value == name {
+                return (start, self.at(start));
+            }
+            offset = start + 1;
+        }
+        (from, self.at(from))
+    }
+
+    /// The location of the first occurrence of `value` at or after `from`.
+    fn value_after(&self, from: usize, value: &str) -> Option<Location> {
+        let text = &self.file.text;
+        let from = from.min(text.len());
+        text[from..].find(value).map(|i| self.at(from + i))
+    }
+
+    /// The location of a top-level key.
+    fn key(&self, key: &str) -> Location {
+        let text = &self.file.text;
+        let mut offset = 0;
+        for line in text.split_inclusive('\n') {
+            if line.starts_with(key) && line[key.len()..].trim_start().starts_with(':') {
+                return self.at(offset);
+            }
+            offset += line.len();
+        }
+        self.at(0)
+    }
+}
+
+fn digest(files: &[SourceFile]) -> String {
+    let mut hasher = Sha256::new();
+    for file in files {
+        // The base name, not the path: the same ConfigMap mounted anywhere has the same digest.
+        let name = std::path::Path::new(&file.name)
+            .file_name()
+            .map_or(file.name.as_str(), |n| n.to_str().unwrap_or_default());
+        // Length-prefix each part so that moving bytes between name and text changes the digest.
+        for part in [name.as_bytes(), file.text.as_bytes()] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+    }
+    hasher
+        .finalize()
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, b| {
+            use std::fmt::Write as _;
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
+}

@@ -1,0 +1,407 @@
+//! The decision: [`Policy::decide`] turns an [`EgressRequest`] into a [`Decision`].
+//!
+//! Order (README, "Decision semantics"): the request must name a valid destination; then enforced DENY
+//! rules (any match denies), then enforced ALLOW rules (any match allows), else `defaultAction`.
+//! Dry-run rules are evaluated as if they were enforced too, and what that would have decided is reported
+//! beside the real outcome, never instead of it.
+
+use super::host::{NormalizedHost, authority_host, is_istio_cluster_sni};
+use super::identity::{Caller, Identity};
+use super::matcher::path_without_query;
+use super::rule::{Condition, HttpInput, MatchInput, Rule};
+use super::spec::Action;
+
+/// Top-level settings of a rule set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Outcome when no rule matches.
+    pub default_action: Action,
+    /// Trusted SPIFFE trust domains, sorted.
+    pub trust_domains: Vec<String>,
+    /// Deny HTTP requests whose SNI differs from their host.
+    pub require_sni_matches_host: bool,
+}
+
+/// A compiled rule set. Immutable: reloads build a new one and swap it in.
+#[derive(Debug)]
+pub struct Policy {
+    settings: Settings,
+    rules: Vec<Rule>,
+    files: Vec<String>,
+    digest: String,
+    /// Indexes into `rules`, in file order, split by what they do so each pass scans only its own kind.
+    enforced_deny: Vec<usize>,
+    enforced_allow: Vec<usize>,
+    has_dry_run: bool,
+}
+
+/// Whether Envoy's check came from the HTTP filter or the network (TCP) filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// `envoy.filters.http.ext_authz`: has method, path and `:authority`.
+    Http,
+    /// `envoy.filters.network.ext_authz`: only the connection (principal, SNI, port).
+    Tcp,
+}
+
+impl Protocol {
+    /// The label value used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
+/// What a check says, as raw borrowed fields: the policy does all validation and normalisation itself,
+/// so the gRPC adapter cannot get the semantics wrong. Empty strings mean "absent", as in protobuf.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EgressRequest<'a> {
+    /// HTTP or TCP; `None` is treated as TCP (no HTTP attributes).
+    pub http: Option<HttpRequest<'a>>,
+    /// `source.principal`.
+    pub principal: &'a str,
+    /// `destination.service`: the SNI on TCP checks when the gateway runs a `tls_inspector`.
+    pub destination_service: &'a str,
+    /// `tls_session.sni`, sent only with `include_tls_session`.
+    pub sni: &'a str,
+    /// The port of `destination.address`.
+    pub port: Option<u16>,
+}
+
+/// The HTTP attributes of a check.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HttpRequest<'a> {
+    /// `:authority` / `request.http.host`, possibly with a port.
+    pub authority: &'a str,
+    /// `:method`.
+    pub method: &'a str,
+    /// `:path`, possibly with a query string.
+    pub path: &'a str,
+}
+
+impl EgressRequest<'_> {
+    /// HTTP or TCP.
+    pub fn protocol(&self) -> Protocol {
+        if self.http.is_some() { Protocol::Http } else { Protocol::Tcp }
+    }
+}
+
+/// Allow or deny.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// The request may proceed.
+    Allow,
+    /// The request is refused.
+    Deny,
+}
+
+impl Verdict {
+    /// `allow` / `deny`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
+}
+
+impl From<Action> for Verdict {
+    fn from(action: Action) -> Self {
+        match action {
+            Action::Allow => Self::Allow,
+            Action::Deny => Self::Deny,
+        }
+    }
+}
+
+/// Why a decision was made. A fixed set: these codes appear in metrics, headers and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// An enforced ALLOW rule matched.
+    AllowedByRule,
+    /// No rule matched and `defaultAction` is ALLOW.
+    DefaultAllow,
+    /// An enforced DENY rule matched.
+    DeniedByRule,
+    /// No rule matched and `defaultAction` is DENY.
+    NoMatchingRule,
+    /// No rule matched, the default is DENY, and the caller had no usable identity (none, malformed, or
+    /// from an untrusted trust domain): says why rules with `from` could not match.
+    InvalidPrincipal,
+    /// The check names no destination host (no `:authority`; no SNI on TCP).
+    NoDestinationHost,
+    /// The destination is neither a DNS name nor an IP literal.
+    InvalidHost,
+    /// The TLS SNI names a different host than the HTTP `:authority` (domain fronting).
+    SniHostMismatch,
+}
+
+impl Reason {
+    /// Every reason, for documentation and for pre-registering metrics.
+    pub const ALL: [Self; 8] = [
+        Self::AllowedByRule,
+        Self::DefaultAllow,
+        Self::DeniedByRule,
+        Self::NoMatchingRule,
+        Self::InvalidPrincipal,
+        Self::NoDestinationHost,
+        Self::InvalidHost,
+        Self::SniHostMismatch,
+    ];
+
+    /// The stable reason code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AllowedByRule => "allowed_by_rule",
+            Self::DefaultAllow => "default_allow",
+            Self::DeniedByRule => "denied_by_rule",
+            Self::NoMatchingRule => "no_matching_rule",
+            Self::InvalidPrincipal => "invalid_principal",
+            Self::NoDestinationHost => "no_destination_host",
+            Self::InvalidHost => "invalid_host",
+            Self::SniHostMismatch => "sni_host_mismatch",
+        }
+    }
+}
+
+/// What dry-run rules would have decided had they been enforced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DryRunVerdict<'p> {
+    /// The dry-run rule that would have decided, or else the first dry-run rule that matched.
+    pub rule: &'p Rule,
+    /// The outcome with dry-run rules enforced.
+    pub verdict: Verdict,
+}
+
+/// The outcome of a check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision<'p> {
+    /// Allow or deny.
+    pub verdict: Verdict,
+    /// Why.
+    pub reason: Reason,
+    /// The deciding rule, if one decided.
+    pub rule: Option<&'p Rule>,
+    /// Present when at least one dry-run rule matched.
+    pub dry_run: Option<DryRunVerdict<'p>>,
+}
+
+impl Decision<'_> {
+    fn refused(reason: Reason) -> Self {
+        Self {
+            verdict: Verdict::Deny,
+            reason,
+            rule: None,
+            dry_run: None,
+        }
+    }
+
+    /// True when the dry-run verdict differs from the enforced one.
+    pub fn dry_run_disagrees(&self) -> bool {
+        self.dry_run.is_some_and(|d| d.verdict != self.verdict)
+    }
+}
+
+/// A trusted caller identity, owned so an explanation outlives its request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedIdentity {
+    /// Trust domain.
+    pub trust_domain: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service account.
+    pub service_account: String,
+}
+
+/// Per-rule result in an explanation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleTrace<'p> {
+    /// The rule.
+    pub rule: &'p Rule,
+    /// `Ok` if it matched, else the first condition it failed.
+    pub outcome: Result<(), Condition>,
+}
+
+/// A decision with how it was reached.
+#[derive(Clone, Debug)]
+pub struct Explanation<'p> {
+    /// The decision, exactly as `decide` returns it.
+    pub decision: Decision<'p>,
+    /// The caller, when it had a trusted identity.
+    pub identity: Option<OwnedIdentity>,
+    /// Why the caller has no trusted identity, when it has none.
+    pub identity_problem: Option<&'static str>,
+    /// The normalised destination host, when there was a valid one.
+    pub host: Option<String>,
+    /// Every rule in evaluation order; empty when the request was refused before rules were consulted.
+    pub rules: Vec<RuleTrace<'p>>,
+}
+
+// === impl Policy ===
+
+impl Policy {
+    pub(super) fn new(settings: Settings, rules: Vec<Rule>, files: Vec<String>, digest: String) -> Self {
+        let indexes = |action| {
+            rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| !r.dry_run && r.action == action)
+                .map(|(i, _)| i)
+                .collect()
+        };
+        Self {
+            enforced_deny: indexes(Action::Deny),
+            enforced_allow: indexes(Action::Allow),
+            has_dry_run: rules.iter().any(|r| r.dry_run),
+            settings,
+            rules,
+            files,
+            digest,
+        }
+    }
+
+    /// The top-level settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// All rules, in evaluation order (files in the order read, rules in file order).
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The files the policy was compiled from.
+    pub fn files(&self) -> &[String] {
+        &self.files
+    }
+
+    /// SHA-256 over the files' base names and contents: equal digests mean equal rule sets.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Decides a request. Pure and allocation-free.
+    pub fn decide<'p>(&'p self, request: &EgressRequest<'_>) -> Decision<'p> {
+        let caller = Caller::parse(request.principal);
+        let host = match self.destination(request) {
+            Ok(host) => host,
+            Err(reason) => return Decision::refused(reason),
+        };
+        let input = self.match_input(request, caller, host.as_str());
+        let matching = |indexes: &[usize]| indexes.iter().map(|&i| &self.rules[i]).find(|r| r.check(&input).is_ok());
+
+        let mut decision = if let Some(rule) = matching(&self.enforced_deny) {
+            Decision { verdict: Verdict::Deny, reason: Reason::DeniedByRule, rule: Some(rule), dry_run: None }
+        } else if let Some(rule) = matching(&self.enforced_allow) {
+            Decision { verdict: Verdict::Allow, reason: Reason::AllowedByRule, rule: Some(rule), dry_run: None }
+        } else {
+            self.default_decision(input.identity.is_some())
+        };
+        if self.has_dry_run {
+            decision.dry_run = self.dry_run(&input);
+        }
+        decision
+    }
+
+    /// Decides a request and records how every rule fared. Slower than `decide`; for `explain`.
+    pub fn explain<'p>(&'p self, request: &EgressRequest<'_>) -> Explanation<'p> {
+        let decision = self.decide(request);
+        let caller = Caller::parse(request.principal);
+        let identity = self.trusted(caller);
+        let identity_problem = match caller {
+            Caller::Missing => Some("no principal (the connection presented no client certificate)"),
+            Caller::Malformed => Some("principal is not a SPIFFE ID of the form spiffe://<td>/ns/<ns>/sa/<sa>"),
+            Caller::Spiffe(_) if identity.is_none() => Some("trust domain is not in trustDomains"),
+            Caller::Spiffe(_) => None,
+        };
+        let owned_identity = identity.map(|id| OwnedIdentity {
+            trust_domain: id.trust_domain.to_owned(),
+            namespace: id.namespace.to_owned(),
+            service_account: id.service_account.to_owned(),
+        });
+        let Ok(host) = self.destination(request) else {
+            return Explanation { decision, identity: owned_identity, identity_problem, host: None, rules: Vec::new() };
+        };
+        let input = self.match_input(request, caller, host.as_str());
+        let rules = self.rules.iter().map(|rule| RuleTrace { rule, outcome: rule.check(&input) }).collect();
+        Explanation {
+            decision,
+            identity: owned_identity,
+            identity_problem,
+            host: Some(host.as_str().to_owned()),
+            rules,
+        }
+    }
+
+    fn default_decision<'p>(&self, has_identity: bool) -> Decision<'p> {
+        let (verdict, reason) = match self.settings.default_action {
+            Action::Allow => (Verdict::Allow, Reason::DefaultAllow),
+            Action::Deny if has_identity => (Verdict::Deny, Reason::NoMatchingRule),
+            Action::Deny => (Verdict::Deny, Reason::InvalidPrincipal),
+        };
+        Decision { verdict, reason, rule: None, dry_run: None }
+    }
+
+    /// The decision with dry-run rules enforced too, if any dry-run rule matched.
+    fn dry_run<'p>(&'p self, input: &MatchInput<'_>) -> Option<DryRunVerdict<'p>> {
+        let first_dry_run = self.rules.iter().find(|r| r.dry_run && r.check(input).is_ok())?;
+        let decider = [Action::Deny, Action::Allow]
+            .into_iter()
+            .find_map(|action| self.rules.iter().find(|r| r.action == action && r.check(input).is_ok()));
+        Some(match decider {
+            Some(rule) if rule.dry_run => DryRunVerdict { rule, verdict: rule.action.into() },
+            Some(rule) => DryRunVerdict { rule: first_dry_run, verdict: rule.action.into() },
+            None => DryRunVerdict {
+                rule: first_dry_run,
+                verdict: self.default_decision(input.identity.is_some()).verdict,
+            },
+        })
+    }
+
+    fn trusted<'a>(&self, caller: Caller<'a>) -> Option<Identity<'a>> {
+        match caller {
+            Caller::Spiffe(id) if self.settings.trust_domains.iter().any(|td| td == id.trust_domain) => Some(id),
+            _ => None,
+        }
+    }
+
+    fn match_input<'a>(&self, request: &EgressRequest<'a>, caller: Caller<'a>, host: &'a str) -> MatchInput<'a> {
+        MatchInput {
+            identity: self.trusted(caller),
+            host,
+            port: request.port,
+            http: request.http.map(|http| HttpInput {
+                method: http.method,
+                path: path_without_query(http.path),
+            }),
+        }
+    }
+
+    /// The normalised destination host, or the reason the request cannot be decided on it.
+    fn destination(&self, request: &EgressRequest<'_>) -> Result<NormalizedHost, Reason> {
+        // Istio's auto-generated SNI names the gateway's cluster, not where the caller is going.
+        let real_sni = |sni: &str| !sni.is_empty() && !is_istio_cluster_sni(sni);
+        let Some(http) = request.http else {
+            let sni = [request.destination_service, request.sni]
+                .into_iter()
+                .find(|s| real_sni(s))
+                .ok_or(Reason::NoDestinationHost)?;
+            return NormalizedHost::parse(sni).ok_or(Reason::InvalidHost);
+        };
+        if http.authority.is_empty() {
+            return Err(Reason::NoDestinationHost);
+        }
+        let host = authority_host(http.authority)
+            .and_then(NormalizedHost::parse)
+            .ok_or(Reason::InvalidHost)?;
+        if self.settings.require_sni_matches_host && real_sni(request.sni) {
+            let sni = NormalizedHost::parse(request.sni);
+            if sni != Some(host) {
+                return Err(Reason::SniHostMismatch);
+            }
+        }
+        Ok(host)
+    }
+}

@@ -1,0 +1,135 @@
+//! Caller identity: the SPIFFE ID Envoy reports as `source.principal`.
+//!
+//! Istio issues X.509 SVIDs whose URI SAN is `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`,
+//! and Envoy copies the first URI SAN of the peer certificate into `source.principal`. Parsing is strict
+//! (SPIFFE ID rules plus Istio's exact five-segment shape) because a lenient parser is how a crafted
+//! certificate would borrow another namespace's rights. Parsing borrows from the request: no allocation.
+
+/// A caller identity parsed from a SPIFFE ID, borrowing the request's string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity<'a> {
+    /// The trust domain, e.g. `cluster.local`.
+    pub trust_domain: &'a str,
+    /// The Kubernetes namespace of the workload.
+    pub namespace: &'a str,
+    /// The Kubernetes service account of the workload.
+    pub service_account: &'a str,
+    /// The principal in Istio's form, without the `spiffe://` scheme: `<td>/ns/<ns>/sa/<sa>`.
+    pub principal: &'a str,
+}
+
+/// What the request says about its caller, before trust domains are considered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller<'a> {
+    /// No principal: the connection did not present a client certificate (no mTLS).
+    Missing,
+    /// A principal that is not a well-formed Istio SPIFFE ID.
+    Malformed,
+    /// A well-formed identity. Whether its trust domain is trusted is the policy's business.
+    Spiffe(Identity<'a>),
+}
+
+const SCHEME: &str = "spiffe://";
+
+impl<'a> Caller<'a> {
+    /// Classifies Envoy's `source.principal` (empty when the peer sent no certificate).
+    pub fn parse(principal: &'a str) -> Self {
+        if principal.is_empty() {
+            return Self::Missing;
+        }
+        match parse_spiffe_id(principal) {
+            Some(identity) => Self::Spiffe(identity),
+            None => Self::Malformed,
+        }
+    }
+}
+
+/// Parses `spiffe://<td>/ns/<ns>/sa/<sa>` exactly; anything else is `None`.
+pub fn parse_spiffe_id(id: &str) -> Option<Identity<'_>> {
+    let rest = id.strip_prefix(SCHEME)?;
+    let mut segments = rest.split('/');
+    let trust_domain = segments.next()?;
+    let ns_key = segments.next()?;
+    let namespace = segments.next()?;
+    let sa_key = segments.next()?;
+    let service_account = segments.next()?;
+    if segments.next().is_some() || ns_key != "ns" || sa_key != "sa" {
+        return None;
+    }
+    if !is_valid_trust_domain(trust_domain)
+        || !is_valid_path_segment(namespace)
+        || !is_valid_path_segment(service_account)
+    {
+        return None;
+    }
+    Some(Identity {
+        trust_domain,
+        namespace,
+        service_account,
+        principal: rest,
+    })
+}
+
+/// SPIFFE trust domain: lower-case letters, digits, `.`, `-`, `_`; no port, no user info.
+pub(super) fn is_valid_trust_domain(td: &str) -> bool {
+    !td.is_empty()
+        && td.len() <= 255
+        && td
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+/// SPIFFE path segment: non-empty, not `.` or `..`, only `[A-Za-z0-9._-]` (so no percent-encoding).
+fn is_valid_path_segment(segment: &str) -> bool {
+    !segment.is_empty()
+        && segment != "."
+        && segment != ".."
+        && segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_istio_identity() {
+        let id = parse_spiffe_id("spiffe://cluster.local/ns/otherns/sa/sleep-google").unwrap();
+        assert_eq!(id.trust_domain, "cluster.local");
+        assert_eq!(id.namespace, "otherns");
+        assert_eq!(id.service_account, "sleep-google");
+        assert_eq!(id.principal, "cluster.local/ns/otherns/sa/sleep-google");
+    }
+
+    #[test]
+    fn rejects_everything_that_is_not_exactly_an_istio_spiffe_id() {
+        for bad in [
+            "cluster.local/ns/default/sa/sleep",          // no scheme
+            "SPIFFE://cluster.local/ns/default/sa/sleep", // scheme is case-sensitive
+            "spiffe://Cluster.local/ns/default/sa/sleep", // upper-case trust domain
+            "spiffe:///ns/default/sa/sleep",              // empty trust domain
+            "spiffe://cluster.local/ns/default/sa/",      // empty service account
+            "spiffe://cluster.local/ns//sa/sleep",        // empty namespace
+            "spiffe://cluster.local/ns/default/sa/sleep/extra",
+            "spiffe://cluster.local/ns/default/sa/sleep/",
+            "spiffe://cluster.local/ns/default",
+            "spiffe://cluster.local/sa/sleep/ns/default",
+            "spiffe://cluster.local/ns/../sa/sleep",
+            "spiffe://cluster.local/ns/./sa/sleep",
+            "spiffe://cluster.local/ns/def%61ult/sa/sleep", // percent-encoding
+            "spiffe://cluster.local:443/ns/default/sa/sleep",
+            "spiffe://user@cluster.local/ns/default/sa/sleep",
+            "spiffe://cluster.local/ns/default/sa/sleep?x=1",
+            "spiffe://cluster.local/ns/default/sa/sl eep",
+        ] {
+            assert_eq!(parse_spiffe_id(bad), None, "{bad} must be rejected");
+            assert_eq!(Caller::parse(bad), Caller::Malformed, "{bad}");
+        }
+    }
+
+    #[test]
+    fn empty_principal_is_missing_not_malformed() {
+        assert_eq!(Caller::parse(""), Caller::Missing);
+    }
+}

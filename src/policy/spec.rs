@@ -1,0 +1,107 @@
+//! The rule file as a person writes it. This is a contract: field names and meanings are documented in
+//! the README, and unknown fields are rejected everywhere so a typo (`namespace:`) is an error, not a
+//! silently wider rule.
+
+use serde::Deserialize;
+
+/// One YAML rule file. Top-level settings are optional so a directory of files (a ConfigMap with several
+/// keys) can set them once; when two files both set one, they must agree.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuleFile {
+    /// The outcome when no rule matches. Default `DENY`.
+    pub default_action: Option<Action>,
+    /// Trust domains whose identities may match `from` conditions. Default `[cluster.local]`.
+    pub trust_domains: Option<Vec<String>>,
+    /// Deny an HTTP request whose TLS SNI names another host than its `:authority`. Default `true`.
+    pub require_sni_matches_host: Option<bool>,
+    /// The rules, evaluated as documented in the README ("Decision semantics").
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+}
+
+/// What a rule (or the default) does with a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+pub enum Action {
+    /// Let the request through.
+    #[serde(rename = "ALLOW")]
+    Allow,
+    /// Refuse the request.
+    #[serde(rename = "DENY")]
+    Deny,
+}
+
+impl Action {
+    /// The lower-case name used in metrics, logs and metadata.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
+}
+
+/// One rule.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuleSpec {
+    /// Unique across all files; `[a-z0-9]([-a-z0-9.]*[a-z0-9])?`.
+    pub name: String,
+    /// `ALLOW` (default) or `DENY`.
+    pub action: Option<Action>,
+    /// Evaluated and reported, never enforced. Default `false`.
+    pub dry_run: Option<bool>,
+    /// Who is calling. Absent: anyone, including callers without an identity.
+    pub from: Option<FromSpec>,
+    /// Where the request goes. Absent: anywhere.
+    pub to: Option<ToSpec>,
+    /// Free text, kept and reported, never matched.
+    pub description: Option<String>,
+    /// Who to ask about this rule, kept and reported, never matched.
+    pub owner: Option<String>,
+}
+
+/// Conditions on the caller. Every non-empty field must match; values inside a field are alternatives.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FromSpec {
+    /// Caller namespaces: exact, `*`, `prefix*` or `*suffix`.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Caller service accounts as `<namespace>/<name>`, the same wildcards per part.
+    #[serde(default)]
+    pub service_accounts: Vec<String>,
+    /// Caller principals in Istio's form `<td>/ns/<ns>/sa/<sa>` (a `spiffe://` prefix is accepted).
+    #[serde(default)]
+    pub principals: Vec<String>,
+    /// The caller's namespace must match none of these.
+    #[serde(default)]
+    pub not_namespaces: Vec<String>,
+    /// The caller's service account must match none of these.
+    #[serde(default)]
+    pub not_service_accounts: Vec<String>,
+    /// The caller's principal must match none of these.
+    #[serde(default)]
+    pub not_principals: Vec<String>,
+}
+
+/// Conditions on the destination. Every non-empty field must match; values inside a field are alternatives.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ToSpec {
+    /// Destination hosts: exact, `*.domain` (one label), `**.domain` (one or more labels) or `*`.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// The destination host must match none of these.
+    #[serde(default)]
+    pub not_hosts: Vec<String>,
+    /// Ports the gateway received the connection on.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// HTTP methods (HTTP only).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// HTTP paths, exact or prefix ending in `*`, matched without the query string (HTTP only).
+    #[serde(default)]
+    pub paths: Vec<String>,
+}

@@ -1,0 +1,366 @@
+//! Network pieces of the e2e harness: loopback stand-ins for the external hosts, the mTLS clients that
+//! play the mesh workloads, and a tiny HTTP/1.1 GET for admin endpoints. All I/O is bounded by timeouts.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One request as seen by an HTTP stand-in.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub method: String,
+    pub path: String,
+    pub host: String,
+    pub xfcc: Option<String>,
+    pub test_id: Option<String>,
+}
+
+/// A stand-in for an external host (developers.google.com, developer.yahoo.com). HTTP flavour: plain
+/// HTTP/1.1 behind the gateway (the gateway would originate TLS to the real host), answering `200` with
+/// its own name. TCP flavour: reads the first bytes of the opaque stream and answers `<name>\n`.
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    /// HTTP requests received, or TCP connections that delivered at least one byte.
+    pub hits: Arc<AtomicUsize>,
+    /// TCP connections accepted (Envoy's tcp_proxy connects before the ext_authz decision).
+    pub accepted: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<SeenRequest>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn seen_with_id(&self, id: &str) -> Vec<SeenRequest> {
+        self.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| r.test_id.as_deref() == Some(id))
+            .cloned()
+            .collect()
+    }
+
+    pub async fn http(name: &'static str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (h, a, s) = (hits.clone(), accepted.clone(), seen.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else { return };
+                a.fetch_add(1, Ordering::SeqCst);
+                let (h, s) = (h.clone(), s.clone());
+                tokio::spawn(async move {
+                    let _ = serve_http_conn(sock, name, h, s).await;
+                });
+            }
+        });
+        Self { name, addr, hits, accepted, seen, task }
+    }
+
+    pub async fn tcp(name: &'static str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (h, a) = (hits.clone(), accepted.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else { return };
+                a.fetch_add(1, Ordering::SeqCst);
+                let h = h.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    // Envoy may keep an idle upstream connection open for a denied client; bound it.
+                    let Ok(Ok(n)) = timeout(Duration::from_secs(30), sock.read(&mut buf)).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    h.fetch_add(1, Ordering::SeqCst);
+                    let _ = sock.write_all(format!("{name}\n").as_bytes()).await;
+                    let _ = timeout(Duration::from_secs(30), sock.read(&mut buf)).await;
+                });
+            }
+        });
+        Self { name, addr, hits, accepted, seen, task }
+    }
+}
+
+async fn serve_http_conn(
+    mut sock: TcpStream,
+    name: &'static str,
+    hits: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<SeenRequest>>>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    loop {
+        // read one request head
+        let head_end = loop {
+            if let Some(i) = find(&buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = match timeout(Duration::from_secs(30), sock.read(&mut chunk)).await {
+                Ok(Ok(n)) => n,
+                _ => return Ok(()),
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        buf.drain(..head_end);
+        let mut lines = head.split("\r\n");
+        let mut first = lines.next().unwrap_or_default().split(' ');
+        let method = first.next().unwrap_or_default().to_owned();
+        let path = first.next().unwrap_or_default().to_owned();
+        let mut host = String::new();
+        let mut xfcc = None;
+        let mut test_id = None;
+        let mut content_length = 0usize;
+        for l in lines {
+            if let Some((k, v)) = l.split_once(':') {
+                let v = v.trim().to_owned();
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "host" => host = v,
+                    "x-forwarded-client-cert" => xfcc = Some(v),
+                    "x-e2e-id" => test_id = Some(v),
+                    "content-length" => content_length = v.parse().unwrap_or(0),
+                    _ => {}
+                }
+            }
+        }
+        // discard a body, if any
+        while buf.len() < content_length {
+            let mut chunk = [0u8; 4096];
+            let n = sock.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        buf.drain(..content_length);
+        hits.fetch_add(1, Ordering::SeqCst);
+        seen.lock().expect("lock").push(SeenRequest { method: method.clone(), path, host, xfcc, test_id });
+        let body = format!("{name}\n");
+        let mut resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-upstream: {name}\r\n\r\n",
+            body.len()
+        );
+        if method != "HEAD" {
+            resp.push_str(&body);
+        }
+        sock.write_all(resp.as_bytes()).await?;
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// What an HTTPS client saw.
+#[derive(Debug, Clone)]
+pub struct HttpOutcome {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// The client's local address: Envoy logs it as %DOWNSTREAM_REMOTE_ADDRESS%.
+    pub local_addr: SocketAddr,
+}
+
+impl HttpOutcome {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request through the gateway's mTLS HTTPS listener, as a sidecar would send it:
+/// TLS with the workload certificate and `sni`, then `method path` with `Host: host`.
+pub async fn https_request(
+    gateway: SocketAddr,
+    cfg: Arc<ClientConfig>,
+    sni: &str,
+    host: &str,
+    method: &str,
+    path: &str,
+    test_id: &str,
+) -> Result<HttpOutcome, String> {
+    timeout(IO_TIMEOUT, async {
+        let tcp = TcpStream::connect(gateway).await.map_err(|e| format!("connect: {e}"))?;
+        let local_addr = tcp.local_addr().map_err(|e| e.to_string())?;
+        let name = ServerName::try_from(sni.to_owned()).map_err(|e| format!("sni: {e}"))?;
+        let mut tls =
+            TlsConnector::from(cfg).connect(name, tcp).await.map_err(|e| format!("tls handshake: {e}"))?;
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: curl/8.5.0\r\naccept: */*\r\nx-e2e-id: {test_id}\r\nconnection: close\r\n\r\n"
+        );
+        tls.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+        let mut raw = Vec::new();
+        // Envoy may close without close_notify: keep what was read.
+        let mut chunk = [0u8; 8192];
+        loop {
+            match tls.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&chunk[..n]),
+                Err(e) if !raw.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+        parse_response(&raw, local_addr)
+    })
+    .await
+    .map_err(|_| "timed out".to_owned())?
+}
+
+fn parse_response(raw: &[u8], local_addr: SocketAddr) -> Result<HttpOutcome, String> {
+    let end = find(raw, b"\r\n\r\n").ok_or_else(|| format!("no response head in {:?}", String::from_utf8_lossy(raw)))?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())))
+        .collect();
+    let body = String::from_utf8_lossy(&raw[end + 4..]).into_owned();
+    Ok(HttpOutcome { status, headers, body, local_addr })
+}
+
+/// What a client of the opaque TLS-in-mTLS path saw after sending its first bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TcpOutcome {
+    /// The upstream answered (its name).
+    Flowed(String),
+    /// Envoy closed the connection (or reset it / sent an alert) before any upstream byte arrived.
+    Closed(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct TcpResult {
+    pub outcome: TcpOutcome,
+    pub local_addr: SocketAddr,
+}
+
+/// Opens an mTLS connection to the gateway's TLS listener with `sni` = the external host, sends a few
+/// bytes (standing in for the app's inner ClientHello) and reads the answer or observes the close.
+pub async fn tls_stream(gateway: SocketAddr, cfg: Arc<ClientConfig>, sni: &str) -> Result<TcpResult, String> {
+    timeout(IO_TIMEOUT, async {
+        let tcp = TcpStream::connect(gateway).await.map_err(|e| format!("connect: {e}"))?;
+        let local_addr = tcp.local_addr().map_err(|e| e.to_string())?;
+        let name = ServerName::try_from(sni.to_owned()).map_err(|e| format!("sni: {e}"))?;
+        let mut tls = match TlsConnector::from(cfg).connect(name, tcp).await {
+            Ok(t) => t,
+            Err(e) => return Ok(TcpResult { outcome: TcpOutcome::Closed(format!("handshake: {e}")), local_addr }),
+        };
+        if let Err(e) = tls.write_all(b"opaque-inner-clienthello\n").await {
+            return Ok(TcpResult { outcome: TcpOutcome::Closed(format!("write: {e}")), local_addr });
+        }
+        let _ = tls.flush().await;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            match tls.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.ends_with(b"\n") {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    if buf.is_empty() {
+                        return Ok(TcpResult { outcome: TcpOutcome::Closed(format!("read: {e}")), local_addr });
+                    }
+                    break;
+                }
+            }
+        }
+        let outcome = if buf.is_empty() {
+            TcpOutcome::Closed("eof".to_owned())
+        } else {
+            TcpOutcome::Flowed(String::from_utf8_lossy(&buf).trim().to_owned())
+        };
+        Ok(TcpResult { outcome, local_addr })
+    })
+    .await
+    .map_err(|_| "timed out".to_owned())?
+}
+
+/// Plain-HTTP GET against an admin endpoint (Envoy admin, egress-authz admin). Returns (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    timeout(IO_TIMEOUT, async {
+        let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
+        let local = s.local_addr().map_err(|e| e.to_string())?;
+        let r = parse_response(&raw, local)?;
+        let body = if r.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            dechunk(&r.body)
+        } else {
+            r.body
+        };
+        Ok((r.status, body))
+    })
+    .await
+    .map_err(|_| format!("GET {addr}{path} timed out"))?
+}
+
+/// Plain-HTTP POST with an empty body (Envoy admin mutations).
+pub async fn http_post(addr: SocketAddr, path: &str) -> Result<u16, String> {
+    timeout(IO_TIMEOUT, async {
+        let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        let req = format!("POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
+        let local = s.local_addr().map_err(|e| e.to_string())?;
+        Ok(parse_response(&raw, local)?.status)
+    })
+    .await
+    .map_err(|_| format!("POST {addr}{path} timed out"))?
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size_line, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size_line.trim(), 16).unwrap_or(0);
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    out
+}
