@@ -49,8 +49,18 @@ pub fn find_envoy() -> Option<PathBuf> {
             }
         }
     }
-    let venv = manifest_dir().join(".venv-envoy/bin/envoy");
-    venv.is_file().then_some(venv)
+    // scripts/install-envoy.sh: prefer the real binary over the venv's Python exec wrapper.
+    let venv = manifest_dir().join(".venv-envoy");
+    if let Ok(entries) = std::fs::read_dir(venv.join("lib")) {
+        for e in entries.flatten() {
+            let bin = e.path().join("site-packages/envoy/_bin/envoy");
+            if bin.is_file() {
+                return Some(bin);
+            }
+        }
+    }
+    let wrapper = venv.join("bin/envoy");
+    wrapper.is_file().then_some(wrapper)
 }
 
 /// Envoy is required when `CI` is set (non-empty, not "false"/"0") or `EGRESS_AUTHZ_REQUIRE_ENVOY=1`.
@@ -64,6 +74,7 @@ pub fn envoy_required() -> bool {
 /// skipping when Envoy is required (CI, or the README's test command).
 pub fn envoy_or_skip(test: &str) -> Option<PathBuf> {
     if let Some(p) = find_envoy() {
+        eprintln!("{test}: using Envoy {}", p.display());
         return Some(p);
     }
     let msg = "Envoy not found (ENVOY_BIN, PATH, .venv-envoy/bin/envoy); install it with scripts/install-envoy.sh";

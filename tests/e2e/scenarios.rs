@@ -1,0 +1,204 @@
+//! Expectations for the seeds' walkthrough and the request/assert helpers shared by the e2e tests and
+//! the demo. A check asserts three views of the same request: what the client saw, what the stand-in
+//! host saw, and Envoy's access-log entry with the ext_authz dynamic metadata.
+
+use serde_json::Value;
+
+use crate::harness::{Envoy, Gateway, Stage, World, GOOGLE, YAHOO};
+use crate::net::{https_request, tls_stream, TcpOutcome};
+use crate::pki::{DEFAULT_SLEEP, FOREIGN_TD, NO_URI_SAN, OTHERNS_SLEEP, SLEEP_GOOGLE, SLEEP_YAHOO};
+
+/// `stat_prefix` of the HTTP connection manager in http-*.yaml (stats `http.<prefix>.ext_authz.*`).
+pub const HTTP_STAT_PREFIX: &str = "outbound_0.0.0.0_8443";
+/// `stat_prefix` of the network ext_authz filter in tcp-istio.yaml (stats `ext_authz.<prefix>.*`).
+pub const TCP_STAT_PREFIX: &str = "egress_tcp";
+
+/// Expected decision. `reasons` lists acceptable reason codes (identity edge cases may legitimately be
+/// reported as `no_matching_rule` or `invalid_principal`).
+#[derive(Debug, Clone)]
+pub struct Expect {
+    pub allow: bool,
+    pub reasons: Vec<&'static str>,
+    pub rule: Option<&'static str>,
+    pub dry_run: Option<(&'static str, &'static str)>,
+}
+
+impl Expect {
+    pub fn allow(reason: &'static str, rule: Option<&'static str>) -> Self {
+        Self { allow: true, reasons: vec![reason], rule, dry_run: None }
+    }
+
+    pub fn deny(reason: &'static str, rule: Option<&'static str>) -> Self {
+        Self { allow: false, reasons: vec![reason], rule, dry_run: None }
+    }
+
+    pub fn deny_any(reasons: &[&'static str]) -> Self {
+        Self { allow: false, reasons: reasons.to_vec(), rule: None, dry_run: None }
+    }
+
+    pub fn with_dry_run(mut self, rule: &'static str, decision: &'static str) -> Self {
+        self.dry_run = Some((rule, decision));
+        self
+    }
+
+    pub fn describe(&self) -> String {
+        let verdict = if self.allow { "allow" } else { "deny" };
+        match self.rule {
+            Some(r) => format!("{verdict} ({} {r})", self.reasons.join("|")),
+            None => format!("{verdict} ({})", self.reasons.join("|")),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    pub allow: usize,
+    pub deny: usize,
+}
+
+impl Tally {
+    pub fn add(&mut self, e: &Expect) {
+        if e.allow { self.allow += 1 } else { self.deny += 1 }
+    }
+}
+
+/// The seeds' walkthrough as a table: what each caller may reach in each stage, and which rule decides.
+pub fn expected(stage: Stage, caller: &str, host: &str) -> Expect {
+    let google = host == GOOGLE;
+    debug_assert!(google || host == YAHOO);
+    match stage {
+        // Deny-list: default must not reach yahoo, otherns must not reach google; the rest is allowed.
+        Stage::NamespaceLevel => match (caller, google) {
+            (DEFAULT_SLEEP, false) => Expect::deny("denied_by_rule", Some("deny-default-to-yahoo")),
+            (OTHERNS_SLEEP | SLEEP_GOOGLE | SLEEP_YAHOO, true) => {
+                Expect::deny("denied_by_rule", Some("deny-otherns-to-google"))
+            }
+            _ => Expect::allow("default_allow", None),
+        },
+        // Allow-list per service account in otherns; default has no rule any more.
+        Stage::ServiceAccountLevel => match (caller, google) {
+            (OTHERNS_SLEEP, _) => Expect::allow("allowed_by_rule", Some("otherns-sleep-to-both")),
+            (SLEEP_GOOGLE, true) => Expect::allow("allowed_by_rule", Some("sleep-google-to-google")),
+            (SLEEP_YAHOO, false) => Expect::allow("allowed_by_rule", Some("sleep-yahoo-to-yahoo")),
+            _ => Expect::deny("no_matching_rule", None),
+        },
+        Stage::AllowNothing => Expect::deny("no_matching_rule", None),
+        Stage::Final => match (caller, google) {
+            (DEFAULT_SLEEP, true) => Expect::allow("allowed_by_rule", Some("default-ns-to-google")),
+            (OTHERNS_SLEEP, _) => Expect::allow("allowed_by_rule", Some("otherns-sleep-to-both")),
+            (SLEEP_GOOGLE, true) => Expect::allow("allowed_by_rule", Some("otherns-sleep-google-to-google")),
+            (SLEEP_YAHOO, false) => Expect::allow("allowed_by_rule", Some("otherns-sleep-yahoo-to-yahoo")),
+            // Same ns/sa as default/sleep but a foreign trust domain; and a cert without URI SAN.
+            (FOREIGN_TD | NO_URI_SAN, _) => Expect::deny_any(&["no_matching_rule", "invalid_principal"]),
+            _ => Expect::deny("no_matching_rule", None),
+        },
+    }
+}
+
+/// Asserts the ext_authz dynamic metadata Envoy logged against the expectation.
+pub fn assert_metadata(authz: &Value, exp: &Expect, ctx: &str) {
+    let decision = if exp.allow { "allow" } else { "deny" };
+    assert_eq!(authz["decision"].as_str(), Some(decision), "{ctx}: metadata.decision in {authz}");
+    let reason = authz["reason"].as_str().unwrap_or_default();
+    assert!(exp.reasons.contains(&reason), "{ctx}: metadata.reason {reason:?}, expected {:?}: {authz}", exp.reasons);
+    assert_eq!(authz["rule"].as_str(), exp.rule, "{ctx}: metadata.rule in {authz}");
+    match exp.dry_run {
+        Some((rule, d)) => {
+            assert_eq!(authz["dry_run_rule"].as_str(), Some(rule), "{ctx}: metadata.dry_run_rule in {authz}");
+            assert_eq!(authz["dry_run_decision"].as_str(), Some(d), "{ctx}: metadata.dry_run_decision in {authz}");
+        }
+        None => assert!(authz.get("dry_run_rule").is_none_or(Value::is_null), "{ctx}: unexpected dry_run_rule: {authz}"),
+    }
+}
+
+/// One HTTPS request through gateway `gw` as `caller`, with TLS SNI `sni` and `Host: host`; asserts the
+/// client's view, the upstream's view and Envoy's access log. Returns the access-log entry.
+#[allow(clippy::too_many_arguments)]
+pub async fn check_http(
+    world: &World,
+    gw: Gateway,
+    caller: &str,
+    sni: &str,
+    host: &str,
+    path: &str,
+    exp: &Expect,
+    ctx: &str,
+) -> Value {
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let id = format!("req-{}", SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+    let envoy = world.envoy(gw);
+    let cfg = world.pki.client_config(caller, &["http/1.1"]);
+    let r = https_request(envoy.listener, cfg, sni, host, "GET", path, &id)
+        .await
+        .unwrap_or_else(|e| panic!("{ctx} [{gw:?}]: request failed: {e}"));
+    let entry = envoy.access_log_for(r.local_addr).await.unwrap_or_else(|e| panic!("{ctx} [{gw:?}]: {e}"));
+    let upstream_saw = world.http_upstream(host).seen_with_id(&id);
+    let ctx = format!("{ctx} [HTTP {gw:?}] got {} {:?}; log {entry}", r.status, r.body.trim());
+    if exp.allow {
+        assert_eq!(r.status, 200, "{ctx}");
+        assert_eq!(r.body.trim(), host, "{ctx}: body names the upstream");
+        assert_eq!(upstream_saw.len(), 1, "{ctx}: upstream saw the request once");
+        let xfcc = upstream_saw[0].xfcc.as_deref().unwrap_or_default();
+        if let Some(uri) = crate::pki::spiffe_of(caller) {
+            assert!(xfcc.contains(&format!("URI={uri}")), "{ctx}: XFCC names the caller: {xfcc}");
+        }
+        assert_eq!(entry["details"].as_str(), Some("via_upstream"), "{ctx}");
+    } else {
+        assert_eq!(r.status, 403, "{ctx}");
+        assert!(upstream_saw.is_empty(), "{ctx}: denied request reached the upstream");
+        let hdr = r.header("x-egress-authz-reason").unwrap_or_else(|| panic!("{ctx}: no x-egress-authz-reason"));
+        let code = hdr.split(';').next().unwrap_or_default().trim();
+        assert!(exp.reasons.contains(&code), "{ctx}: reason header {hdr:?}, expected {:?}", exp.reasons);
+        if let Some(rule) = exp.rule {
+            assert!(hdr.contains(&format!("rule={rule}")), "{ctx}: reason header {hdr:?} names {rule}");
+            assert!(r.body.contains(rule), "{ctx}: body names the rule");
+        }
+        assert!(r.body.contains(code), "{ctx}: body names the reason");
+        assert_eq!(entry["details"].as_str(), Some("ext_authz_denied"), "{ctx}");
+        assert_eq!(entry["flags"].as_str(), Some("UAEX"), "{ctx}");
+    }
+    assert_eq!(entry["code"].as_u64(), Some(u64::from(r.status)), "{ctx}: logged status");
+    assert_eq!(entry["authority"].as_str(), Some(host), "{ctx}");
+    assert_peer(&entry, caller, &ctx);
+    assert_metadata(&entry["authz"], exp, &ctx);
+    entry
+}
+
+/// %DOWNSTREAM_PEER_URI_SAN% is the caller's SPIFFE ID, or empty for the cert without URI SAN.
+fn assert_peer(entry: &Value, caller: &str, ctx: &str) {
+    match crate::pki::spiffe_of(caller) {
+        Some(uri) => assert_eq!(entry["peer"].as_str(), Some(uri.as_str()), "{ctx}: peer"),
+        None => assert!(entry["peer"].is_null() || entry["peer"] == "-", "{ctx}: peer"),
+    }
+}
+
+/// One opaque stream through the TLS gateway as `caller` with SNI `host`; asserts bytes flow (the
+/// upstream answers with its name) or the connection is closed before any upstream byte, plus Envoy's log.
+pub async fn check_tcp(world: &World, caller: &str, host: &str, exp: &Expect, ctx: &str) -> Value {
+    let envoy = world.envoy(Gateway::TcpIstio);
+    let upstream = world.tcp_upstream(host);
+    let before = upstream.hits();
+    let cfg = world.pki.client_config(caller, &[]);
+    let r = tls_stream(envoy.listener, cfg, host).await.unwrap_or_else(|e| panic!("{ctx} [TCP]: {e}"));
+    let entry = envoy.access_log_for(r.local_addr).await.unwrap_or_else(|e| panic!("{ctx} [TCP]: {e}"));
+    let after = upstream.hits();
+    let ctx = format!("{ctx} [TCP] got {:?}; log {entry}", r.outcome);
+    if exp.allow {
+        assert_eq!(r.outcome, TcpOutcome::Flowed(host.to_owned()), "{ctx}");
+        assert_eq!(after, before + 1, "{ctx}: upstream got the bytes");
+    } else {
+        assert!(matches!(r.outcome, TcpOutcome::Closed(_)), "{ctx}");
+        assert_eq!(after, before, "{ctx}: bytes reached the upstream of a denied connection");
+        assert_eq!(entry["details"].as_str(), Some("ext_authz_denied"), "{ctx}");
+        assert_eq!(entry["flags"].as_str(), Some("UAEX"), "{ctx}");
+    }
+    assert_eq!(entry["sni"].as_str(), Some(host), "{ctx}");
+    assert_peer(&entry, caller, &ctx);
+    assert_metadata(&entry["authz"], exp, &ctx);
+    entry
+}
+
+/// Number of 5xx responses in an HTTP gateway's access log.
+pub fn logged_5xx(envoy: &Envoy) -> usize {
+    envoy.access_log_entries().iter().filter(|e| e["code"].as_u64().is_some_and(|c| c >= 500)).count()
+}
