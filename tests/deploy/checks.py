@@ -1,0 +1,411 @@
+"""Cross-reference checks over rendered manifests.
+
+Each check takes plain objects (as rendered by kustomize) and returns a list of problems, empty when the
+wiring holds. Tests run them on the real renders and on mutated copies, to prove they catch breakage.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+# Labels of the istio-egressgateway pods (istioctl's egress gateway and the istio/gateway Helm chart with
+# release name istio-egressgateway). The sidecar overlay's patch repeats them; a test keeps both in step.
+GATEWAY_POD_LABELS = {"app": "istio-egressgateway", "istio": "egressgateway"}
+# Container ports of the gateway's mTLS servers: Gateway server port 80 -> 8080, 443 -> 8443.
+GATEWAY_TARGET_PORTS = {80: 8080, 443: 8443}
+
+HTTP_EXT_AUTHZ = "envoy.filters.http.ext_authz"
+NETWORK_EXT_AUTHZ = "envoy.filters.network.ext_authz"
+HCM = "envoy.filters.network.http_connection_manager"
+HTTP_EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+NETWORK_EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz"
+
+
+# ---------------------------------------------------------------------------------------------- lookups
+
+def find(objs: Iterable[dict], kind: str, name: str | None = None) -> list[dict]:
+    return [o for o in objs if o.get("kind") == kind and (name is None or o["metadata"]["name"] == name)]
+
+
+def one(objs: Iterable[dict], kind: str, name: str | None = None) -> dict:
+    found = find(objs, kind, name)
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def selects(selector: dict | None, labels: dict | None) -> bool:
+    """matchLabels semantics (plus matchExpressions In/Exists, enough for these manifests)."""
+    if not selector:
+        return False
+    labels = labels or {}
+    match = selector.get("matchLabels", selector if "matchExpressions" not in selector else {})
+    if any(labels.get(k) != v for k, v in match.items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "NotIn" and labels.get(key) in values:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def egress_authz_container(deployment: dict) -> dict:
+    containers = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "egress-authz"]
+    assert len(containers) == 1, f"{deployment['metadata']['name']}: no single egress-authz container"
+    return containers[0]
+
+
+def server_deployment(objs: list[dict]) -> dict:
+    """The Deployment that runs egress-authz in this render (standalone or the gateway patch)."""
+    deps = [
+        d for d in find(objs, "Deployment")
+        if any(c["name"] == "egress-authz" for c in d["spec"]["template"]["spec"]["containers"])
+    ]
+    assert len(deps) == 1, f"expected one Deployment running egress-authz, found {len(deps)}"
+    return deps[0]
+
+
+def flag(container: dict, name: str) -> str | None:
+    """Value of --name=VALUE or --name VALUE in the container's args (or EGRESS_AUTHZ_* env)."""
+    args = list(container.get("command", [])) + list(container.get("args", []))
+    for i, arg in enumerate(args):
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and i + 1 < len(args):
+            return args[i + 1]
+    env_name = "EGRESS_AUTHZ_" + name.upper().replace("-", "_")
+    for env in container.get("env", []):
+        if env["name"] == env_name:
+            return env.get("value")
+    return None
+
+
+def addr_port(addr: str | None) -> int | None:
+    if not addr or ":" not in addr:
+        return None
+    return int(addr.rsplit(":", 1)[1])
+
+
+def container_port(container: dict, port: int | str) -> dict | None:
+    """The containerPort entry a probe or targetPort refers to, by name or number."""
+    for p in container.get("ports", []):
+        if (isinstance(port, str) and p.get("name") == port) or p["containerPort"] == port:
+            return p
+    return None
+
+
+def served_ports(container: dict) -> dict[str, int]:
+    """Ports the server listens on, from its flags: {'grpc': 9000, 'admin': 9090}."""
+    return {
+        "grpc": addr_port(flag(container, "grpc-addr")),
+        "admin": addr_port(flag(container, "admin-addr")),
+    }
+
+
+def resolve_port(container: dict, port: int | str) -> int | None:
+    if isinstance(port, int):
+        return port
+    entry = container_port(container, port)
+    return entry["containerPort"] if entry else None
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+def check_provider_in_mesh(objs: list[dict], mesh_config: dict) -> list[str]:
+    problems = []
+    providers = {p["name"]: p for p in mesh_config.get("extensionProviders", [])}
+    custom = [p for p in find(objs, "AuthorizationPolicy") if p["spec"].get("action") == "CUSTOM"]
+    if not custom:
+        problems.append("no CUSTOM AuthorizationPolicy")
+    for pol in custom:
+        name = pol["spec"].get("provider", {}).get("name")
+        if name not in providers:
+            problems.append(f"AuthorizationPolicy {pol['metadata']['name']}: provider {name!r} not in meshConfig")
+        elif "envoyExtAuthzGrpc" not in providers[name]:
+            problems.append(f"provider {name!r} is not envoyExtAuthzGrpc (CUSTOM on TCP needs gRPC)")
+    return problems
+
+
+def used_provider(objs: list[dict], mesh_config: dict) -> dict:
+    pol = one([p for p in find(objs, "AuthorizationPolicy") if p["spec"].get("action") == "CUSTOM"],
+              "AuthorizationPolicy")
+    name = pol["spec"]["provider"]["name"]
+    return next(p for p in mesh_config["extensionProviders"] if p["name"] == name)["envoyExtAuthzGrpc"]
+
+
+def check_provider_reaches_server(objs: list[dict], mesh_config: dict) -> list[str]:
+    """The provider's service/port lead to a Service (or ServiceEntry) port that is the server's gRPC port."""
+    problems = []
+    provider = used_provider(objs, mesh_config)
+    host = provider["service"].split("/", 1)[-1]
+    port = int(provider["port"])
+    dep = server_deployment(objs)
+    container = egress_authz_container(dep)
+    grpc_port = served_ports(container)["grpc"]
+    pod_labels = dep["spec"]["template"]["metadata"].get("labels", {})
+
+    m = re.fullmatch(r"([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local", host)
+    if m:
+        name, ns = m.groups()
+        svcs = [s for s in find(objs, "Service", name) if s["metadata"].get("namespace") == ns]
+        if not svcs:
+            return [f"provider service {host}: no Service {ns}/{name} in the render"]
+        svc = svcs[0]
+        if not selects({"matchLabels": svc["spec"].get("selector", {})}, pod_labels):
+            problems.append(f"Service {name} does not select the egress-authz pods")
+        ports = [p for p in svc["spec"]["ports"] if p["port"] == port]
+        if not ports:
+            return problems + [f"Service {name} has no port {port}"]
+        sp = ports[0]
+        if not (sp.get("name", "").startswith("grpc") or sp.get("appProtocol") == "grpc"):
+            problems.append(f"Service {name} port {port} is not named grpc*/appProtocol grpc: Istio would use HTTP/1.1")
+        if sp.get("name") != "grpc" or sp.get("appProtocol") != "grpc":
+            problems.append(f"Service {name} port {port}: want name grpc and appProtocol grpc")
+        target = resolve_port(container, sp.get("targetPort", sp["port"]))
+        if target is None:
+            problems.append(f"Service {name} targetPort {sp.get('targetPort')!r} is not a container port")
+        elif target != grpc_port:
+            problems.append(f"Service {name} targets {target}, the server listens for gRPC on {grpc_port}")
+    else:
+        entries = [se for se in find(objs, "ServiceEntry") if host in se["spec"].get("hosts", [])]
+        if not entries:
+            return [f"provider service {host}: no Service or ServiceEntry for it in the render"]
+        se = entries[0]["spec"]
+        ports = [p for p in se.get("ports", []) if p["number"] == port]
+        if not ports:
+            problems.append(f"ServiceEntry {host} has no port {port}")
+        elif ports[0].get("protocol") != "GRPC":
+            problems.append(f"ServiceEntry {host} port {port} protocol is not GRPC")
+        addrs = [e.get("address") for e in se.get("endpoints", [])]
+        if se.get("resolution") != "STATIC" or addrs != ["127.0.0.1"]:
+            problems.append(f"ServiceEntry {host}: want resolution STATIC with the one endpoint 127.0.0.1")
+        target = (ports[0].get("targetPort") or port) if ports else port
+        if target != grpc_port:
+            problems.append(f"ServiceEntry {host} reaches port {target}, the server listens for gRPC on {grpc_port}")
+        if not selects({"matchLabels": GATEWAY_POD_LABELS}, pod_labels):
+            problems.append("the loopback provider needs egress-authz inside the egress gateway pods")
+        if addr_port(flag(container, "grpc-addr")) and not flag(container, "grpc-addr").startswith("127.0.0.1:"):
+            problems.append("in the gateway pod the gRPC port should listen on loopback only")
+    return problems
+
+
+def check_selectors(objs: list[dict]) -> list[str]:
+    problems = []
+    dep = server_deployment(objs)
+    pod_labels = dep["spec"]["template"]["metadata"].get("labels", {})
+    if not selects(dep["spec"]["selector"], pod_labels):
+        problems.append(f"Deployment {dep['metadata']['name']} selector does not match its pod labels")
+    for tsc in dep["spec"]["template"]["spec"].get("topologySpreadConstraints", []):
+        if not selects(tsc.get("labelSelector"), pod_labels):
+            problems.append(f"topologySpreadConstraint on {tsc['topologyKey']} does not select the pods")
+    for pdb in find(objs, "PodDisruptionBudget"):
+        if not selects(pdb["spec"]["selector"], pod_labels):
+            problems.append(f"PodDisruptionBudget {pdb['metadata']['name']} does not select the pods")
+    for hpa in find(objs, "HorizontalPodAutoscaler"):
+        ref = hpa["spec"]["scaleTargetRef"]
+        if (ref["kind"], ref["name"]) != ("Deployment", dep["metadata"]["name"]):
+            problems.append(f"HPA {hpa['metadata']['name']} targets {ref['kind']}/{ref['name']}")
+    for svc in find(objs, "Service"):
+        sel = svc["spec"].get("selector")
+        if sel and not selects({"matchLabels": sel}, pod_labels):
+            problems.append(f"Service {svc['metadata']['name']} selects no egress-authz pod")
+    # Istio policies: the gateway ones select the gateway pods, the others the egress-authz pods.
+    for kind in ("AuthorizationPolicy", "PeerAuthentication", "EnvoyFilter"):
+        for obj in find(objs, kind):
+            spec = obj["spec"]
+            sel = spec.get("selector") or (
+                {"matchLabels": spec["workloadSelector"]["labels"]} if "workloadSelector" in spec else None
+            )
+            if sel is None:
+                problems.append(f"{kind} {obj['metadata']['name']} has no selector: it would apply namespace-wide")
+            elif not (selects(sel, GATEWAY_POD_LABELS) or selects(sel, pod_labels)):
+                problems.append(f"{kind} {obj['metadata']['name']} selects neither the gateway nor egress-authz")
+    for pol in find(objs, "AuthorizationPolicy"):
+        if pol["spec"].get("action") == "CUSTOM" and not selects(pol["spec"]["selector"], GATEWAY_POD_LABELS):
+            problems.append(f"CUSTOM AuthorizationPolicy {pol['metadata']['name']} does not select the gateway")
+    return problems
+
+
+def check_probes(objs: list[dict]) -> list[str]:
+    problems = []
+    container = egress_authz_container(server_deployment(objs))
+    admin = served_ports(container)["admin"]
+    want = {"readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+    for probe_name, path in want.items():
+        probe = container.get(probe_name)
+        if not probe or "httpGet" not in probe:
+            problems.append(f"{probe_name} missing or not httpGet")
+            continue
+        get = probe["httpGet"]
+        if get.get("path") != path:
+            problems.append(f"{probe_name} path {get.get('path')!r}, want {path}")
+        port = get["port"]
+        entry = container_port(container, port)
+        if entry is None:
+            problems.append(f"{probe_name} port {port!r} is not a container port")
+        elif entry["containerPort"] != admin:
+            problems.append(f"{probe_name} port {entry['containerPort']} is not the admin port {admin}")
+    flag_addr = flag(container, "admin-addr") or ""
+    if flag_addr.startswith("127.0.0.1:"):
+        problems.append("admin port bound to loopback: the kubelet cannot probe it")
+    return problems
+
+
+def check_rules_mount(objs: list[dict]) -> list[str]:
+    problems = []
+    dep = server_deployment(objs)
+    container = egress_authz_container(dep)
+    rules = flag(container, "rules")
+    if not rules:
+        return ["no --rules flag"]
+    cms = {c["metadata"]["name"] for c in find(objs, "ConfigMap")}
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"].get("volumes", [])}
+    mounts = [m for m in container.get("volumeMounts", []) if m["mountPath"].rstrip("/") == rules.rstrip("/")]
+    if not mounts:
+        return [f"--rules {rules} is not a volume mount path"]
+    mount = mounts[0]
+    if "subPath" in mount or "subPathExpr" in mount:
+        problems.append("rules mounted with subPath: ConfigMap updates would never reach the pod")
+    if not mount.get("readOnly"):
+        problems.append("rules mount is not readOnly")
+    vol = volumes.get(mount["name"])
+    if vol is None or "configMap" not in vol:
+        problems.append(f"volume {mount['name']} is not a ConfigMap volume")
+    else:
+        if vol["configMap"]["name"] not in cms:
+            problems.append(f"volume {mount['name']} mounts ConfigMap {vol['configMap']['name']}, not in the render")
+        if vol["configMap"].get("items"):
+            problems.append("ConfigMap volume lists items: new rule files would not appear")
+    return problems
+
+
+def check_grpc_port_named(objs: list[dict]) -> list[str]:
+    problems = []
+    for svc in find(objs, "Service"):
+        for p in svc["spec"]["ports"]:
+            is_grpc = p["port"] == 9000 or "grpc" in (p.get("name", ""), p.get("appProtocol", ""))
+            if is_grpc and (p.get("name") != "grpc" or p.get("appProtocol") != "grpc"):
+                problems.append(f"Service {svc['metadata']['name']} port {p['port']}: want name grpc, appProtocol grpc")
+    return problems
+
+
+def check_envoyfilter(objs: list[dict]) -> list[str]:
+    problems = []
+    filters = find(objs, "EnvoyFilter")
+    if len(filters) != 1:
+        return [f"expected one EnvoyFilter, found {len(filters)}"]
+    spec = filters[0]["spec"]
+    if not selects({"matchLabels": spec.get("workloadSelector", {}).get("labels", {})}, GATEWAY_POD_LABELS):
+        problems.append("EnvoyFilter does not select the egress gateway")
+    seen = set()
+    for patch in spec.get("configPatches", []):
+        match = patch.get("match", {})
+        if match.get("context") != "GATEWAY":
+            problems.append(f"{patch['applyTo']} patch context is {match.get('context')!r}, want GATEWAY")
+        flt = match.get("listener", {}).get("filterChain", {}).get("filter", {})
+        value = patch.get("patch", {}).get("value", {})
+        typed = value.get("typed_config", {})
+        if patch.get("patch", {}).get("operation") != "MERGE":
+            problems.append(f"{patch['applyTo']} patch should MERGE into Istio's filter")
+        if typed.get("include_tls_session") is not True:
+            problems.append(f"{patch['applyTo']} patch does not set include_tls_session")
+        if patch["applyTo"] == "HTTP_FILTER":
+            if flt.get("name") != HCM or flt.get("subFilter", {}).get("name") != HTTP_EXT_AUTHZ:
+                problems.append(f"HTTP_FILTER patch targets {flt}, want {HCM} / {HTTP_EXT_AUTHZ}")
+            if typed.get("@type") != HTTP_EXT_AUTHZ_TYPE or value.get("name") != HTTP_EXT_AUTHZ:
+                problems.append("HTTP_FILTER patch value has the wrong name or @type")
+            seen.add("http")
+        elif patch["applyTo"] == "NETWORK_FILTER":
+            if flt.get("name") != NETWORK_EXT_AUTHZ:
+                problems.append(f"NETWORK_FILTER patch targets {flt.get('name')!r}, want {NETWORK_EXT_AUTHZ}")
+            if typed.get("@type") != NETWORK_EXT_AUTHZ_TYPE or value.get("name") != NETWORK_EXT_AUTHZ:
+                problems.append("NETWORK_FILTER patch value has the wrong name or @type")
+            seen.add("network")
+        else:
+            problems.append(f"unexpected applyTo {patch['applyTo']}")
+    if seen != {"http", "network"}:
+        problems.append(f"patches cover {sorted(seen)}, want both http and network ext_authz filters")
+    return problems
+
+
+def check_custom_policy_ports(objs: list[dict]) -> list[str]:
+    problems = []
+    for pol in find(objs, "AuthorizationPolicy"):
+        if pol["spec"].get("action") != "CUSTOM":
+            continue
+        ports, http_only = set(), []
+        for rule in pol["spec"].get("rules", []):
+            for to in rule.get("to", []):
+                op = to.get("operation", {})
+                ports |= set(op.get("ports", []))
+                http_only += [k for k in ("methods", "paths", "hosts", "notMethods", "notPaths", "notHosts") if k in op]
+            if not rule.get("to"):
+                problems.append("a CUSTOM rule without `to.operation.ports` calls the server for every port")
+        want = {str(p) for p in GATEWAY_TARGET_PORTS.values()}
+        if ports != want:
+            problems.append(f"CUSTOM policy ports {sorted(ports)}, want the gateway container ports {sorted(want)}")
+        if http_only:
+            problems.append(f"CUSTOM policy uses HTTP-only fields {http_only}: dropped on TCP, the rule widens")
+    return problems
+
+
+ISTIO_PROVIDER_DEFAULTS = {"timeout": "600s", "failOpen": False}
+
+
+def check_provider_settings(mesh_config: dict) -> list[str]:
+    problems = []
+    for p in mesh_config.get("extensionProviders", []):
+        grpc = p.get("envoyExtAuthzGrpc")
+        if grpc is None:
+            continue
+        if grpc.get("failOpen") is not False:
+            problems.append(f"provider {p['name']}: failOpen must be set to false explicitly")
+        timeout = grpc.get("timeout")
+        if timeout is None:
+            problems.append(f"provider {p['name']}: no timeout (Istio's default is 600s)")
+        elif duration_seconds(timeout) > 1.0:
+            problems.append(f"provider {p['name']}: timeout {timeout} is too long for an inline check")
+    return problems
+
+
+def duration_seconds(value: str) -> float:
+    m = re.fullmatch(r"([0-9.]+)(ms|s|m)", str(value))
+    assert m, f"not a duration: {value!r}"
+    number, unit = float(m.group(1)), m.group(2)
+    return number * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit]
+
+
+def check_hardening(container: dict, pod_spec: dict) -> list[str]:
+    problems = []
+    sc = container.get("securityContext", {})
+    pod_sc = pod_spec.get("securityContext", {})
+    if not (sc.get("runAsNonRoot") or pod_sc.get("runAsNonRoot")):
+        problems.append("runAsNonRoot not set")
+    if sc.get("runAsUser", pod_sc.get("runAsUser", 0)) == 0:
+        problems.append("runs as uid 0 (or uid unset)")
+    if sc.get("readOnlyRootFilesystem") is not True:
+        problems.append("readOnlyRootFilesystem not true")
+    if sc.get("allowPrivilegeEscalation") is not False:
+        problems.append("allowPrivilegeEscalation not false")
+    if sc.get("privileged"):
+        problems.append("privileged")
+    if sc.get("capabilities", {}).get("drop") != ["ALL"] or sc.get("capabilities", {}).get("add"):
+        problems.append("capabilities: want drop [ALL] and nothing added")
+    seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {}))
+    if seccomp.get("type") != "RuntimeDefault":
+        problems.append("seccompProfile not RuntimeDefault")
+    res = container.get("resources", {})
+    for part in ("requests", "limits"):
+        for what in ("cpu", "memory"):
+            if what not in res.get(part, {}):
+                problems.append(f"resources.{part}.{what} missing")
+    image = container.get("image", "")
+    if ":" not in image.rsplit("/", 1)[-1] and "@" not in image or image.endswith(":latest"):
+        problems.append(f"image {image!r} is not pinned to a tag or digest")
+    return problems

@@ -1,0 +1,407 @@
+"""Offline validation of the deploy bundle (deploy/): renders, schemas, hardening and cross-references.
+
+Run: scripts/install-deploy-tools.sh && .venv-deploy/bin/pytest -q tests/deploy
+Needs kubectl on PATH (for `kubectl kustomize`); reads only files of this repository.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+import checks
+import schemas
+from conftest import (
+    DEPLOY, OVERLAYS, PLAIN_MANIFESTS, RENDER_TARGETS, ROOT, kustomize_with_components, load_yaml_docs, rendered,
+)
+
+SERVICEMONITOR = DEPLOY / "components" / "servicemonitor"
+MESH_SOURCES = ("istio-operator", "istiod-values")
+
+
+def all_shipped_objects():
+    """(source id, object) for every object the bundle renders or ships as a plain manifest."""
+    for target in RENDER_TARGETS:
+        for obj in rendered(target):
+            yield target, obj
+    for path in PLAIN_MANIFESTS:
+        for obj in load_yaml_docs(path):
+            yield path.name, obj
+
+
+def obj_id(item):
+    source, obj = item
+    return f"{source}:{obj['kind']}/{obj['metadata']['name']}"
+
+
+SHIPPED = list(all_shipped_objects())
+KUBE_OBJECTS = [i for i in SHIPPED if not schemas.is_istio(i[1])]
+ISTIO_OBJECTS = [i for i in SHIPPED if schemas.is_istio(i[1])]
+
+
+# ------------------------------------------------------------------------------------------- rendering
+
+@pytest.mark.parametrize("target", sorted(RENDER_TARGETS))
+def test_kustomization_renders(target):
+    objs = rendered(target)
+    assert objs, f"{target} rendered nothing"
+    for obj in objs:
+        assert obj.get("apiVersion") and obj.get("kind") and obj["metadata"].get("name")
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"].get("namespace") == "istio-system", f"{obj_id((target, obj))} not in istio-system"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_with_servicemonitor_component(overlay, tmp_path):
+    objs = kustomize_with_components(tmp_path, DEPLOY / "overlays" / overlay, [SERVICEMONITOR])
+    monitors = checks.find(objs, "ServiceMonitor")
+    assert len(monitors) == 1
+    # Everything else is the overlay unchanged.
+    assert len(objs) == len(rendered(overlay)) + 1
+
+
+def test_rules_generator_lists_every_rule_file():
+    """kustomize has no globs: a rule file added to deploy/rules/ but not to its Kustomization would be lost."""
+    rule_files = sorted(p.name for p in (DEPLOY / "rules").iterdir() if p.suffix in (".yaml", ".yml"))
+    (kustomization,) = load_yaml_docs(DEPLOY / "rules" / "Kustomization")
+    (gen,) = kustomization["configMapGenerator"]
+    listed = sorted(Path(f.split("=", 1)[-1]).name for f in gen["files"])
+    assert listed == rule_files
+    assert gen["options"]["disableNameSuffixHash"] is True, "a hash suffix would restart pods instead of hot reload"
+    (cm,) = checks.find(rendered("rules"), "ConfigMap")
+    assert sorted(cm["data"]) == rule_files
+    # The kustomization itself must not look like a rule file to `--rules deploy/rules`.
+    assert not any(p.name.startswith("kustomization.") for p in (DEPLOY / "rules").iterdir())
+
+
+# --------------------------------------------------------------------------------------------- schemas
+
+@pytest.mark.parametrize("version", schemas.KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("item", KUBE_OBJECTS, ids=obj_id)
+def test_kubernetes_object_validates(item, version):
+    source, obj = item
+    if (schemas.group_of(obj), obj["kind"]) in schemas.HAND_CHECKED:
+        pytest.skip(f"{obj['kind']}: no schema in this repository; see test_servicemonitor_structure")
+    assert schemas.kubernetes_errors(obj, version) == []
+
+
+@pytest.mark.parametrize("item", ISTIO_OBJECTS, ids=obj_id)
+def test_istio_object_validates(item):
+    assert schemas.istio_errors(item[1]) == []
+
+
+def test_schema_file_covers_exactly_the_shipped_istio_kinds():
+    shipped = {(schemas.group_of(o), o["apiVersion"].split("/")[1], o["kind"]) for _, o in ISTIO_OBJECTS}
+    assert shipped == set(schemas.istio_schemas()), "re-run scripts/reduce-istio-crds.py with the kinds in use"
+    head = schemas.ISTIO_SCHEMAS.read_text().splitlines()[:6]
+    assert any("Origin: istio/istio" in line for line in head), "the reduced schema must name its origin"
+
+
+def test_schema_validation_catches_mistakes():
+    ap = copy.deepcopy(checks.one(rendered("istio-gateway"), "AuthorizationPolicy"))
+    ap["spec"]["action"] = "CUSTOMISED"
+    assert schemas.istio_errors(ap), "an invalid enum must fail"
+    gw = copy.deepcopy(checks.find(rendered("istio-egress"), "Gateway")[0])
+    gw["spec"]["servers"][0]["tls"]["mode"] = "ISTIO_MUTUAL_TYPO"
+    gw["spec"]["servers"][0]["port"]["numbr"] = 80
+    assert len(schemas.istio_errors(gw)) >= 2, "enum and unknown field must both fail"
+    ef = copy.deepcopy(checks.one(rendered("istio-gateway"), "EnvoyFilter"))
+    ef["spec"]["configPatches"][0]["applyTo"] = "HTTP_FILTERS"
+    assert schemas.istio_errors(ef)
+    dep = copy.deepcopy(checks.one(rendered("standalone"), "Deployment"))
+    dep["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFS"] = True
+    assert schemas.kubernetes_errors(dep, schemas.KUBERNETES_VERSIONS[-1]), "unknown field must fail"
+    svc = copy.deepcopy(checks.one(rendered("standalone"), "Service"))
+    svc["spec"]["ports"][0]["port"] = "nine-thousand"
+    assert schemas.kubernetes_errors(svc, schemas.KUBERNETES_VERSIONS[-1])
+
+
+def test_servicemonitor_structure(tmp_path):
+    """ServiceMonitor (Prometheus Operator CRD) has no schema here: hand-written assertions instead."""
+    for overlay in OVERLAYS:
+        objs = kustomize_with_components(tmp_path, DEPLOY / "overlays" / overlay, [SERVICEMONITOR])
+        sm = checks.one(objs, "ServiceMonitor")
+        assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+        assert set(sm["spec"]) <= {"selector", "namespaceSelector", "endpoints", "jobLabel"}
+        targets = [
+            s for s in checks.find(objs, "Service")
+            if checks.selects(sm["spec"]["selector"], s["metadata"].get("labels"))
+            and s["metadata"]["namespace"] in sm["spec"]["namespaceSelector"]["matchNames"]
+        ]
+        assert targets, f"{overlay}: the ServiceMonitor selects no Service"
+        container = checks.egress_authz_container(checks.server_deployment(objs))
+        admin = checks.served_ports(container)["admin"]
+        for ep in sm["spec"]["endpoints"]:
+            assert set(ep) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
+            assert ep["path"] == "/metrics"
+            ports = [p for s in targets for p in s["spec"]["ports"] if p.get("name") == ep["port"]]
+            assert ports, f"{overlay}: no selected Service has a port named {ep['port']}"
+            for p in ports:
+                assert checks.resolve_port(container, p.get("targetPort", p["port"])) == admin
+            assert checks.duration_seconds(ep["scrapeTimeout"]) <= checks.duration_seconds(ep["interval"])
+
+
+def test_mesh_config_files_structure(mesh_configs):
+    """IstioOperator and Helm values are not Kubernetes objects we can schema-check here: check by hand."""
+    (operator,) = load_yaml_docs(DEPLOY / "istio" / "mesh" / "istio-operator.yaml")
+    assert operator["apiVersion"] == "install.istio.io/v1alpha1" and operator["kind"] == "IstioOperator"
+    gateways = operator["spec"]["components"]["egressGateways"]
+    assert any(g["name"] == "istio-egressgateway" and g["enabled"] for g in gateways)
+    (values,) = load_yaml_docs(DEPLOY / "istio" / "mesh" / "istiod-values.yaml")
+    assert set(values) == {"meshConfig"}, "istiod chart values: only meshConfig is set"
+    for source, mesh in mesh_configs.items():
+        assert mesh["outboundTrafficPolicy"]["mode"] == "REGISTRY_ONLY", source
+        for p in mesh["extensionProviders"]:
+            assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", p["name"]), f"{source}: provider name not a DNS label"
+            grpc = p["envoyExtAuthzGrpc"]
+            assert set(grpc) <= {"service", "port", "timeout", "failOpen", "statusOnError",
+                                 "includeRequestBodyInCheck", "clearRouteCache"}, source
+            assert isinstance(grpc["port"], int) and isinstance(grpc["statusOnError"], str), source
+
+
+# -------------------------------------------------------------------------------------------- hardening
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_container_hardening(overlay):
+    dep = checks.server_deployment(rendered(overlay))
+    container = checks.egress_authz_container(dep)
+    assert checks.check_hardening(container, dep["spec"]["template"]["spec"]) == []
+
+
+def test_hardening_check_catches_regressions():
+    dep = copy.deepcopy(checks.server_deployment(rendered("standalone")))
+    pod = dep["spec"]["template"]["spec"]
+    c = checks.egress_authz_container(dep)
+    c["securityContext"]["readOnlyRootFilesystem"] = False
+    c["securityContext"]["capabilities"] = {"drop": ["NET_RAW"]}
+    del c["resources"]["limits"]
+    c["image"] = "egress-authz:latest"
+    assert len(checks.check_hardening(c, pod)) == 5
+
+
+def test_standalone_availability():
+    objs = rendered("standalone")
+    dep = checks.one(objs, "Deployment", "egress-authz")
+    spec = dep["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    keys = {t["topologyKey"] for t in spec["template"]["spec"]["topologySpreadConstraints"]}
+    assert keys == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    pdb = checks.one(objs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] < spec["replicas"], "the PDB must allow draining a node"
+    hpa = checks.one(objs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["minReplicas"] == spec["replicas"] <= hpa["spec"]["maxReplicas"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    container = checks.egress_authz_container(dep)
+    assert "cpu" in container["resources"]["requests"], "CPU utilization needs a CPU request"
+    labels = spec["template"]["metadata"]["labels"]
+    assert labels.get("sidecar.istio.io/inject") == "true", "the gateway reaches the server over mesh mTLS"
+    sa = checks.one(objs, "ServiceAccount")
+    assert spec["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_prometheus_scraping(overlay):
+    objs = rendered(overlay)
+    dep = checks.server_deployment(objs)
+    admin = checks.served_ports(checks.egress_authz_container(dep))["admin"]
+    if overlay == "standalone":
+        ann = dep["spec"]["template"]["metadata"]["annotations"]
+        assert ann["prometheus.io/scrape"] == "true"
+        assert int(ann["prometheus.io/port"]) == admin
+        assert ann["prometheus.io/path"] == "/metrics"
+    else:
+        # The gateway's own prometheus.io annotations belong to Istio; the patch must not override them.
+        assert "annotations" not in dep["spec"]["template"]["metadata"]
+        svc = checks.one(objs, "Service", "egress-authz-admin")
+        assert [p["targetPort"] for p in svc["spec"]["ports"]] == [admin]
+
+
+# -------------------------------------------------------------------------------------- cross-references
+
+@pytest.mark.parametrize("source", MESH_SOURCES)
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_authorizationpolicy_provider_exists_in_mesh_config(overlay, source, mesh_configs):
+    assert checks.check_provider_in_mesh(rendered(overlay), mesh_configs[source]) == []
+
+
+def test_mesh_config_sources_agree(mesh_configs):
+    assert mesh_configs["istio-operator"]["extensionProviders"] == mesh_configs["istiod-values"]["extensionProviders"]
+
+
+@pytest.mark.parametrize("source", MESH_SOURCES)
+def test_providers_fail_closed_with_short_timeout(source, mesh_configs):
+    assert checks.check_provider_settings(mesh_configs[source]) == []
+    for p in mesh_configs[source]["extensionProviders"]:
+        assert p["envoyExtAuthzGrpc"]["timeout"] == "0.5s"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_provider_reaches_the_server(overlay, mesh_configs):
+    assert checks.check_provider_reaches_server(rendered(overlay), mesh_configs["istio-operator"]) == []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_selectors_match_pod_labels(overlay):
+    assert checks.check_selectors(rendered(overlay)) == []
+
+
+def test_sidecar_patch_uses_the_gateway_labels():
+    dep = checks.server_deployment(rendered("sidecar"))
+    assert dep["metadata"]["name"] == "istio-egressgateway"
+    assert dep["spec"]["selector"]["matchLabels"] == checks.GATEWAY_POD_LABELS
+    assert dep["spec"]["template"]["metadata"]["labels"] == checks.GATEWAY_POD_LABELS
+    # A patch: nothing but the container and its volume, so server-side apply touches nothing else.
+    pod = dep["spec"]["template"]["spec"]
+    assert set(pod) == {"containers", "volumes"}
+    assert [c["name"] for c in pod["containers"]] == ["egress-authz"]
+    assert set(dep["spec"]) == {"selector", "template"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_probes_hit_served_ports(overlay):
+    assert checks.check_probes(rendered(overlay)) == []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rules_configmap_mounted_as_directory(overlay):
+    assert checks.check_rules_mount(rendered(overlay)) == []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_grpc_service_port_named_grpc(overlay):
+    assert checks.check_grpc_port_named(rendered(overlay)) == []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_envoyfilter_targets_istio_filter_names(overlay):
+    assert checks.check_envoyfilter(rendered(overlay)) == []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_custom_policy_scoped_to_gateway_ports(overlay):
+    assert checks.check_custom_policy_ports(rendered(overlay)) == []
+
+
+def test_server_flags_match_the_contract():
+    for overlay in OVERLAYS:
+        c = checks.egress_authz_container(checks.server_deployment(rendered(overlay)))
+        assert c["args"][0] == "serve"
+        assert checks.flag(c, "log-format") in ("json", "text")
+        assert checks.flag(c, "decision-log") in ("all", "deny", "none")
+        assert re.fullmatch(r"\d+s", checks.flag(c, "shutdown-grace"))
+        grace = int(checks.flag(c, "shutdown-grace")[:-1])
+        dep = checks.server_deployment(rendered(overlay))
+        assert grace < dep["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+
+
+# ----------------------------------------------------------------- negative tests: the checks catch breakage
+
+def mutated(overlay):
+    return copy.deepcopy(rendered(overlay))
+
+
+def test_catches_grpc_port_without_name(mesh_configs):
+    objs = mutated("standalone")
+    port = checks.one(objs, "Service")["spec"]["ports"][0]
+    port["name"] = "tcp-authz"
+    del port["appProtocol"]
+    assert checks.check_grpc_port_named(objs)
+    assert checks.check_provider_reaches_server(objs, mesh_configs["istio-operator"])
+
+
+def test_catches_provider_port_or_name_mismatch(mesh_configs):
+    objs = mutated("standalone")
+    checks.one(objs, "Service")["spec"]["ports"][0]["port"] = 9001
+    assert checks.check_provider_reaches_server(objs, mesh_configs["istio-operator"])
+    objs = mutated("sidecar")
+    checks.one(objs, "AuthorizationPolicy", "egress-authz")["spec"]["provider"]["name"] = "egress-authz-typo"
+    assert checks.check_provider_in_mesh(objs, mesh_configs["istiod-values"])
+    objs = mutated("sidecar")
+    checks.one(objs, "ServiceEntry")["spec"]["endpoints"][0]["address"] = "10.0.0.1"
+    assert checks.check_provider_reaches_server(objs, mesh_configs["istio-operator"])
+
+
+def test_catches_subpath_mount_and_wrong_rules_path():
+    objs = mutated("standalone")
+    c = checks.egress_authz_container(checks.server_deployment(objs))
+    c["volumeMounts"][0]["subPath"] = "egress.yaml"
+    assert any("subPath" in p for p in checks.check_rules_mount(objs))
+    objs = mutated("sidecar")
+    c = checks.egress_authz_container(checks.server_deployment(objs))
+    c["args"] = [a if not a.startswith("--rules=") else "--rules=/rules" for a in c["args"]]
+    assert checks.check_rules_mount(objs)
+
+
+def test_catches_probe_on_unserved_port_and_selector_drift():
+    objs = mutated("standalone")
+    c = checks.egress_authz_container(checks.server_deployment(objs))
+    c["readinessProbe"]["httpGet"]["port"] = "http-metrics"
+    c["livenessProbe"]["httpGet"]["port"] = 9000
+    assert len(checks.check_probes(objs)) == 2
+    objs = mutated("standalone")
+    checks.one(objs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]["app"] = "egress-authz-v2"
+    checks.one(objs, "Service")["spec"]["selector"] = {"app": "egressauthz"}
+    assert len(checks.check_selectors(objs)) == 2
+
+
+def test_catches_envoyfilter_and_policy_drift():
+    objs = mutated("standalone")
+    ef = checks.one(objs, "EnvoyFilter")
+    ef["spec"]["configPatches"][0]["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] = \
+        "envoy.ext_authz"
+    ef["spec"]["configPatches"][1]["patch"]["value"]["typed_config"]["include_tls_session"] = False
+    assert len(checks.check_envoyfilter(objs)) == 2
+    objs = mutated("standalone")
+    ap = checks.one(objs, "AuthorizationPolicy", "egress-authz")
+    ap["spec"]["rules"][0]["to"][0]["operation"]["ports"] = ["80", "443"]
+    ap["spec"]["rules"][0]["to"][0]["operation"]["methods"] = ["GET"]
+    assert len(checks.check_custom_policy_ports(objs)) == 2
+
+
+def test_catches_fail_open_and_default_timeout(mesh_configs):
+    mesh = copy.deepcopy(mesh_configs["istio-operator"])
+    mesh["extensionProviders"][0]["envoyExtAuthzGrpc"]["failOpen"] = True
+    del mesh["extensionProviders"][1]["envoyExtAuthzGrpc"]["timeout"]
+    assert len(checks.check_provider_settings(mesh)) == 2
+
+
+# --------------------------------------------------------------------------------- rules pass validation
+
+def egress_authz_bin() -> Path | None:
+    path = Path(os.environ.get("EGRESS_AUTHZ_BIN", "target/debug/egress-authz"))
+    path = path if path.is_absolute() else ROOT / path
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_mounted_rules_pass_egress_authz_validate(overlay, tmp_path):
+    binary = egress_authz_bin()
+    if binary is None:
+        msg = "egress-authz binary not found (build it, or set EGRESS_AUTHZ_BIN)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    objs = rendered(overlay)
+    c = checks.egress_authz_container(checks.server_deployment(objs))
+    vol_name = next(m["name"] for m in c["volumeMounts"] if m["mountPath"] == checks.flag(c, "rules"))
+    pod = checks.server_deployment(objs)["spec"]["template"]["spec"]
+    cm_name = next(v["configMap"]["name"] for v in pod["volumes"] if v["name"] == vol_name)
+    cm = checks.one(objs, "ConfigMap", cm_name)
+    # Lay the files out as the kubelet does (a directory of keys) and validate the directory, as the pod will.
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    for key, text in cm["data"].items():
+        (rules_dir / key).write_text(text)
+    proc = subprocess.run([str(binary), "validate", str(rules_dir)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    files = sorted(str(p) for p in rules_dir.iterdir())
+    proc = subprocess.run([str(binary), "validate", *files], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
