@@ -6,7 +6,9 @@
 //! these tests print "SKIPPED" and pass, unless `CI` or `EGRESS_AUTHZ_REQUIRE_ENVOY=1` is set: then they fail.
 //!
 //! Run: `scripts/install-envoy.sh && EGRESS_AUTHZ_REQUIRE_ENVOY=1 cargo test --test e2e_envoy`
-#![allow(unreachable_pub, dead_code, clippy::unwrap_used, clippy::print_stdout)]
+// Harness modules are shared with examples/demo.rs (not every item is used by both); `serial()` holds a
+// std Mutex across awaits on purpose: it serializes tests that each run their own runtime.
+#![allow(unreachable_pub, dead_code, clippy::unwrap_used, clippy::print_stdout, clippy::await_holding_lock)]
 
 #[path = "e2e/harness.rs"]
 mod harness;

@@ -159,16 +159,13 @@ impl AuthzServer {
             });
         }
         drop(tx);
-        let addrs = match timeout(Duration::from_secs(30), rx.recv()).await {
-            Ok(Some(a)) => a,
-            Ok(None) | Err(_) => {
-                let _ = child.start_kill();
-                let status = child.try_wait().ok().flatten();
-                return Err(format!(
-                    "egress-authz did not log its \"Serving\" line (exit: {status:?}); output:\n{}",
-                    log.lock().expect("lock").join("\n")
-                ));
-            }
+        let Ok(Some(addrs)) = timeout(Duration::from_secs(30), rx.recv()).await else {
+            let _ = child.start_kill();
+            let status = child.try_wait().ok().flatten();
+            return Err(format!(
+                "egress-authz did not log its \"Serving\" line (exit: {status:?}); output:\n{}",
+                log.lock().expect("lock").join("\n")
+            ));
         };
         let server = Self { child, grpc: addrs.0, admin: addrs.1, log };
         let admin = server.admin;

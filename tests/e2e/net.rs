@@ -125,9 +125,8 @@ async fn serve_http_conn(
                 break i + 4;
             }
             let mut chunk = [0u8; 4096];
-            let n = match timeout(Duration::from_secs(30), sock.read(&mut chunk)).await {
-                Ok(Ok(n)) => n,
-                _ => return Ok(()),
+            let Ok(Ok(n)) = timeout(Duration::from_secs(30), sock.read(&mut chunk)).await else {
+                return Ok(());
             };
             if n == 0 {
                 return Ok(());
