@@ -4,4 +4,14 @@
 //! may reach an external host (SNI/Host, port, method, path), from YAML rules it hot-reloads.
 //! `policy` is the pure decision logic; everything else adapts it to gRPC, files, metrics and the CLI.
 
+pub mod admin_http;
+pub mod app;
+pub mod cli;
+pub mod commands;
+pub mod decision_log;
+pub mod grpc;
+pub mod metrics;
 pub mod policy;
+pub mod reload;
+pub mod telemetry;
+pub mod watch;

@@ -285,10 +285,11 @@ fn compile_rule(spec: RuleSpec, origin: RuleOrigin) -> Result<Rule, RuleErrors> 
     let mut errors = Vec::new();
     let from = from.map(|f| compile_from(f, &mut errors));
     let to = to.map(|t| compile_to(t, &mut errors));
-    if from.as_ref().is_some_and(FromConditions::is_empty) {
+    // Only when nothing else is wrong: a block whose every value was invalid is not "empty".
+    if errors.is_empty() && from.as_ref().is_some_and(FromConditions::is_empty) {
         errors.push((CompileErrorKind::EmptyBlock("from", "caller"), None));
     }
-    if to.as_ref().is_some_and(ToConditions::is_empty) {
+    if errors.is_empty() && to.as_ref().is_some_and(ToConditions::is_empty) {
         errors.push((CompileErrorKind::EmptyBlock("to", "destination"), None));
     }
     if !errors.is_empty() {

@@ -1,0 +1,64 @@
+//! The admin HTTP listener: `/healthz`, `/readyz`, `/metrics` (Prometheus text) and `/rules` (JSON).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::UNIX_EPOCH;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::reload::RuleStore;
+
+/// What the admin endpoints read.
+#[derive(Clone, Debug)]
+pub struct AdminState {
+    /// The live rules.
+    pub store: Arc<RuleStore>,
+    /// Renders the metrics.
+    pub prometheus: PrometheusHandle,
+    /// Set once shutdown begins; `/readyz` then fails so load balancers stop sending.
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+/// The admin routes.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/rules", get(rules))
+        .route("/status", get(rules))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
+    // Rules are always loaded once the listener exists (startup fails fast otherwise).
+    if state.shutting_down.load(Ordering::Acquire) {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    } else {
+        (StatusCode::OK, "ready\n")
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> ([(&'static str, &'static str); 1], String) {
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        state.prometheus.render(),
+    )
+}
+
+async fn rules(State(state): State<AdminState>) -> axum::Json<serde_json::Value> {
+    let status = state.store.status();
+    let loaded_at = status.loaded_at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    axum::Json(serde_json::json!({
+        "sha256": status.digest,
+        "rules": status.rules,
+        "files": status.files,
+        "path": state.store.path().display().to_string(),
+        "last_reload_success_unix_seconds": loaded_at.as_secs_f64(),
+        "last_reload_error": status.last_error,
+    }))
+}

@@ -1,0 +1,175 @@
+//! `serve`: load the rules (fail fast), then run the gRPC server and the admin listener until
+//! SIGTERM/SIGINT, then drain.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic_health::ServingStatus;
+
+use crate::admin_http::{self, AdminState};
+use crate::cli::ServeArgs;
+use crate::decision_log::{DecisionLog, Sampling};
+use crate::grpc::AuthzService;
+use crate::grpc::admin::{AdminService, pb};
+use crate::reload::{LoadError, RuleStore, load_policy};
+use crate::{metrics, telemetry};
+
+/// The gRPC service name Envoy's health checks and Kubernetes gRPC probes ask about.
+pub const AUTHZ_SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
+
+/// Runs the server; returns when it has shut down.
+pub fn serve(args: ServeArgs) -> ExitCode {
+    telemetry::init(args.log_format);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = args.worker_threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    let result = runtime
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|rt| rt.block_on(run(args)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "Exiting");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let policy = match load_policy(&args.rules) {
+        Ok(policy) => policy,
+        Err(LoadError::Invalid(errors)) => {
+            for error in &errors {
+                tracing::error!(%error, "Invalid rule file");
+            }
+            anyhow::bail!("{} error(s) in the rules at {}", errors.len(), args.rules.display());
+        }
+        Err(error) => return Err(error).context("cannot load the rules"),
+    };
+    let prometheus = metrics::install(args.rule_metrics).context("cannot install the metrics recorder")?;
+    let store = Arc::new(RuleStore::new(args.rules.clone(), policy));
+
+    let grpc_listener = bind(args.grpc_addr, "gRPC").await?;
+    let admin_listener = bind(args.admin_addr, "admin").await?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    health.set_service_status(AUTHZ_SERVICE_NAME, ServingStatus::Serving).await;
+
+    crate::watch::spawn(Arc::clone(&store), shutdown_rx.clone());
+
+    let decision_log = Arc::new(DecisionLog::new(
+        args.decision_log,
+        args.decision_log_level,
+        Sampling {
+            limit: args.decision_log_sample_limit,
+            interval: args.decision_log_sample_interval,
+        },
+    ));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build the reflection service")?;
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(AuthorizationServer::new(AuthzService::new(Arc::clone(&store), decision_log)))
+        .add_service(pb::admin_server::AdminServer::new(AdminService::new(Arc::clone(&store))))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            wait_for(shutdown_rx.clone()),
+        );
+    let admin = axum::serve(
+        admin_listener,
+        admin_http::router(AdminState {
+            store: Arc::clone(&store),
+            prometheus,
+            shutting_down: Arc::clone(&shutting_down),
+        }),
+    )
+    .with_graceful_shutdown(wait_for(shutdown_rx.clone()));
+
+    let status = store.status();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        %grpc_addr,
+        %admin_addr,
+        rules_sha256 = %status.digest,
+        rules = status.rules,
+        rules_path = %args.rules.display(),
+        "Serving"
+    );
+
+    let grpc_task = tokio::spawn(grpc);
+    let admin_task = tokio::spawn(async move { admin.await });
+
+    let signal = shutdown_signal().await;
+    tracing::info!(signal, grace = ?args.shutdown_grace, "Shutting down; draining in-flight checks");
+    shutting_down.store(true, Ordering::Release);
+    health.set_service_status("", ServingStatus::NotServing).await;
+    health.set_service_status(AUTHZ_SERVICE_NAME, ServingStatus::NotServing).await;
+    let _ = shutdown_tx.send(true);
+
+    let drained = tokio::time::timeout(args.shutdown_grace, async {
+        let (grpc, admin) = tokio::join!(grpc_task, admin_task);
+        (grpc, admin)
+    })
+    .await;
+    match drained {
+        Ok((grpc, admin)) => {
+            grpc.context("gRPC server task failed")?.context("gRPC server failed")?;
+            admin.context("admin server task failed")?.context("admin server failed")?;
+            tracing::info!("Stopped");
+        }
+        Err(_) => tracing::warn!(grace = ?args.shutdown_grace, "Grace period over; exiting with checks in flight"),
+    }
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} on {addr}"))
+}
+
+async fn wait_for(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Waits for SIGTERM (Kubernetes) or SIGINT (Ctrl-C); returns the signal's name.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}

@@ -1,0 +1,149 @@
+//! The command line: `serve`, `validate`, `explain`. Every `serve` flag is also an `EGRESS_AUTHZ_*`
+//! environment variable, so a Deployment can configure it without rewriting args.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::decision_log::DecisionLogMode;
+use crate::telemetry::LogFormat;
+
+/// Envoy ext_authz service deciding which mesh workload may reach which external host.
+#[derive(Debug, Parser)]
+#[command(name = "egress-authz", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve Envoy's ext_authz Check (plus health, reflection and Explain) and the admin HTTP endpoints.
+    Serve(ServeArgs),
+    /// Check rule files or directories; exit 1 with every error found.
+    Validate(ValidateArgs),
+    /// Show how a request would be decided and how every rule fared.
+    Explain(ExplainArgs),
+}
+
+/// `serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Rule file, or directory of *.yaml/*.yml files (a ConfigMap mounted as a directory).
+    #[arg(long, env = "EGRESS_AUTHZ_RULES")]
+    pub rules: PathBuf,
+    /// gRPC listen address (ext_authz Check, grpc.health.v1, reflection, admin Explain).
+    #[arg(long, env = "EGRESS_AUTHZ_GRPC_ADDR", default_value = "0.0.0.0:9000")]
+    pub grpc_addr: SocketAddr,
+    /// Admin HTTP listen address (/healthz, /readyz, /metrics, /rules).
+    #[arg(long, env = "EGRESS_AUTHZ_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+    pub admin_addr: SocketAddr,
+    /// Log line format.
+    #[arg(long, env = "EGRESS_AUTHZ_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Which decisions get a log event.
+    #[arg(long, env = "EGRESS_AUTHZ_DECISION_LOG", value_enum, default_value = "deny")]
+    pub decision_log: DecisionLogMode,
+    /// Level of decision log events (error, warn, info, debug, trace).
+    #[arg(long, env = "EGRESS_AUTHZ_DECISION_LOG_LEVEL", default_value = "info")]
+    pub decision_log_level: tracing::Level,
+    /// Deny events logged per (namespace, host, reason) per interval; 0 logs every one.
+    #[arg(long, env = "EGRESS_AUTHZ_DECISION_LOG_SAMPLE_LIMIT", default_value_t = 10)]
+    pub decision_log_sample_limit: u32,
+    /// The sampling interval, e.g. 10s or 500ms.
+    #[arg(long, env = "EGRESS_AUTHZ_DECISION_LOG_SAMPLE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub decision_log_sample_interval: Duration,
+    /// Export egress_authz_rule_matches_total (one series per rule).
+    #[arg(long, env = "EGRESS_AUTHZ_RULE_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub rule_metrics: bool,
+    /// How long in-flight checks may take to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "EGRESS_AUTHZ_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Runtime worker threads (default: one per CPU).
+    #[arg(long, env = "EGRESS_AUTHZ_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct ValidateArgs {
+    /// Rule files or directories.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+}
+
+/// `explain` options.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Rule file or directory.
+    #[arg(long)]
+    pub rules: PathBuf,
+    /// The caller's SPIFFE ID, e.g. spiffe://cluster.local/ns/default/sa/sleep ("" for none).
+    #[arg(long, default_value = "")]
+    pub principal: String,
+    /// The HTTP Host/:authority (HTTP check) or, with --tcp, the SNI.
+    #[arg(long, required_unless_present = "sni")]
+    pub host: Option<String>,
+    /// The TLS SNI (TCP check; with --host on HTTP, the SNI Envoy sends with include_tls_session).
+    #[arg(long)]
+    pub sni: Option<String>,
+    /// The port the gateway received the request on.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// HTTP method.
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// HTTP path.
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// Explain a TCP (network filter) check instead of an HTTP one.
+    #[arg(long)]
+    pub tcp: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `10s`, `500ms`, `2m` or a bare number of seconds.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("{raw:?} is not a duration like 10s or 500ms"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        _ => return Err(format!("{raw:?}: unknown unit {unit:?} (use ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{raw:?}: {e}"))
+}
+
+impl Cli {
+    /// Runs the chosen command.
+    pub fn run(self) -> ExitCode {
+        match self.command {
+            Command::Serve(args) => crate::app::serve(args),
+            Command::Validate(args) => crate::commands::validate(&args.paths),
+            Command::Explain(args) => crate::commands::explain(&args),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("10h").is_err());
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

@@ -1,0 +1,126 @@
+//! The one-shot commands `validate` and `explain`. They print to stdout by design.
+#![allow(clippy::print_stdout)]
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::cli::ExplainArgs;
+use crate::grpc::admin::to_explain_response;
+use crate::policy::{EgressRequest, HttpRequest, lint};
+use crate::reload::{LoadError, load_policy};
+
+/// `egress-authz validate PATH...`: a summary line per file, or every error; exit 1 on any error.
+pub fn validate(paths: &[impl AsRef<Path>]) -> ExitCode {
+    let mut failed = false;
+    for path in paths {
+        let path = path.as_ref();
+        match load_policy(path) {
+            Ok(policy) => {
+                for (index, file) in policy.files().iter().enumerate() {
+                    let rules = policy.rules().iter().filter(|r| r.origin.file == index).count();
+                    println!("{file}: ok, {rules} rule(s)");
+                }
+                println!(
+                    "{}: valid rule set, {} rule(s), default {}, sha256 {}",
+                    path.display(),
+                    policy.rules().len(),
+                    policy.settings().default_action.as_str(),
+                    policy.digest()
+                );
+                for warning in lint(&policy) {
+                    println!("{warning}");
+                }
+            }
+            Err(LoadError::Invalid(errors)) => {
+                failed = true;
+                for error in errors {
+                    eprintln!("{error}");
+                }
+            }
+            Err(error) => {
+                failed = true;
+                eprintln!("{error}");
+            }
+        }
+    }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+/// `egress-authz explain`: the decision for one request and each rule's outcome.
+pub fn explain(args: &ExplainArgs) -> ExitCode {
+    let policy = match load_policy(&args.rules) {
+        Ok(policy) => policy,
+        Err(LoadError::Invalid(errors)) => {
+            errors.iter().for_each(|e| eprintln!("{e}"));
+            return ExitCode::from(2);
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    let sni = args.sni.as_deref().unwrap_or_default();
+    let request = EgressRequest {
+        http: (!args.tcp).then(|| HttpRequest {
+            authority: args.host.as_deref().unwrap_or_default(),
+            method: &args.method,
+            path: &args.path,
+        }),
+        principal: &args.principal,
+        destination_service: if args.tcp { args.host.as_deref().unwrap_or(sni) } else { "" },
+        sni,
+        port: args.port,
+    };
+    let explanation = policy.explain(&request);
+    let response = to_explain_response(&explanation, request.protocol().as_str(), policy.digest());
+    if args.json {
+        let rules: Vec<_> = response
+            .rules
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.name, "action": r.action, "dry_run": r.dry_run,
+                    "matched": r.matched, "failed_condition": (!r.matched).then_some(&r.failed_condition),
+                })
+            })
+            .collect();
+        let json = serde_json::json!({
+            "decision": response.decision,
+            "reason": response.reason,
+            "rule": (!response.rule.is_empty()).then_some(&response.rule),
+            "dry_run": response.dry_run.as_ref().map(|d| serde_json::json!({"rule": d.rule, "decision": d.decision})),
+            "protocol": response.protocol,
+            "host": (!response.host.is_empty()).then_some(&response.host),
+            "namespace": (!response.namespace.is_empty()).then_some(&response.namespace),
+            "service_account": (!response.service_account.is_empty()).then_some(&response.service_account),
+            "identity_problem": (!response.identity_problem.is_empty()).then_some(&response.identity_problem),
+            "rules": rules,
+            "rules_sha256": response.rules_sha256,
+        });
+        println!("{json:#}");
+        return ExitCode::SUCCESS;
+    }
+    println!("decision: {}", response.decision);
+    println!("reason:   {}", response.reason);
+    println!("rule:     {}", if response.rule.is_empty() { "-" } else { &response.rule });
+    if let Some(dry_run) = &response.dry_run {
+        println!("dry run:  would {} (rule {})", dry_run.decision, dry_run.rule);
+    }
+    println!("protocol: {}", response.protocol);
+    println!("host:     {}", if response.host.is_empty() { "-" } else { &response.host });
+    if response.identity_problem.is_empty() {
+        println!("caller:   namespace {} service account {}", response.namespace, response.service_account);
+    } else {
+        println!("caller:   no trusted identity: {}", response.identity_problem);
+    }
+    if !response.rules.is_empty() {
+        println!("rules (file order; enforced DENY rules are applied before ALLOW rules):");
+        let width = response.rules.iter().map(|r| r.name.len()).max().unwrap_or(0);
+        for rule in &response.rules {
+            let outcome = if rule.matched { "matched".to_owned() } else { format!("no: {}", rule.failed_condition) };
+            let dry = if rule.dry_run { " (dry run)" } else { "" };
+            println!("  {:width$}  {:5}  {outcome}{dry}", rule.name, rule.action);
+        }
+    }
+    ExitCode::SUCCESS
+}

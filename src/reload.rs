@@ -1,0 +1,208 @@
+//! Loading rule files from disk and publishing the live rule set.
+//!
+//! `load_policy` reads, parses and compiles with no side effects; `validate`, `explain`, startup and
+//! every reload call it. `RuleStore` publishes a new policy with one atomic pointer swap, only after the
+//! whole rule set compiled: checks in flight keep the `Arc<Policy>` they started with, and the hot path
+//! never takes a lock.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::metrics;
+use crate::policy::{CompileError, Policy, SourceFile, compile};
+
+/// Why a rule path could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A file or directory could not be read (missing, permission denied, not UTF-8…).
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path that failed.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A directory without any `*.yaml`/`*.yml` file: almost certainly a wrong mount, not "no rules".
+    #[error("{}: no *.yaml or *.yml rule files in this directory", path.display())]
+    NoRuleFiles {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The files were read but are not a valid rule set.
+    #[error("{} error(s) in rule files; first: {}", .0.len(), .0.first().map(ToString::to_string).unwrap_or_default())]
+    Invalid(Vec<CompileError>),
+}
+
+/// Reads a rule file, or every `*.yaml`/`*.yml` in a directory (sorted by name; hidden entries such as a
+/// ConfigMap's `..data` are skipped), and compiles them into one policy.
+pub fn load_policy(path: &Path) -> Result<Policy, LoadError> {
+    let files = read_rule_files(path)?;
+    compile(&files).map_err(LoadError::Invalid)
+}
+
+/// The rule files a path stands for, read into memory.
+pub fn read_rule_files(path: &Path) -> Result<Vec<SourceFile>, LoadError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LoadError::Io { path, source }
+    };
+    let metadata = std::fs::metadata(path).map_err(io(path))?;
+    let paths = if metadata.is_dir() {
+        let mut paths = Vec::new();
+        for entry in std::fs::read_dir(path).map_err(io(path))? {
+            let entry = entry.map_err(io(path))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let is_rule_file = name.ends_with(".yaml") || name.ends_with(".yml");
+            // Follows symlinks (ConfigMap keys are symlinks into `..data`), so ask the target's type.
+            if is_rule_file && !name.starts_with('.') && entry.path().is_file() {
+                paths.push(entry.path());
+            }
+        }
+        paths.sort();
+        if paths.is_empty() {
+            return Err(LoadError::NoRuleFiles {
+                path: path.to_path_buf(),
+            });
+        }
+        paths
+    } else {
+        vec![path.to_path_buf()]
+    };
+    paths
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+            Ok(SourceFile {
+                name: p.display().to_string(),
+                text,
+            })
+        })
+        .collect()
+}
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    /// A new rule set is live.
+    Applied {
+        /// Its digest.
+        digest: String,
+        /// Its rule count.
+        rules: usize,
+    },
+    /// The files hash to the live rule set: nothing to do.
+    Unchanged,
+    /// The files were rejected; the previous rule set keeps serving.
+    Failed(LoadError),
+}
+
+/// What `/rules` reports.
+#[derive(Clone, Debug)]
+pub struct StoreStatus {
+    /// Digest of the live rule set.
+    pub digest: String,
+    /// Rules in the live rule set.
+    pub rules: usize,
+    /// Files the live rule set was read from.
+    pub files: Vec<String>,
+    /// When the live rule set was loaded.
+    pub loaded_at: SystemTime,
+    /// The error of the newest rejected reload, cleared by the next success.
+    pub last_error: Option<String>,
+}
+
+/// The live rule set.
+#[derive(Debug)]
+pub struct RuleStore {
+    path: PathBuf,
+    current: ArcSwap<Policy>,
+    status: Mutex<StoreStatus>,
+}
+
+impl RuleStore {
+    /// A store serving `policy`, which was loaded from `path`.
+    pub fn new(path: PathBuf, policy: Policy) -> Self {
+        let status = StoreStatus {
+            digest: policy.digest().to_owned(),
+            rules: policy.rules().len(),
+            files: policy.files().to_vec(),
+            loaded_at: SystemTime::now(),
+            last_error: None,
+        };
+        metrics::record_rule_set(policy.digest(), policy.rules().len(), status.loaded_at);
+        Self {
+            path,
+            current: ArcSwap::from_pointee(policy),
+            status: Mutex::new(status),
+        }
+    }
+
+    /// The rules path this store reloads from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The live policy. Lock-free; do not hold the guard across an `.await`.
+    pub fn current(&self) -> arc_swap::Guard<Arc<Policy>> {
+        self.current.load()
+    }
+
+    /// A snapshot of the status for `/rules`.
+    pub fn status(&self) -> StoreStatus {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Re-reads the rules path and swaps the result in if it is valid and different.
+    pub fn reload(&self) -> ReloadOutcome {
+        let outcome = match load_policy(&self.path) {
+            Ok(policy) if policy.digest() == self.current().digest() => ReloadOutcome::Unchanged,
+            Ok(policy) => {
+                let (digest, rules, files) = (policy.digest().to_owned(), policy.rules().len(), policy.files().to_vec());
+                self.current.store(Arc::new(policy));
+                let loaded_at = SystemTime::now();
+                metrics::record_rule_set(&digest, rules, loaded_at);
+                *self.status.lock().unwrap_or_else(|p| p.into_inner()) = StoreStatus {
+                    digest: digest.clone(),
+                    rules,
+                    files,
+                    loaded_at,
+                    last_error: None,
+                };
+                ReloadOutcome::Applied { digest, rules }
+            }
+            Err(error) => {
+                self.status.lock().unwrap_or_else(|p| p.into_inner()).last_error = Some(error.to_string());
+                ReloadOutcome::Failed(error)
+            }
+        };
+        match &outcome {
+            ReloadOutcome::Applied { digest, rules } => {
+                metrics::record_reload(true);
+                tracing::info!(rules_sha256 = %digest, rules, path = %self.path.display(), "Applied new rules");
+            }
+            ReloadOutcome::Unchanged => {
+                tracing::debug!(path = %self.path.display(), "Rules unchanged");
+            }
+            ReloadOutcome::Failed(error) => {
+                metrics::record_reload(false);
+                log_rejected(error, &self.path);
+            }
+        }
+        outcome
+    }
+}
+
+fn log_rejected(error: &LoadError, path: &Path) {
+    match error {
+        LoadError::Invalid(errors) => {
+            for error in errors {
+                tracing::warn!(%error, path = %path.display(), "Rejected rule file; keeping previous rules");
+            }
+        }
+        error => tracing::warn!(%error, path = %path.display(), "Rejected rule file; keeping previous rules"),
+    }
+}
