@@ -9,7 +9,7 @@ use crate::net::{https_request, tls_stream, TcpOutcome};
 use crate::pki::{DEFAULT_SLEEP, FOREIGN_TD, NO_URI_SAN, OTHERNS_SLEEP, SLEEP_GOOGLE, SLEEP_YAHOO};
 
 /// `stat_prefix` of the HTTP connection manager in http-*.yaml (stats `http.<prefix>.ext_authz.*`).
-pub const HTTP_STAT_PREFIX: &str = "outbound_0.0.0.0_8443";
+pub const HTTP_STAT_PREFIX: &str = "outbound_0.0.0.0_8080";
 /// `stat_prefix` of the network ext_authz filter in tcp-istio.yaml (stats `ext_authz.<prefix>.*`).
 pub const TCP_STAT_PREFIX: &str = "egress_tcp";
 
