@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 import checks
-import schemas
+import validation as schemas
 from conftest import (
     DEPLOY, OVERLAYS, PLAIN_MANIFESTS, RENDER_TARGETS, ROOT, kustomize_with_components, load_yaml_docs, rendered,
 )
@@ -381,14 +381,19 @@ def egress_authz_bin() -> Path | None:
     return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_mounted_rules_pass_egress_authz_validate(overlay, tmp_path):
+def require_binary() -> Path:
     binary = egress_authz_bin()
     if binary is None:
         msg = "egress-authz binary not found (build it, or set EGRESS_AUTHZ_BIN)"
         if os.environ.get("CI"):
             pytest.fail(msg)
         pytest.skip(msg)
+    return binary
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_mounted_rules_pass_egress_authz_validate(overlay, tmp_path):
+    binary = require_binary()
     objs = rendered(overlay)
     c = checks.egress_authz_container(checks.server_deployment(objs))
     vol_name = next(m["name"] for m in c["volumeMounts"] if m["mountPath"] == checks.flag(c, "rules"))
@@ -405,3 +410,13 @@ def test_mounted_rules_pass_egress_authz_validate(overlay, tmp_path):
     files = sorted(str(p) for p in rules_dir.iterdir())
     proc = subprocess.run([str(binary), "validate", *files], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_validate_step_rejects_a_broken_rule_file(tmp_path):
+    """The validate step above would notice: a rule file with an unknown field fails."""
+    binary = require_binary()
+    (cm,) = checks.find(rendered("rules"), "ConfigMap")
+    key, text = sorted(cm["data"].items())[0]
+    (tmp_path / key).write_text(text.replace("defaultAction:", "defaultActoin:", 1))
+    proc = subprocess.run([str(binary), "validate", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
