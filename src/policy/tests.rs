@@ -1,0 +1,605 @@
+//! Table-driven tests of the decision semantics (README, "Decision semantics"), including every step of
+//! the seeds' walkthroughs, over HTTP- and TCP-shaped requests.
+
+use super::*;
+
+const DEPLOY_RULES: &str = include_str!("../../deploy/rules/egress.yaml");
+const NAMESPACE_LEVEL: &str = include_str!("../../examples/rules/namespace-level.yaml");
+const SERVICE_ACCOUNT_LEVEL: &str = include_str!("../../examples/rules/service-account-level.yaml");
+const ALLOW_NOTHING: &str = include_str!("../../examples/rules/allow-nothing.yaml");
+
+const GOOGLE: &str = "developers.google.com";
+const YAHOO: &str = "developer.yahoo.com";
+const DEFAULT_SLEEP: &str = "spiffe://cluster.local/ns/default/sa/sleep";
+const OTHERNS_SLEEP: &str = "spiffe://cluster.local/ns/otherns/sa/sleep";
+const SLEEP_GOOGLE: &str = "spiffe://cluster.local/ns/otherns/sa/sleep-google";
+const SLEEP_YAHOO: &str = "spiffe://cluster.local/ns/otherns/sa/sleep-yahoo";
+
+fn mk_policy(yaml: &str) -> Policy {
+    compile(&[SourceFile {
+        name: "rules.yaml".into(),
+        text: yaml.into(),
+    }])
+    .unwrap_or_else(|errors| panic!("rules must compile: {errors:?}"))
+}
+
+fn mk_errors(yaml: &str) -> Vec<CompileErrorKind> {
+    match compile(&[SourceFile {
+        name: "rules.yaml".into(),
+        text: yaml.into(),
+    }]) {
+        Ok(_) => panic!("rules must not compile:\n{yaml}"),
+        Err(errors) => errors.into_iter().map(|e| e.kind).collect(),
+    }
+}
+
+fn http<'a>(principal: &'a str, authority: &'a str) -> EgressRequest<'a> {
+    EgressRequest {
+        http: Some(HttpRequest {
+            authority,
+            method: "GET",
+            path: "/",
+        }),
+        principal,
+        port: Some(8080),
+        ..Default::default()
+    }
+}
+
+fn tcp<'a>(principal: &'a str, sni: &'a str) -> EgressRequest<'a> {
+    EgressRequest {
+        http: None,
+        principal,
+        destination_service: sni,
+        port: Some(8443),
+        ..Default::default()
+    }
+}
+
+/// (verdict, reason, deciding rule)
+fn outcome(policy: &Policy, request: &EgressRequest<'_>) -> (Verdict, Reason, Option<String>) {
+    let d = policy.decide(request);
+    (d.verdict, d.reason, d.rule.map(|r| r.name.clone()))
+}
+
+fn assert_walkthrough(policy: &Policy, steps: &[(&str, &str, Verdict)]) {
+    for &(principal, host, expected) in steps {
+        for request in [http(principal, host), tcp(principal, host)] {
+            let decision = policy.decide(&request);
+            assert_eq!(
+                decision.verdict,
+                expected,
+                "{principal} -> {host} over {:?}: {decision:?}",
+                request.protocol()
+            );
+        }
+    }
+}
+
+#[test]
+fn seeds_namespace_level() {
+    let policy = mk_policy(NAMESPACE_LEVEL);
+    assert_walkthrough(
+        &policy,
+        &[
+            (DEFAULT_SLEEP, GOOGLE, Verdict::Allow),
+            (DEFAULT_SLEEP, YAHOO, Verdict::Deny),
+            (OTHERNS_SLEEP, YAHOO, Verdict::Allow),
+            (OTHERNS_SLEEP, GOOGLE, Verdict::Deny),
+        ],
+    );
+    assert_eq!(
+        outcome(&policy, &http(DEFAULT_SLEEP, YAHOO)),
+        (Verdict::Deny, Reason::DeniedByRule, Some("deny-default-to-yahoo".into()))
+    );
+    assert_eq!(outcome(&policy, &tcp(DEFAULT_SLEEP, GOOGLE)), (Verdict::Allow, Reason::DefaultAllow, None));
+}
+
+#[test]
+fn seeds_service_account_level() {
+    let policy = mk_policy(SERVICE_ACCOUNT_LEVEL);
+    assert_walkthrough(
+        &policy,
+        &[
+            (SLEEP_GOOGLE, GOOGLE, Verdict::Allow),
+            (SLEEP_GOOGLE, YAHOO, Verdict::Deny),
+            (SLEEP_YAHOO, GOOGLE, Verdict::Deny),
+            (SLEEP_YAHOO, YAHOO, Verdict::Allow),
+            (OTHERNS_SLEEP, GOOGLE, Verdict::Allow),
+            (OTHERNS_SLEEP, YAHOO, Verdict::Allow),
+            // Not named by any rule: the allow-list default applies.
+            (DEFAULT_SLEEP, GOOGLE, Verdict::Deny),
+        ],
+    );
+    assert_eq!(outcome(&policy, &tcp(SLEEP_GOOGLE, YAHOO)), (Verdict::Deny, Reason::NoMatchingRule, None));
+}
+
+#[test]
+fn seeds_allow_nothing() {
+    let policy = mk_policy(ALLOW_NOTHING);
+    for principal in [DEFAULT_SLEEP, OTHERNS_SLEEP, SLEEP_GOOGLE, SLEEP_YAHOO] {
+        for host in [GOOGLE, YAHOO] {
+            assert_eq!(outcome(&policy, &http(principal, host)), (Verdict::Deny, Reason::NoMatchingRule, None));
+            assert_eq!(outcome(&policy, &tcp(principal, host)), (Verdict::Deny, Reason::NoMatchingRule, None));
+        }
+    }
+}
+
+#[test]
+fn deploy_rules_combine_the_seeds_final_stage() {
+    let policy = mk_policy(DEPLOY_RULES);
+    assert_walkthrough(
+        &policy,
+        &[
+            (DEFAULT_SLEEP, GOOGLE, Verdict::Allow),
+            (DEFAULT_SLEEP, YAHOO, Verdict::Deny),
+            (OTHERNS_SLEEP, GOOGLE, Verdict::Allow),
+            (OTHERNS_SLEEP, YAHOO, Verdict::Allow),
+            (SLEEP_GOOGLE, GOOGLE, Verdict::Allow),
+            (SLEEP_GOOGLE, YAHOO, Verdict::Deny),
+            (SLEEP_YAHOO, GOOGLE, Verdict::Deny),
+            (SLEEP_YAHOO, YAHOO, Verdict::Allow),
+        ],
+    );
+}
+
+#[test]
+fn deny_rules_win_over_allow_rules_whatever_their_order() {
+    let policy = mk_policy(
+        r#"
+rules:
+- name: allow-google
+  to: {hosts: [developers.google.com]}
+- name: deny-default
+  action: DENY
+  from: {namespaces: [default]}
+"#,
+    );
+    assert_eq!(
+        outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)),
+        (Verdict::Deny, Reason::DeniedByRule, Some("deny-default".into()))
+    );
+    assert_eq!(
+        outcome(&policy, &http(OTHERNS_SLEEP, GOOGLE)),
+        (Verdict::Allow, Reason::AllowedByRule, Some("allow-google".into()))
+    );
+}
+
+#[test]
+fn first_matching_rule_in_file_order_decides() {
+    let policy = mk_policy(
+        r#"
+rules:
+- name: first
+  to: {hosts: ["*.google.com"]}
+- name: second
+  to: {hosts: [developers.google.com]}
+"#,
+    );
+    assert_eq!(outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)).2.as_deref(), Some("first"));
+}
+
+#[test]
+fn default_action_allow_and_deny() {
+    let allow = mk_policy("defaultAction: ALLOW\nrules: []\n");
+    assert_eq!(outcome(&allow, &http(DEFAULT_SLEEP, GOOGLE)), (Verdict::Allow, Reason::DefaultAllow, None));
+    let deny = mk_policy("rules: []\n");
+    assert_eq!(outcome(&deny, &http(DEFAULT_SLEEP, GOOGLE)), (Verdict::Deny, Reason::NoMatchingRule, None));
+}
+
+#[test]
+fn callers_without_trusted_identity_match_no_rule_with_from() {
+    let policy = mk_policy(
+        r#"
+rules:
+- name: any-namespace
+  from: {namespaces: ["*"]}
+- name: not-prod
+  from: {notNamespaces: [prod]}
+"#,
+    );
+    for principal in [
+        "",                                              // no client certificate
+        "spiffe://cluster.local/ns/default",             // malformed
+        "cluster.local/ns/default/sa/sleep",             // no scheme
+        "spiffe://evil.example/ns/default/sa/sleep",     // foreign trust domain
+        "spiffe://cluster.local/ns/default/sa/sleep/x",  // extra segment
+    ] {
+        assert_eq!(
+            outcome(&policy, &http(principal, GOOGLE)),
+            (Verdict::Deny, Reason::InvalidPrincipal, None),
+            "{principal:?}"
+        );
+    }
+    assert_eq!(outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)).1, Reason::AllowedByRule);
+}
+
+#[test]
+fn not_fields_never_turn_a_missing_identity_into_a_match() {
+    let policy = mk_policy(
+        r#"
+defaultAction: ALLOW
+rules:
+- name: deny-all-but-prod
+  action: DENY
+  from: {notNamespaces: [prod]}
+"#,
+    );
+    // The DENY rule has `from`, so an identity-less caller does not match it: the default applies.
+    assert_eq!(outcome(&policy, &http("", GOOGLE)), (Verdict::Allow, Reason::DefaultAllow, None));
+    assert_eq!(outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)).1, Reason::DeniedByRule);
+    assert_eq!(
+        outcome(&policy, &http("spiffe://cluster.local/ns/prod/sa/x", GOOGLE)).1,
+        Reason::DefaultAllow
+    );
+}
+
+#[test]
+fn a_rule_without_from_matches_anyone_even_without_identity() {
+    let policy = mk_policy("rules:\n- name: google-for-all\n  to: {hosts: [developers.google.com]}\n");
+    assert_eq!(outcome(&policy, &http("", GOOGLE)).1, Reason::AllowedByRule);
+    assert_eq!(outcome(&policy, &tcp("garbage", GOOGLE)).1, Reason::AllowedByRule);
+}
+
+#[test]
+fn extra_trust_domains_are_honoured() {
+    let policy = mk_policy(
+        r#"
+trustDomains: [cluster.local, partner.example]
+rules:
+- name: partner
+  from: {principals: ["partner.example/ns/default/sa/sleep"]}
+"#,
+    );
+    assert_eq!(
+        outcome(&policy, &http("spiffe://partner.example/ns/default/sa/sleep", GOOGLE)).1,
+        Reason::AllowedByRule
+    );
+    assert_eq!(outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)).1, Reason::NoMatchingRule);
+}
+
+#[test]
+fn from_fields_and_wildcards() {
+    let policy = mk_policy(
+        r#"
+rules:
+- name: team-sleepers
+  from:
+    namespaces: ["team-*"]
+    serviceAccounts: ["*/sleep", "team-b/*-prod"]
+    notPrincipals: ["spiffe://cluster.local/ns/team-a/sa/sleep"]
+- name: by-principal-suffix
+  from: {principals: ["*/sa/batch"]}
+"#,
+    );
+    let cases: &[(&str, Reason)] = &[
+        ("spiffe://cluster.local/ns/team-b/sa/sleep", Reason::AllowedByRule),
+        ("spiffe://cluster.local/ns/team-b/sa/pay-prod", Reason::AllowedByRule),
+        ("spiffe://cluster.local/ns/team-a/sa/pay-prod", Reason::NoMatchingRule), // SA namespace part
+        ("spiffe://cluster.local/ns/team-a/sa/sleep", Reason::NoMatchingRule),    // notPrincipals
+        ("spiffe://cluster.local/ns/other/sa/sleep", Reason::NoMatchingRule),     // namespaces
+        ("spiffe://cluster.local/ns/other/sa/batch", Reason::AllowedByRule),
+    ];
+    for (principal, reason) in cases {
+        assert_eq!(outcome(&policy, &http(principal, GOOGLE)).1, *reason, "{principal}");
+    }
+}
+
+#[test]
+fn host_patterns_through_decisions() {
+    let policy = mk_policy(
+        r#"
+rules:
+- name: google-apis
+  to: {hosts: ["*.googleapis.com", "**.s3.amazonaws.com"], notHosts: ["evil.s3.amazonaws.com"]}
+"#,
+    );
+    let cases: &[(&str, Reason)] = &[
+        ("storage.googleapis.com", Reason::AllowedByRule),
+        ("STORAGE.GoogleApis.com.", Reason::AllowedByRule),
+        ("storage.googleapis.com:443", Reason::AllowedByRule),
+        ("a.b.googleapis.com", Reason::NoMatchingRule),
+        ("googleapis.com", Reason::NoMatchingRule),
+        ("bucket.s3.amazonaws.com", Reason::AllowedByRule),
+        ("x.y.s3.amazonaws.com", Reason::AllowedByRule),
+        ("evil.s3.amazonaws.com", Reason::NoMatchingRule),
+        ("s3.amazonaws.com", Reason::NoMatchingRule),
+    ];
+    for (authority, reason) in cases {
+        assert_eq!(outcome(&policy, &http(DEFAULT_SLEEP, authority)).1, *reason, "{authority}");
+    }
+}
+
+#[test]
+fn ports_methods_and_paths() {
+    let policy = mk_policy(
+        r#"
+rules:
+- name: read-headers
+  to: {hosts: [httpbin.org], ports: [8080], methods: [GET, HEAD], paths: ["/headers", "/api/*"]}
+"#,
+    );
+    let mk = |method: &'static str, path: &'static str, port: u16| EgressRequest {
+        http: Some(HttpRequest {
+            authority: "httpbin.org",
+            method,
+            path,
+        }),
+        principal: DEFAULT_SLEEP,
+        port: Some(port),
+        ..Default::default()
+    };
+    let cases = [
+        (mk("GET", "/headers", 8080), Reason::AllowedByRule),
+        (mk("GET", "/headers?x=1", 8080), Reason::AllowedByRule),
+        (mk("head", "/api/v1/x", 8080), Reason::AllowedByRule),
+        (mk("POST", "/headers", 8080), Reason::NoMatchingRule),
+        (mk("GET", "/headers/x", 8080), Reason::NoMatchingRule),
+        (mk("GET", "/headers", 8443), Reason::NoMatchingRule),
+    ];
+    for (request, reason) in cases {
+        assert_eq!(outcome(&policy, &request).1, reason, "{request:?}");
+    }
+}
+
+#[test]
+fn http_only_fields_on_tcp_fail_closed() {
+    let policy = mk_policy(
+        r#"
+defaultAction: ALLOW
+rules:
+- name: deny-posts-to-yahoo
+  action: DENY
+  to: {hosts: [developer.yahoo.com], methods: [POST]}
+"#,
+    );
+    // DENY ignores HTTP-only fields on TCP: it matches more widely.
+    assert_eq!(outcome(&policy, &tcp(DEFAULT_SLEEP, YAHOO)).1, Reason::DeniedByRule);
+    assert_eq!(outcome(&policy, &http(DEFAULT_SLEEP, YAHOO)).1, Reason::DefaultAllow);
+
+    let policy = mk_policy(
+        r#"
+rules:
+- name: get-google
+  to: {hosts: [developers.google.com], paths: ["/"]}
+"#,
+    );
+    // ALLOW needs them, so it cannot match a TCP check.
+    assert_eq!(outcome(&policy, &tcp(DEFAULT_SLEEP, GOOGLE)).1, Reason::NoMatchingRule);
+    assert_eq!(outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)).1, Reason::AllowedByRule);
+}
+
+#[test]
+fn destination_host_rules() {
+    let policy = mk_policy("defaultAction: ALLOW\nrules: []\n");
+    let deny = |request: EgressRequest<'_>| outcome(&policy, &request).1;
+    // HTTP: no authority, an invalid one.
+    assert_eq!(deny(http(DEFAULT_SLEEP, "")), Reason::NoDestinationHost);
+    for bad in ["exa mple.com", "a..b", "user@host.com", "host.com:port", "*.google.com", "%65vil.com"] {
+        assert_eq!(deny(http(DEFAULT_SLEEP, bad)), Reason::InvalidHost, "{bad}");
+    }
+    // TCP: destination.service first, then tls_session.sni; Istio's cluster SNI is never a host.
+    assert_eq!(deny(tcp(DEFAULT_SLEEP, "")), Reason::NoDestinationHost);
+    let istio_sni = "outbound_.443_._.istio-egressgateway.istio-system.svc.cluster.local";
+    assert_eq!(deny(tcp(DEFAULT_SLEEP, istio_sni)), Reason::NoDestinationHost);
+    let fallback = EgressRequest {
+        sni: GOOGLE,
+        ..tcp(DEFAULT_SLEEP, "")
+    };
+    assert_eq!(deny(fallback), Reason::DefaultAllow);
+}
+
+#[test]
+fn tcp_prefers_destination_service_over_tls_session_sni() {
+    let policy = mk_policy("rules:\n- name: google\n  to: {hosts: [developers.google.com]}\n");
+    let request = EgressRequest {
+        sni: YAHOO,
+        ..tcp(DEFAULT_SLEEP, GOOGLE)
+    };
+    assert_eq!(outcome(&policy, &request).1, Reason::AllowedByRule);
+}
+
+#[test]
+fn sni_must_match_host_on_http_unless_disabled() {
+    let strict = mk_policy("defaultAction: ALLOW\nrules: []\n");
+    let fronted = EgressRequest {
+        sni: "allowed.example.com",
+        ..http(DEFAULT_SLEEP, "blocked.example.com")
+    };
+    assert_eq!(outcome(&strict, &fronted), (Verdict::Deny, Reason::SniHostMismatch, None));
+    let same = EgressRequest {
+        sni: "Blocked.Example.com.",
+        ..http(DEFAULT_SLEEP, "blocked.example.com:443")
+    };
+    assert_eq!(outcome(&strict, &same).1, Reason::DefaultAllow);
+    let istio_sni = EgressRequest {
+        sni: "outbound_.443_._.istio-egressgateway.istio-system.svc.cluster.local",
+        ..http(DEFAULT_SLEEP, "blocked.example.com")
+    };
+    assert_eq!(outcome(&strict, &istio_sni).1, Reason::DefaultAllow, "Istio's cluster SNI is never a mismatch");
+
+    let lax = mk_policy("defaultAction: ALLOW\nrequireSniMatchesHost: false\nrules: []\n");
+    assert_eq!(outcome(&lax, &fronted).1, Reason::DefaultAllow);
+}
+
+#[test]
+fn dry_run_rules_are_reported_never_enforced() {
+    let policy = mk_policy(
+        r#"
+rules:
+- name: google
+  to: {hosts: [developers.google.com]}
+- name: would-deny-default
+  action: DENY
+  dryRun: true
+  from: {namespaces: [default]}
+- name: would-allow-yahoo
+  dryRun: true
+  to: {hosts: [developer.yahoo.com]}
+"#,
+    );
+    let d = policy.decide(&http(DEFAULT_SLEEP, GOOGLE));
+    assert_eq!((d.verdict, d.reason), (Verdict::Allow, Reason::AllowedByRule));
+    let dry = d.dry_run.expect("dry-run rule matched");
+    assert_eq!((dry.rule.name.as_str(), dry.verdict), ("would-deny-default", Verdict::Deny));
+    assert!(d.dry_run_disagrees());
+
+    let d = policy.decide(&http(OTHERNS_SLEEP, YAHOO));
+    assert_eq!((d.verdict, d.reason), (Verdict::Deny, Reason::NoMatchingRule));
+    let dry = d.dry_run.expect("dry-run rule matched");
+    assert_eq!((dry.rule.name.as_str(), dry.verdict), ("would-allow-yahoo", Verdict::Allow));
+
+    // A dry-run ALLOW that an enforced DENY would still override reports the enforced outcome.
+    let d = policy.decide(&http(DEFAULT_SLEEP, YAHOO));
+    let dry = d.dry_run.expect("dry-run rules matched");
+    assert_eq!((dry.rule.name.as_str(), dry.verdict), ("would-deny-default", Verdict::Deny));
+    assert!(!d.dry_run_disagrees());
+
+    let d = policy.decide(&http(OTHERNS_SLEEP, GOOGLE));
+    assert_eq!(d.dry_run, None, "no dry-run rule matched");
+}
+
+#[test]
+fn explain_agrees_with_decide_and_names_the_first_failed_condition() {
+    let policy = mk_policy(DEPLOY_RULES);
+    let request = http(SLEEP_GOOGLE, YAHOO);
+    let explanation = policy.explain(&request);
+    assert_eq!(explanation.decision, policy.decide(&request));
+    let outcomes: Vec<_> = explanation.rules.iter().map(|t| (t.rule.name.as_str(), t.outcome)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("default-ns-to-google", Err(Condition::Namespaces)),
+            ("otherns-sleep-to-both", Err(Condition::ServiceAccounts)),
+            ("otherns-sleep-google-to-google", Err(Condition::Hosts)),
+            ("otherns-sleep-yahoo-to-yahoo", Err(Condition::ServiceAccounts)),
+        ]
+    );
+    let explanation = policy.explain(&http("", YAHOO));
+    assert!(explanation.identity_problem.is_some());
+    assert!(explanation.rules.iter().all(|t| t.outcome == Err(Condition::Identity)));
+}
+
+#[test]
+fn invalid_rule_files_are_rejected_with_the_right_error() {
+    let cases: &[(&str, fn(&CompileErrorKind) -> bool)] = &[
+        ("rules:\n- name: a\n  from: {namespace: [x]}\n", |k| matches!(k, CompileErrorKind::Syntax(m) if m.contains("unknown field"))),
+        ("rules:\n- name: a\n  action: MAYBE\n", |k| matches!(k, CompileErrorKind::Syntax(_))),
+        ("rules: [\n", |k| matches!(k, CompileErrorKind::Syntax(_))),
+        ("", |k| matches!(k, CompileErrorKind::EmptyFile)),
+        ("# only a comment\n", |k| matches!(k, CompileErrorKind::EmptyFile)),
+        ("rules:\n- name: Upper\n", |k| matches!(k, CompileErrorKind::InvalidRuleName)),
+        ("rules:\n- name: a\n- name: a\n", |k| matches!(k, CompileErrorKind::DuplicateRuleName { .. })),
+        ("rules:\n- name: a\n  to: {hosts: ['a.*.com']}\n", |k| matches!(k, CompileErrorKind::InvalidValue { field: "to.hosts", .. })),
+        ("rules:\n- name: a\n  to: {ports: [0]}\n", |k| matches!(k, CompileErrorKind::InvalidValue { field: "to.ports", .. })),
+        ("rules:\n- name: a\n  to: {ports: [70000]}\n", |k| matches!(k, CompileErrorKind::Syntax(_))),
+        ("rules:\n- name: a\n  to: {paths: [nope]}\n", |k| matches!(k, CompileErrorKind::InvalidValue { field: "to.paths", .. })),
+        ("rules:\n- name: a\n  to: {methods: ['G T']}\n", |k| matches!(k, CompileErrorKind::InvalidValue { field: "to.methods", .. })),
+        ("rules:\n- name: a\n  from: {serviceAccounts: [sleep]}\n", |k| matches!(k, CompileErrorKind::InvalidValue { field: "from.serviceAccounts", .. })),
+        ("rules:\n- name: a\n  from: {namespaces: ['a*b']}\n", |k| matches!(k, CompileErrorKind::InvalidValue { field: "from.namespaces", .. })),
+        ("rules:\n- name: a\n  from: {}\n", |k| matches!(k, CompileErrorKind::EmptyBlock("from", _))),
+        ("rules:\n- name: a\n  to: {hosts: []}\n", |k| matches!(k, CompileErrorKind::EmptyBlock("to", _))),
+        ("trustDomains: []\nrules: []\n", |k| matches!(k, CompileErrorKind::InvalidTrustDomains(_))),
+        ("trustDomains: [Cluster.Local]\nrules: []\n", |k| matches!(k, CompileErrorKind::InvalidTrustDomains(_))),
+    ];
+    for (yaml, expected) in cases {
+        let errors = mk_errors(yaml);
+        assert!(errors.iter().any(expected), "{yaml:?} gave {errors:?}");
+    }
+}
+
+#[test]
+fn errors_are_located_at_file_line_and_column() {
+    let yaml = "rules:\n- name: ok\n- name: bad\n  to:\n    hosts: [fine.com, 'a.*.com']\n";
+    let errors = compile(&[SourceFile {
+        name: "team/rules.yaml".into(),
+        text: yaml.into(),
+    }])
+    .unwrap_err();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].location.to_string(), "team/rules.yaml:5:24");
+    assert_eq!(errors[0].rule.as_deref(), Some("bad"));
+    assert!(errors[0].to_string().starts_with("team/rules.yaml:5:24: rule \"bad\": to.hosts"));
+
+    let errors = mk_errors_located("rules:\n- name: a\n  frm: {}\n");
+    assert_eq!((errors[0].location.line, errors[0].location.column), (3, 3));
+}
+
+fn mk_errors_located(yaml: &str) -> Vec<CompileError> {
+    compile(&[SourceFile {
+        name: "rules.yaml".into(),
+        text: yaml.into(),
+    }])
+    .unwrap_err()
+}
+
+#[test]
+fn files_in_a_directory_combine_and_must_agree() {
+    let file = |name: &str, text: &str| SourceFile {
+        name: name.into(),
+        text: text.into(),
+    };
+    let policy = compile(&[
+        file("a.yaml", "defaultAction: DENY\nrules:\n- name: one\n  to: {hosts: [a.com]}\n"),
+        file("b.yaml", "defaultAction: DENY\nrules:\n- name: two\n  to: {hosts: [b.com]}\n"),
+    ])
+    .unwrap();
+    assert_eq!(policy.rules().len(), 2);
+    assert_eq!(policy.rules()[1].origin.file, 1);
+
+    let errors = compile(&[
+        file("a.yaml", "rules:\n- name: one\n"),
+        file("b.yaml", "rules:\n- name: one\n"),
+    ])
+    .unwrap_err();
+    assert!(matches!(&errors[0].kind, CompileErrorKind::DuplicateRuleName { first } if first.file == "a.yaml"));
+    assert_eq!(errors[0].location.file, "b.yaml");
+
+    let errors = compile(&[
+        file("a.yaml", "defaultAction: DENY\nrules: []\n"),
+        file("b.yaml", "defaultAction: ALLOW\nrules: []\n"),
+    ])
+    .unwrap_err();
+    assert!(matches!(&errors[0].kind, CompileErrorKind::ConflictingSetting { setting: "defaultAction", .. }));
+
+    // Trust domains agree as sets, regardless of order.
+    compile(&[
+        file("a.yaml", "trustDomains: [a.local, b.local]\nrules: []\n"),
+        file("b.yaml", "trustDomains: [b.local, a.local]\nrules: []\n"),
+    ])
+    .unwrap();
+}
+
+#[test]
+fn digest_depends_on_content_not_on_directory() {
+    let mk = |name: &str, text: &str| {
+        compile(&[SourceFile {
+            name: name.into(),
+            text: text.into(),
+        }])
+        .unwrap()
+        .digest()
+        .to_owned()
+    };
+    assert_eq!(mk("/etc/a/rules.yaml", "rules: []\n"), mk("/other/rules.yaml", "rules: []\n"));
+    assert_ne!(mk("rules.yaml", "rules: []\n"), mk("rules.yaml", "rules: []\n# changed\n"));
+}
+
+#[test]
+fn lint_finds_rules_that_can_never_match() {
+    let policy = mk_policy(
+        r#"
+rules:
+- name: deny-everything
+  action: DENY
+- name: allow-google
+  to: {hosts: [developers.google.com]}
+- name: foreign
+  from: {principals: ["other.domain/ns/a/sa/b"]}
+"#,
+    );
+    let warnings: Vec<String> = lint(&policy).into_iter().map(|w| w.message).collect();
+    assert!(warnings.iter().any(|w| w.contains("allow-google") && w.contains("deny-everything")), "{warnings:?}");
+    assert!(warnings.iter().any(|w| w.contains("other.domain")), "{warnings:?}");
+    assert!(lint(&mk_policy(DEPLOY_RULES)).is_empty());
+}
