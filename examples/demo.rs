@@ -18,7 +18,7 @@ mod pki;
 mod scenarios;
 
 use harness::{find_envoy, Gateway, Stage, World, GOOGLE, YAHOO};
-use pki::{DEFAULT_SLEEP, FOREIGN_TD, NO_URI_SAN, OTHERNS_SLEEP, SLEEP_GOOGLE, SLEEP_YAHOO};
+use pki::{DEFAULT_SLEEP, FOREIGN_TD, NO_URI_SAN};
 use scenarios::{expected, observe_http, observe_tcp, Observation};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -89,11 +89,7 @@ async fn run() -> Result<usize, String> {
         let file = stage.path();
         let file = file.strip_prefix(harness::manifest_dir()).unwrap_or(&file).display().to_string();
         println!("\n== stage {} ({file}) ==\n{header}", stage.name());
-        let mut callers = vec![DEFAULT_SLEEP, OTHERNS_SLEEP, SLEEP_GOOGLE, SLEEP_YAHOO];
-        if stage == Stage::Final {
-            callers.extend([FOREIGN_TD, NO_URI_SAN]);
-        }
-        for caller in callers {
+        for caller in scenarios::CALLERS {
             for host in [GOOGLE, YAHOO] {
                 let exp = expected(stage, caller, host);
                 let http = observe_http(&world, Gateway::HttpIstio, caller, host, host, "/").await;

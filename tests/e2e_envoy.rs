@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use harness::{envoy_or_skip, envoy_validate, render_template, serial, Gateway, Stage, World, GOOGLE, YAHOO};
 use net::{https_request, tls_stream, TcpOutcome};
-use pki::{Pki, DEFAULT_SLEEP, FOREIGN_TD, NO_URI_SAN, OTHERNS_SLEEP, SLEEP_GOOGLE, SLEEP_YAHOO};
+use pki::{Pki, DEFAULT_SLEEP, OTHERNS_SLEEP, SLEEP_YAHOO};
 use scenarios::{check_http, check_tcp, expected, Expect, Tally, HTTP_STAT_PREFIX, TCP_STAT_PREFIX};
 
 /// Every template renders and passes `envoy --mode validate`; (a') differs from (a) only by
@@ -73,7 +73,7 @@ async fn envoy_bootstraps_validate() {
 
 /// The seeds' walkthrough, stage by stage, for every caller and both hosts, over the HTTP path (200 with
 /// the upstream's name vs 403 with the reason header) and the TCP path (bytes flow vs closed before any
-/// upstream byte), plus the identity edge cases in the final stage. Asserts what the client sees, what the
+/// upstream byte), plus the identity edge cases (foreign trust domain, no URI SAN) in every stage. Asserts what the client sees, what the
 /// stand-in hosts saw, Envoy's access log (ext_authz dynamic metadata), Envoy's stats and the server's
 /// metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,11 +89,7 @@ async fn seeds_walkthrough_http_and_tcp() {
             world.restart_server_with(&stage.text()).await.unwrap();
         }
         let mut tally = Tally::default();
-        let mut callers = vec![DEFAULT_SLEEP, OTHERNS_SLEEP, SLEEP_GOOGLE, SLEEP_YAHOO];
-        if stage == Stage::Final {
-            callers.extend([FOREIGN_TD, NO_URI_SAN]);
-        }
-        for caller in callers {
+        for caller in scenarios::CALLERS {
             for host in [GOOGLE, YAHOO] {
                 let exp = expected(stage, caller, host);
                 let ctx = format!("stage {}: {caller} -> {host}", stage.name());

@@ -362,8 +362,8 @@ impl Envoy {
             .arg(&admin_path)
             // no shared memory / base id at all, so parallel Envoys (other tests, the demo) never clash
             .args(["--disable-hot-restart", "--concurrency", "1", "-l", "warn"])
-            // flush access logs every 50 ms instead of 10 s, so tests can read them
-            .args(["--file-flush-interval-msec", "50"])
+            // flush access logs every 20 ms instead of 10 s, so tests can read them
+            .args(["--file-flush-interval-msec", "20"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr))
@@ -482,7 +482,7 @@ impl Stage {
             Self::NamespaceLevel => "namespace-level",
             Self::ServiceAccountLevel => "service-account-level",
             Self::AllowNothing => "allow-nothing",
-            Self::Final => "final (deploy/rules/egress.yaml)",
+            Self::Final => "final",
         }
     }
 
