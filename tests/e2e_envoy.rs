@@ -171,6 +171,7 @@ async fn sni_host_mismatch_and_dry_run() {
 
 /// The rule file is replaced (atomic rename) while two clients send traffic: the affected decision flips
 /// within 2 s, in both directions, and no request ever gets a 5xx; an unaffected TCP flow keeps flowing.
+/// A broken rule file is rejected and the last good rules keep deciding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_flips_decisions_without_5xx() {
     let Some(envoy) = envoy_or_skip("hot_reload_flips_decisions_without_5xx") else { return };
@@ -199,6 +200,22 @@ async fn hot_reload_flips_decisions_without_5xx() {
     let probe = Probe { world: &world, gateway: http_gw, cfg: probe_cfg };
     statuses.extend(probe.flip(200, 403, &Stage::ServiceAccountLevel.text(), "final->service-account").await);
     statuses.extend(probe.flip(403, 200, &Stage::Final.text(), "service-account->final").await);
+    // The TCP path reads the same live rule set: after flipping back, default/sleep -> google flows.
+    let allow = Expect::allow("allowed_by_rule", Some("default-ns-to-google"));
+    check_tcp(&world, DEFAULT_SLEEP, GOOGLE, &allow, "after reload").await;
+
+    // A broken rule file is rejected and the last good rules keep serving.
+    let srv = world.server();
+    assert!(srv.metric("egress_authz_reloads_total", &[("result", "success")]).await >= 2.0, "two reloads counted");
+    world.swap_rules_file("defaultAction: DENY\nrules: [ {name: broken\n").unwrap();
+    harness::poll_until(Duration::from_secs(5), "the broken rule file to be rejected", || async {
+        (srv.metric("egress_authz_reloads_total", &[("result", "failure")]).await >= 1.0).then_some(())
+    })
+    .await
+    .unwrap();
+    check_http(&world, Gateway::HttpIstio, DEFAULT_SLEEP, GOOGLE, GOOGLE, "/", &allow, "broken file ignored").await;
+    check_tcp(&world, DEFAULT_SLEEP, GOOGLE, &allow, "broken file ignored").await;
+
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let steady = steady.await.unwrap();
     assert!(!steady.is_empty());
@@ -207,6 +224,8 @@ async fn hot_reload_flips_decisions_without_5xx() {
     }
     let http = world.envoy(Gateway::HttpIstio);
     assert_eq!(http.stat(&format!("http.{HTTP_STAT_PREFIX}.ext_authz.error")).await, 0);
+    let tcp = world.envoy(Gateway::TcpIstio);
+    assert_eq!(tcp.stat(&format!("ext_authz.{TCP_STAT_PREFIX}.error")).await, 0);
     assert_eq!(scenarios::logged_5xx(http), 0, "Envoy logged a 5xx");
     eprintln!("hot reload: {} probe requests, {} steady TCP connections", statuses.len(), steady.len());
 }
