@@ -8,7 +8,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .file_descriptor_set_path(out_dir.join("admin_descriptor.bin"))
-        .compile_with_config(config, &["proto/egress_authz/admin/v1/admin.proto"], &["proto"])?;
+        .compile_with_config(
+            config,
+            &["proto/egress_authz/admin/v1/admin.proto"],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

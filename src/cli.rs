@@ -42,16 +42,30 @@ pub struct ServeArgs {
     #[arg(long, env = "EGRESS_AUTHZ_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_addr: SocketAddr,
     /// Log line format.
-    #[arg(long, env = "EGRESS_AUTHZ_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "EGRESS_AUTHZ_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     /// Which decisions get a log event.
-    #[arg(long, env = "EGRESS_AUTHZ_DECISION_LOG", value_enum, default_value = "deny")]
+    #[arg(
+        long,
+        env = "EGRESS_AUTHZ_DECISION_LOG",
+        value_enum,
+        default_value = "deny"
+    )]
     pub decision_log: DecisionLogMode,
     /// Level of decision log events (error, warn, info, debug, trace).
     #[arg(long, env = "EGRESS_AUTHZ_DECISION_LOG_LEVEL", default_value = "info")]
     pub decision_log_level: tracing::Level,
     /// Deny events logged per (namespace, host, reason) per interval; 0 logs every one.
-    #[arg(long, env = "EGRESS_AUTHZ_DECISION_LOG_SAMPLE_LIMIT", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "EGRESS_AUTHZ_DECISION_LOG_SAMPLE_LIMIT",
+        default_value_t = 10
+    )]
     pub decision_log_sample_limit: u32,
     /// The sampling interval, e.g. 10s or 500ms.
     #[arg(long, env = "EGRESS_AUTHZ_DECISION_LOG_SAMPLE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
@@ -109,9 +123,13 @@ pub struct ExplainArgs {
 /// Parses `10s`, `500ms`, `2m` or a bare number of seconds.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
-    let split = raw.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(raw.len());
+    let split = raw
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(raw.len());
     let (number, unit) = raw.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("{raw:?} is not a duration like 10s or 500ms"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a duration like 10s or 500ms"))?;
     let seconds = match unit {
         "" | "s" => value,
         "ms" => value / 1000.0,

@@ -17,7 +17,11 @@ pub fn validate(paths: &[impl AsRef<Path>]) -> ExitCode {
         match load_policy(path) {
             Ok(policy) => {
                 for (index, file) in policy.files().iter().enumerate() {
-                    let rules = policy.rules().iter().filter(|r| r.origin.file == index).count();
+                    let rules = policy
+                        .rules()
+                        .iter()
+                        .filter(|r| r.origin.file == index)
+                        .count();
                     println!("{file}: ok, {rules} rule(s)");
                 }
                 println!(
@@ -43,7 +47,11 @@ pub fn validate(paths: &[impl AsRef<Path>]) -> ExitCode {
             }
         }
     }
-    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// `egress-authz explain`: the decision for one request and each rule's outcome.
@@ -67,7 +75,11 @@ pub fn explain(args: &ExplainArgs) -> ExitCode {
             path: &args.path,
         }),
         principal: &args.principal,
-        destination_service: if args.tcp { args.host.as_deref().unwrap_or(sni) } else { "" },
+        destination_service: if args.tcp {
+            args.host.as_deref().unwrap_or(sni)
+        } else {
+            ""
+        },
         sni,
         port: args.port,
     };
@@ -102,22 +114,54 @@ pub fn explain(args: &ExplainArgs) -> ExitCode {
     }
     println!("decision: {}", response.decision);
     println!("reason:   {}", response.reason);
-    println!("rule:     {}", if response.rule.is_empty() { "-" } else { &response.rule });
+    println!(
+        "rule:     {}",
+        if response.rule.is_empty() {
+            "-"
+        } else {
+            &response.rule
+        }
+    );
     if let Some(dry_run) = &response.dry_run {
-        println!("dry run:  would {} (rule {})", dry_run.decision, dry_run.rule);
+        println!(
+            "dry run:  would {} (rule {})",
+            dry_run.decision, dry_run.rule
+        );
     }
     println!("protocol: {}", response.protocol);
-    println!("host:     {}", if response.host.is_empty() { "-" } else { &response.host });
+    println!(
+        "host:     {}",
+        if response.host.is_empty() {
+            "-"
+        } else {
+            &response.host
+        }
+    );
     if response.identity_problem.is_empty() {
-        println!("caller:   namespace {} service account {}", response.namespace, response.service_account);
+        println!(
+            "caller:   namespace {} service account {}",
+            response.namespace, response.service_account
+        );
     } else {
-        println!("caller:   no trusted identity: {}", response.identity_problem);
+        println!(
+            "caller:   no trusted identity: {}",
+            response.identity_problem
+        );
     }
     if !response.rules.is_empty() {
         println!("rules (file order; enforced DENY rules are applied before ALLOW rules):");
-        let width = response.rules.iter().map(|r| r.name.len()).max().unwrap_or(0);
+        let width = response
+            .rules
+            .iter()
+            .map(|r| r.name.len())
+            .max()
+            .unwrap_or(0);
         for rule in &response.rules {
-            let outcome = if rule.matched { "matched".to_owned() } else { format!("no: {}", rule.failed_condition) };
+            let outcome = if rule.matched {
+                "matched".to_owned()
+            } else {
+                format!("no: {}", rule.failed_condition)
+            };
             let dry = if rule.dry_run { " (dry run)" } else { "" };
             println!("  {:width$}  {:5}  {outcome}{dry}", rule.name, rule.action);
         }

@@ -15,11 +15,12 @@ mod spec;
 mod tests;
 
 pub use compile::{
-    CompileError, CompileErrorKind, CompileWarning, DEFAULT_TRUST_DOMAIN, Location, SourceFile, compile, lint,
+    CompileError, CompileErrorKind, CompileWarning, DEFAULT_TRUST_DOMAIN, Location, SourceFile,
+    compile, lint,
 };
 pub use decision::{
-    Decision, DryRunVerdict, EgressRequest, Explanation, HttpRequest, OwnedIdentity, Policy, Protocol, Reason,
-    RuleTrace, Settings, Verdict,
+    Decision, DryRunVerdict, EgressRequest, Explanation, HttpRequest, OwnedIdentity, Policy,
+    Protocol, Reason, RuleTrace, Settings, Verdict,
 };
 pub use host::{NormalizedHost, authority_host, is_istio_cluster_sni, is_valid_dns_name};
 pub use identity::{Caller, Identity, parse_spiffe_id};

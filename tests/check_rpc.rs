@@ -2,6 +2,8 @@
 //! sends them (captured samples in tests/fixtures/envoy-1.40), asserting status, HTTP status, body,
 //! reason header and dynamic metadata.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +13,9 @@ use egress_authz::grpc::AuthzService;
 use egress_authz::grpc::admin::{AdminService, pb as admin_pb};
 use egress_authz::reload::{RuleStore, load_policy};
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request, TlsSession};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Peer, Request, TlsSession,
+};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
@@ -58,7 +62,9 @@ async fn spawn_server(rules: &str) -> Server {
             Arc::clone(&store),
             Arc::new(DecisionLog::disabled()),
         )))
-        .add_service(admin_pb::admin_server::AdminServer::new(AdminService::new(store)))
+        .add_service(admin_pb::admin_server::AdminServer::new(AdminService::new(
+            store,
+        )))
         .add_service(reflection)
         .serve_with_incoming(TcpListenerStream::new(listener));
     // Bound before spawning, so clients can connect at once: no readiness sleep.
@@ -67,7 +73,9 @@ async fn spawn_server(rules: &str) -> Server {
 }
 
 async fn client(server: &Server) -> AuthorizationClient<Channel> {
-    AuthorizationClient::connect(format!("http://{}", server.addr)).await.unwrap()
+    AuthorizationClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap()
 }
 
 /// Builds a CheckRequest from Envoy's protobuf-JSON (as captured), for the fields Envoy 1.40 sends.
@@ -111,19 +119,30 @@ fn from_envoy_json(json: &Json) -> CheckRequest {
                 }),
                 ..Default::default()
             }),
-            tls_session: attrs.get("tlsSession").map(|t| TlsSession { sni: str_of(&t["sni"]) }),
+            tls_session: attrs.get("tlsSession").map(|t| TlsSession {
+                sni: str_of(&t["sni"]),
+            }),
             ..Default::default()
         }),
     }
 }
 
 fn sample(kind: &str) -> CheckRequest {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/envoy-1.40/{kind}_checkrequest.json"));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "tests/fixtures/envoy-1.40/{kind}_checkrequest.json"
+    ));
     from_envoy_json(&serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap())
 }
 
 fn with_principal(mut check: CheckRequest, principal: &str) -> CheckRequest {
-    check.attributes.as_mut().unwrap().source.as_mut().unwrap().principal = principal.to_owned();
+    check
+        .attributes
+        .as_mut()
+        .unwrap()
+        .source
+        .as_mut()
+        .unwrap()
+        .principal = principal.to_owned();
     check
 }
 
@@ -152,7 +171,11 @@ fn denied(response: &CheckResponse) -> (u32, String, String) {
                 .expect("reason header")
                 .value
                 .clone();
-            (denied.status.as_ref().unwrap().code as u32, denied.body.clone(), header)
+            (
+                denied.status.as_ref().unwrap().code as u32,
+                denied.body.clone(),
+                header,
+            )
         }
         other => panic!("expected a denied response, got {other:?}"),
     }
@@ -164,11 +187,19 @@ const REPORTS: &str = "spiffe://cluster.local/ns/team-b/sa/reports";
 #[tokio::test]
 async fn http_sample_allowed_is_status_ok_with_no_upstream_headers() {
     let server = spawn_server(SAMPLE_RULES).await;
-    let response = client(&server).await.check(sample("http")).await.unwrap().into_inner();
+    let response = client(&server)
+        .await
+        .check(sample("http"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(response.status.as_ref().unwrap().code, 0, "explicit OK");
     match &response.http_response {
         Some(HttpResponse::OkResponse(ok)) => {
-            assert!(ok.headers.is_empty() && ok.response_headers_to_add.is_empty(), "{ok:?}");
+            assert!(
+                ok.headers.is_empty() && ok.response_headers_to_add.is_empty(),
+                "{ok:?}"
+            );
         }
         other => panic!("expected OkResponse, got {other:?}"),
     }
@@ -190,7 +221,11 @@ async fn http_sample_denied_is_a_403_with_reason_header_body_and_metadata() {
         .await
         .expect("a deny is still a successful RPC")
         .into_inner();
-    assert_eq!(response.status.as_ref().unwrap().code, 7, "PERMISSION_DENIED");
+    assert_eq!(
+        response.status.as_ref().unwrap().code,
+        7,
+        "PERMISSION_DENIED"
+    );
     let (status, body, header) = denied(&response);
     assert_eq!(status, 403);
     assert_eq!(body, "egress-authz: denied_by_rule (rule deny-reports)\n");
@@ -199,7 +234,10 @@ async fn http_sample_denied_is_a_403_with_reason_header_body_and_metadata() {
     assert_eq!(meta["decision"], "deny");
     assert_eq!(meta["reason"], "denied_by_rule");
     assert_eq!(meta["rule"], "deny-reports");
-    assert!(!meta.contains_key("dry_run_rule"), "team-b does not match the dry-run rule");
+    assert!(
+        !meta.contains_key("dry_run_rule"),
+        "team-b does not match the dry-run rule"
+    );
 }
 
 #[tokio::test]
@@ -209,12 +247,20 @@ async fn tcp_sample_uses_destination_service_and_has_no_http_response() {
     // The ALLOW rule requires GET, an HTTP-only field: on TCP it cannot match (fail closed).
     let response = client.check(sample("tcp")).await.unwrap().into_inner();
     assert_eq!(response.status.as_ref().unwrap().code, 7);
-    assert!(response.http_response.is_none(), "TCP denies close the connection; no HTTP body");
+    assert!(
+        response.http_response.is_none(),
+        "TCP denies close the connection; no HTTP body"
+    );
     assert_eq!(metadata(&response)["reason"], "no_matching_rule");
 
     let tcp_rules = "rules:\n- name: billing-tcp\n  from: {serviceAccounts: [team-a/billing]}\n  to: {hosts: [api.allowed.example.com], ports: [18443]}\n";
     let server = spawn_server(tcp_rules).await;
-    let response = self::client(&server).await.check(sample("tcp")).await.unwrap().into_inner();
+    let response = self::client(&server)
+        .await
+        .check(sample("tcp"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(response.status.as_ref().unwrap().code, 0);
     assert!(response.http_response.is_none());
     assert_eq!(metadata(&response)["rule"], "billing-tcp");
@@ -225,18 +271,40 @@ async fn unreadable_requests_are_denied_with_a_reason_never_an_rpc_error() {
     let server = spawn_server(SAMPLE_RULES).await;
     let mut client = client(&server).await;
     let mut fronted = sample("http");
-    fronted.attributes.as_mut().unwrap().tls_session = Some(TlsSession { sni: "evil.example.org".into() });
+    fronted.attributes.as_mut().unwrap().tls_session = Some(TlsSession {
+        sni: "evil.example.org".into(),
+    });
     let mut bad_host = sample("http");
-    bad_host.attributes.as_mut().unwrap().request.as_mut().unwrap().http.as_mut().unwrap().host = "a b".into();
+    bad_host
+        .attributes
+        .as_mut()
+        .unwrap()
+        .request
+        .as_mut()
+        .unwrap()
+        .http
+        .as_mut()
+        .unwrap()
+        .host = "a b".into();
     let cases = [
         (CheckRequest::default(), "no_destination_host"),
-        (with_principal(sample("http"), "not-a-spiffe-id"), "invalid_principal"),
-        (with_principal(sample("http"), "spiffe://evil.example/ns/team-a/sa/billing"), "invalid_principal"),
+        (
+            with_principal(sample("http"), "not-a-spiffe-id"),
+            "invalid_principal",
+        ),
+        (
+            with_principal(sample("http"), "spiffe://evil.example/ns/team-a/sa/billing"),
+            "invalid_principal",
+        ),
         (fronted, "sni_host_mismatch"),
         (bad_host, "invalid_host"),
     ];
     for (check, reason) in cases {
-        let response = client.check(check).await.expect("RPC succeeds").into_inner();
+        let response = client
+            .check(check)
+            .await
+            .expect("RPC succeeds")
+            .into_inner();
         assert_eq!(response.status.as_ref().unwrap().code, 7, "{reason}");
         assert_eq!(metadata(&response)["reason"], reason);
     }
@@ -252,10 +320,19 @@ async fn explain_rpc_traces_every_rule() {
     let envoy_bytes = prost::Message::encode_to_vec(&with_principal(sample("http"), REPORTS));
     let request: admin_pb::CheckRequest = prost::Message::decode(envoy_bytes.as_slice()).unwrap();
     let explained = admin.explain(request).await.unwrap().into_inner();
-    assert_eq!((explained.decision.as_str(), explained.reason.as_str()), ("deny", "denied_by_rule"));
+    assert_eq!(
+        (explained.decision.as_str(), explained.reason.as_str()),
+        ("deny", "denied_by_rule")
+    );
     assert_eq!(explained.rule, "deny-reports");
     assert_eq!(explained.host, "api.allowed.example.com");
-    assert_eq!((explained.namespace.as_str(), explained.service_account.as_str()), ("team-b", "reports"));
+    assert_eq!(
+        (
+            explained.namespace.as_str(),
+            explained.service_account.as_str()
+        ),
+        ("team-b", "reports")
+    );
     let trace: Vec<_> = explained
         .rules
         .iter()
@@ -274,13 +351,17 @@ async fn explain_rpc_traces_every_rule() {
 
 #[tokio::test]
 async fn reflection_describes_the_admin_service() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let server = spawn_server(SAMPLE_RULES).await;
-    let channel = Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
+    let channel = Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut client = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {
         host: String::new(),
@@ -304,11 +385,20 @@ fn sample_fixtures_are_what_envoy_sent() {
     // Guard against the fixtures drifting from the capture: the shapes the tests rely on.
     let http = sample("http");
     let attrs = http.attributes.as_ref().unwrap();
-    assert_eq!(attrs.request.as_ref().unwrap().http.as_ref().unwrap().path, "/get?x=1");
-    assert_eq!(attrs.tls_session.as_ref().unwrap().sni, "api.allowed.example.com");
+    assert_eq!(
+        attrs.request.as_ref().unwrap().http.as_ref().unwrap().path,
+        "/get?x=1"
+    );
+    assert_eq!(
+        attrs.tls_session.as_ref().unwrap().sni,
+        "api.allowed.example.com"
+    );
     assert_eq!(attrs.source.as_ref().unwrap().principal, BILLING);
     let tcp = sample("tcp");
     let attrs = tcp.attributes.as_ref().unwrap();
     assert!(attrs.request.is_none());
-    assert_eq!(attrs.destination.as_ref().unwrap().service, "api.allowed.example.com");
+    assert_eq!(
+        attrs.destination.as_ref().unwrap().service,
+        "api.allowed.example.com"
+    );
 }

@@ -1,5 +1,7 @@
 //! The `validate` and `explain` commands, run as a user would run them.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -12,7 +14,11 @@ fn repo(path: &str) -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> (i32, String, String) {
-    let Output { status, stdout, stderr } = cmd.output().expect("binary runs");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("binary runs");
     (
         status.code().expect("exited"),
         String::from_utf8(stdout).unwrap(),
@@ -30,14 +36,20 @@ fn validate_accepts_the_shipped_rules() {
         .arg(repo("examples/rules/allow-nothing.yaml")));
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("egress.yaml: ok, 4 rule(s)"), "{stdout}");
-    assert!(stdout.contains("namespace-level.yaml: ok, 2 rule(s)"), "{stdout}");
+    assert!(
+        stdout.contains("namespace-level.yaml: ok, 2 rule(s)"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("warning"), "{stdout}");
 }
 
 #[test]
 fn validate_reports_every_invalid_fixture_with_file_line_and_column() {
     let fixtures = repo("tests/fixtures/invalid");
-    let mut files: Vec<_> = std::fs::read_dir(&fixtures).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&fixtures)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     assert!(files.len() >= 5);
     for file in files {
@@ -45,21 +57,34 @@ fn validate_reports_every_invalid_fixture_with_file_line_and_column() {
         assert_eq!(code, 1, "{} must be rejected: {stdout}", file.display());
         let first = stderr.lines().next().unwrap_or_default();
         let prefix = format!("{}:", file.display());
-        let location: Vec<_> = first.strip_prefix(&prefix).unwrap_or_else(|| panic!("{first}")).splitn(3, ':').collect();
+        let location: Vec<_> = first
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("{first}"))
+            .splitn(3, ':')
+            .collect();
         assert!(
             location[0].parse::<usize>().is_ok() && location[1].parse::<usize>().is_ok(),
             "line:column expected in {first:?}"
         );
     }
-    let (_, _, stderr) = run(bin().arg("validate").arg(repo("tests/fixtures/invalid/duplicate_rule_name.yaml")));
-    assert!(stderr.contains(":4:3: rule \"google\": duplicate rule name; first defined at"), "{stderr}");
+    let (_, _, stderr) = run(bin()
+        .arg("validate")
+        .arg(repo("tests/fixtures/invalid/duplicate_rule_name.yaml")));
+    assert!(
+        stderr.contains(":4:3: rule \"google\": duplicate rule name; first defined at"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn validate_lists_all_errors_and_warns_about_dead_rules() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "rules:\n- name: a\n  to: {hosts: ['a.*.com'], ports: [0]}\n- name: a\n").unwrap();
+    std::fs::write(
+        &bad,
+        "rules:\n- name: a\n  to: {hosts: ['a.*.com'], ports: [0]}\n- name: a\n",
+    )
+    .unwrap();
     let (code, _, stderr) = run(bin().arg("validate").arg(&bad));
     assert_eq!(code, 1);
     assert_eq!(stderr.lines().count(), 3, "{stderr}");
@@ -68,7 +93,10 @@ fn validate_lists_all_errors_and_warns_about_dead_rules() {
     std::fs::write(&dead, "rules:\n- name: deny-all\n  action: DENY\n- name: allow-google\n  to: {hosts: [developers.google.com]}\n").unwrap();
     let (code, stdout, _) = run(bin().arg("validate").arg(&dead));
     assert_eq!(code, 0, "warnings do not fail validation");
-    assert!(stdout.contains(":4:1: warning: rule \"allow-google\" can never allow anything"), "{stdout}");
+    assert!(
+        stdout.contains(":4:1: warning: rule \"allow-google\" can never allow anything"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -84,30 +112,45 @@ fn validate_rejects_a_missing_path_and_an_empty_directory() {
 
 #[test]
 fn explain_shows_decision_and_each_rules_first_failed_condition() {
-    let (code, stdout, _) = run(bin().args(["explain", "--rules"]).arg(repo("deploy/rules")).args([
-        "--principal",
-        "spiffe://cluster.local/ns/otherns/sa/sleep-google",
-        "--host",
-        "developer.yahoo.com",
-    ]));
+    let (code, stdout, _) = run(bin()
+        .args(["explain", "--rules"])
+        .arg(repo("deploy/rules"))
+        .args([
+            "--principal",
+            "spiffe://cluster.local/ns/otherns/sa/sleep-google",
+            "--host",
+            "developer.yahoo.com",
+        ]));
     assert_eq!(code, 0);
-    assert!(stdout.starts_with("decision: deny\nreason:   no_matching_rule\n"), "{stdout}");
-    assert!(stdout.contains("otherns-sleep-google-to-google  ALLOW  no: to.hosts"), "{stdout}");
-    assert!(stdout.contains("caller:   namespace otherns service account sleep-google"), "{stdout}");
+    assert!(
+        stdout.starts_with("decision: deny\nreason:   no_matching_rule\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("otherns-sleep-google-to-google  ALLOW  no: to.hosts"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("caller:   namespace otherns service account sleep-google"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn explain_json_for_a_tcp_check() {
-    let (code, stdout, _) = run(bin().args(["explain", "--rules"]).arg(repo("deploy/rules")).args([
-        "--principal",
-        "spiffe://cluster.local/ns/default/sa/sleep",
-        "--sni",
-        "developers.google.com",
-        "--port",
-        "8443",
-        "--tcp",
-        "--json",
-    ]));
+    let (code, stdout, _) = run(bin()
+        .args(["explain", "--rules"])
+        .arg(repo("deploy/rules"))
+        .args([
+            "--principal",
+            "spiffe://cluster.local/ns/default/sa/sleep",
+            "--sni",
+            "developers.google.com",
+            "--port",
+            "8443",
+            "--tcp",
+            "--json",
+        ]));
     assert_eq!(code, 0);
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(json["decision"], "allow");
@@ -120,17 +163,36 @@ fn explain_json_for_a_tcp_check() {
 #[test]
 fn serve_fails_fast_on_invalid_rules_naming_the_location() {
     let (code, _, stderr) = run(bin()
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--rules"])
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--rules",
+        ])
         .arg(repo("tests/fixtures/invalid/misplaced_host_wildcard.yaml")));
     assert_eq!(code, 1);
-    assert!(stderr.contains("misplaced_host_wildcard.yaml:4:14"), "{stderr}");
+    assert!(
+        stderr.contains("misplaced_host_wildcard.yaml:4:14"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn flags_are_also_environment_variables() {
     let (code, _, stderr) = run(bin()
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-        .env("EGRESS_AUTHZ_RULES", repo("tests/fixtures/invalid/unknown_field.yaml")));
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .env(
+            "EGRESS_AUTHZ_RULES",
+            repo("tests/fixtures/invalid/unknown_field.yaml"),
+        ));
     assert_eq!(code, 1, "the rules path came from the environment");
     assert!(stderr.contains("unknown_field.yaml:4:5"), "{stderr}");
     let (code, _, stderr) = run(bin().args(["serve", "--rules", "x", "--shutdown-grace", "soon"]));

@@ -39,8 +39,9 @@ impl pb::admin_server::Admin for AdminService {
         // The admin message is a wire-compatible subset of Envoy's: re-decode its bytes as the real type
         // so Explain runs exactly the conversion Check runs.
         let bytes = request.get_ref().encode_to_vec();
-        let check = envoy_types::pb::envoy::service::auth::v3::CheckRequest::decode(bytes.as_slice())
-            .map_err(|e| Status::invalid_argument(format!("not a CheckRequest: {e}")))?;
+        let check =
+            envoy_types::pb::envoy::service::auth::v3::CheckRequest::decode(bytes.as_slice())
+                .map_err(|e| Status::invalid_argument(format!("not a CheckRequest: {e}")))?;
         let policy = self.store.current();
         let egress = super::convert::egress_request(&check);
         let explanation = policy.explain(&egress);
@@ -53,7 +54,11 @@ impl pb::admin_server::Admin for AdminService {
 }
 
 /// Converts an explanation to its wire form.
-pub fn to_explain_response(explanation: &Explanation<'_>, protocol: &str, digest: &str) -> pb::ExplainResponse {
+pub fn to_explain_response(
+    explanation: &Explanation<'_>,
+    protocol: &str,
+    digest: &str,
+) -> pb::ExplainResponse {
     let decision = &explanation.decision;
     pb::ExplainResponse {
         decision: decision.verdict.as_str().to_owned(),
@@ -65,7 +70,11 @@ pub fn to_explain_response(explanation: &Explanation<'_>, protocol: &str, digest
         }),
         protocol: protocol.to_owned(),
         host: explanation.host.clone().unwrap_or_default(),
-        namespace: explanation.identity.as_ref().map(|i| i.namespace.clone()).unwrap_or_default(),
+        namespace: explanation
+            .identity
+            .as_ref()
+            .map(|i| i.namespace.clone())
+            .unwrap_or_default(),
         service_account: explanation
             .identity
             .as_ref()
@@ -83,7 +92,11 @@ pub fn to_explain_response(explanation: &Explanation<'_>, protocol: &str, digest
                 },
                 dry_run: t.rule.dry_run,
                 matched: t.outcome.is_ok(),
-                failed_condition: t.outcome.err().map(|c| c.as_str().to_owned()).unwrap_or_default(),
+                failed_condition: t
+                    .outcome
+                    .err()
+                    .map(|c| c.as_str().to_owned())
+                    .unwrap_or_default(),
             })
             .collect(),
         rules_sha256: digest.to_owned(),

@@ -1,11 +1,11 @@
 //! CheckRequest ⇄ policy types. Reads fields, never interprets them: all semantics live in `policy`.
 
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, address};
-use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode as HttpStatusCode};
 use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
     attribute_context::Peer, check_response::HttpResponse,
 };
+use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode as HttpStatusCode};
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 
@@ -81,9 +81,9 @@ pub fn request_id(check: &CheckRequest) -> Option<&str> {
 fn peer_port(peer: &Peer) -> Option<u16> {
     match peer.address.as_ref()?.address.as_ref()? {
         address::Address::SocketAddress(socket) => match socket.port_specifier.as_ref()? {
-            envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p) => {
-                u16::try_from(*p).ok()
-            }
+            envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(
+                p,
+            ) => u16::try_from(*p).ok(),
             _ => None,
         },
         _ => None,
@@ -96,13 +96,18 @@ pub fn to_check_response(decision: &Decision<'_>, protocol: Protocol) -> CheckRe
     let rule = decision.rule.map(|r| r.name.as_str());
     let (code, message) = match decision.verdict {
         Verdict::Allow => (RPC_OK, String::new()),
-        Verdict::Deny => (RPC_PERMISSION_DENIED, deny_text(decision.reason.as_str(), rule)),
+        Verdict::Deny => (
+            RPC_PERMISSION_DENIED,
+            deny_text(decision.reason.as_str(), rule),
+        ),
     };
     let http_response = match (decision.verdict, protocol) {
         // TCP checks have no HTTP response; Envoy closes the connection on a deny.
         (_, Protocol::Tcp) => None,
         // No headers on allow: the upstream is an external host and must learn nothing from us.
-        (Verdict::Allow, Protocol::Http) => Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+        (Verdict::Allow, Protocol::Http) => {
+            Some(HttpResponse::OkResponse(OkHttpResponse::default()))
+        }
         (Verdict::Deny, Protocol::Http) => Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
             status: Some(HttpStatus {
                 code: HttpStatusCode::Forbidden.into(),
@@ -149,14 +154,26 @@ fn dynamic_metadata(decision: &Decision<'_>) -> Struct {
         kind: Some(Kind::StringValue(s.to_owned())),
     };
     let mut fields = std::collections::HashMap::with_capacity(5);
-    fields.insert(metadata_keys::DECISION.to_owned(), string(decision.verdict.as_str()));
-    fields.insert(metadata_keys::REASON.to_owned(), string(decision.reason.as_str()));
+    fields.insert(
+        metadata_keys::DECISION.to_owned(),
+        string(decision.verdict.as_str()),
+    );
+    fields.insert(
+        metadata_keys::REASON.to_owned(),
+        string(decision.reason.as_str()),
+    );
     if let Some(rule) = decision.rule {
         fields.insert(metadata_keys::RULE.to_owned(), string(&rule.name));
     }
     if let Some(dry_run) = decision.dry_run {
-        fields.insert(metadata_keys::DRY_RUN_RULE.to_owned(), string(&dry_run.rule.name));
-        fields.insert(metadata_keys::DRY_RUN_DECISION.to_owned(), string(dry_run.verdict.as_str()));
+        fields.insert(
+            metadata_keys::DRY_RUN_RULE.to_owned(),
+            string(&dry_run.rule.name),
+        );
+        fields.insert(
+            metadata_keys::DRY_RUN_DECISION.to_owned(),
+            string(dry_run.verdict.as_str()),
+        );
     }
     Struct { fields }
 }

@@ -230,7 +230,12 @@ fn parse_file(file: &SourceFile, errors: &mut Vec<CompileError>) -> Option<RuleF
         line,
         column,
     };
-    if file.text.trim().is_empty() || file.text.lines().all(|l| l.trim_start().starts_with('#') || l.trim().is_empty()) {
+    if file.text.trim().is_empty()
+        || file
+            .text
+            .lines()
+            .all(|l| l.trim_start().starts_with('#') || l.trim().is_empty())
+    {
         errors.push(CompileError {
             location: at(1, 1),
             rule: None,
@@ -352,14 +357,24 @@ fn compile_from(spec: FromSpec, errors: &mut RuleErrors) -> FromConditions {
             errors,
         ),
         principals: compile_list("from.principals", principals, parse_principal, errors),
-        not_namespaces: compile_list("from.notNamespaces", not_namespaces, StringPattern::parse, errors),
+        not_namespaces: compile_list(
+            "from.notNamespaces",
+            not_namespaces,
+            StringPattern::parse,
+            errors,
+        ),
         not_service_accounts: compile_list(
             "from.notServiceAccounts",
             not_service_accounts,
             ServiceAccountPattern::parse,
             errors,
         ),
-        not_principals: compile_list("from.notPrincipals", not_principals, parse_principal, errors),
+        not_principals: compile_list(
+            "from.notPrincipals",
+            not_principals,
+            parse_principal,
+            errors,
+        ),
     }
 }
 
@@ -422,14 +437,22 @@ impl SettingsBuilder {
                 None => *slot = Some((value.clone(), here)),
             }
         }
-        merge_one(&mut self.default_action, file.default_action.as_ref(), "defaultAction", locator, errors);
+        merge_one(
+            &mut self.default_action,
+            file.default_action.as_ref(),
+            "defaultAction",
+            locator,
+            errors,
+        );
         if let Some(tds) = &file.trust_domains {
             let location = locator.key("trustDomains");
             if tds.is_empty() {
                 errors.push(CompileError {
                     location: location.clone(),
                     rule: None,
-                    kind: CompileErrorKind::InvalidTrustDomains("at least one trust domain is required".into()),
+                    kind: CompileErrorKind::InvalidTrustDomains(
+                        "at least one trust domain is required".into(),
+                    ),
                 });
             }
             for td in tds.iter().filter(|td| !is_valid_trust_domain(td)) {
@@ -448,7 +471,13 @@ impl SettingsBuilder {
             tds.dedup();
             tds
         });
-        merge_one(&mut self.trust_domains, sorted.as_ref(), "trustDomains", locator, errors);
+        merge_one(
+            &mut self.trust_domains,
+            sorted.as_ref(),
+            "trustDomains",
+            locator,
+            errors,
+        );
         merge_one(
             &mut self.require_sni_matches_host,
             file.require_sni_matches_host.as_ref(),
@@ -464,7 +493,7 @@ impl SettingsBuilder {
             trust_domains: self
                 .trust_domains
                 .map_or_else(|| vec![DEFAULT_TRUST_DOMAIN.to_owned()], |(t, _)| t),
-            require_sni_matches_host: self.require_sni_matches_host.map_or(true, |(b, _)| b),
+            require_sni_matches_host: self.require_sni_matches_host.is_none_or(|(b, _)| b),
         }
     }
 }
@@ -483,7 +512,10 @@ impl<'a> Locator<'a> {
     fn at(&self, offset: usize) -> Location {
         let before = &self.file.text[..offset.min(self.file.text.len())];
         let line = before.matches('\n').count() + 1;
-        let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+        let column = before
+            .rfind('\n')
+            .map_or(before.len(), |nl| before.len() - nl - 1)
+            + 1;
         Location {
             file: self.file.name.clone(),
             line,
@@ -499,7 +531,12 @@ impl<'a> Locator<'a> {
             let start = offset + found;
             let line_end = text[start..].find('\n').map_or(text.len(), |e| start + e);
             let value = text[start + "name:".len()..line_end].trim();
-            let value = value.split(" #").next().unwrap_or(value).trim().trim_matches(['"', '\'']);
+            let value = value
+                .split(" #")
+                .next()
+                .unwrap_or(value)
+                .trim()
+                .trim_matches(['"', '\'']);
             if value == name {
                 return (start, self.at(start));
             }

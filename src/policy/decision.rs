@@ -84,7 +84,11 @@ pub struct HttpRequest<'a> {
 impl EgressRequest<'_> {
     /// HTTP or TCP.
     pub fn protocol(&self) -> Protocol {
-        if self.http.is_some() { Protocol::Http } else { Protocol::Tcp }
+        if self.http.is_some() {
+            Protocol::Http
+        } else {
+            Protocol::Tcp
+        }
     }
 }
 
@@ -242,7 +246,12 @@ pub struct Explanation<'p> {
 // === impl Policy ===
 
 impl Policy {
-    pub(super) fn new(settings: Settings, rules: Vec<Rule>, files: Vec<String>, digest: String) -> Self {
+    pub(super) fn new(
+        settings: Settings,
+        rules: Vec<Rule>,
+        files: Vec<String>,
+        digest: String,
+    ) -> Self {
         let indexes = |action| {
             rules
                 .iter()
@@ -290,12 +299,27 @@ impl Policy {
             Err(reason) => return Decision::refused(reason),
         };
         let input = self.match_input(request, caller, host.as_str());
-        let matching = |indexes: &[usize]| indexes.iter().map(|&i| &self.rules[i]).find(|r| r.check(&input).is_ok());
+        let matching = |indexes: &[usize]| {
+            indexes
+                .iter()
+                .map(|&i| &self.rules[i])
+                .find(|r| r.check(&input).is_ok())
+        };
 
         let mut decision = if let Some(rule) = matching(&self.enforced_deny) {
-            Decision { verdict: Verdict::Deny, reason: Reason::DeniedByRule, rule: Some(rule), dry_run: None }
+            Decision {
+                verdict: Verdict::Deny,
+                reason: Reason::DeniedByRule,
+                rule: Some(rule),
+                dry_run: None,
+            }
         } else if let Some(rule) = matching(&self.enforced_allow) {
-            Decision { verdict: Verdict::Allow, reason: Reason::AllowedByRule, rule: Some(rule), dry_run: None }
+            Decision {
+                verdict: Verdict::Allow,
+                reason: Reason::AllowedByRule,
+                rule: Some(rule),
+                dry_run: None,
+            }
         } else {
             self.default_decision(input.identity.is_some())
         };
@@ -311,8 +335,12 @@ impl Policy {
         let caller = Caller::parse(request.principal);
         let identity = self.trusted(caller);
         let identity_problem = match caller {
-            Caller::Missing => Some("no principal (the connection presented no client certificate)"),
-            Caller::Malformed => Some("principal is not a SPIFFE ID of the form spiffe://<td>/ns/<ns>/sa/<sa>"),
+            Caller::Missing => {
+                Some("no principal (the connection presented no client certificate)")
+            }
+            Caller::Malformed => {
+                Some("principal is not a SPIFFE ID of the form spiffe://<td>/ns/<ns>/sa/<sa>")
+            }
             Caller::Spiffe(_) if identity.is_none() => Some("trust domain is not in trustDomains"),
             Caller::Spiffe(_) => None,
         };
@@ -322,10 +350,23 @@ impl Policy {
             service_account: id.service_account.to_owned(),
         });
         let Ok(host) = self.destination(request) else {
-            return Explanation { decision, identity: owned_identity, identity_problem, host: None, rules: Vec::new() };
+            return Explanation {
+                decision,
+                identity: owned_identity,
+                identity_problem,
+                host: None,
+                rules: Vec::new(),
+            };
         };
         let input = self.match_input(request, caller, host.as_str());
-        let rules = self.rules.iter().map(|rule| RuleTrace { rule, outcome: rule.check(&input) }).collect();
+        let rules = self
+            .rules
+            .iter()
+            .map(|rule| RuleTrace {
+                rule,
+                outcome: rule.check(&input),
+            })
+            .collect();
         Explanation {
             decision,
             identity: owned_identity,
@@ -341,18 +382,36 @@ impl Policy {
             Action::Deny if has_identity => (Verdict::Deny, Reason::NoMatchingRule),
             Action::Deny => (Verdict::Deny, Reason::InvalidPrincipal),
         };
-        Decision { verdict, reason, rule: None, dry_run: None }
+        Decision {
+            verdict,
+            reason,
+            rule: None,
+            dry_run: None,
+        }
     }
 
     /// The decision with dry-run rules enforced too, if any dry-run rule matched.
     fn dry_run<'p>(&'p self, input: &MatchInput<'_>) -> Option<DryRunVerdict<'p>> {
-        let first_dry_run = self.rules.iter().find(|r| r.dry_run && r.check(input).is_ok())?;
+        let first_dry_run = self
+            .rules
+            .iter()
+            .find(|r| r.dry_run && r.check(input).is_ok())?;
         let decider = [Action::Deny, Action::Allow]
             .into_iter()
-            .find_map(|action| self.rules.iter().find(|r| r.action == action && r.check(input).is_ok()));
+            .find_map(|action| {
+                self.rules
+                    .iter()
+                    .find(|r| r.action == action && r.check(input).is_ok())
+            });
         Some(match decider {
-            Some(rule) if rule.dry_run => DryRunVerdict { rule, verdict: rule.action.into() },
-            Some(rule) => DryRunVerdict { rule: first_dry_run, verdict: rule.action.into() },
+            Some(rule) if rule.dry_run => DryRunVerdict {
+                rule,
+                verdict: rule.action.into(),
+            },
+            Some(rule) => DryRunVerdict {
+                rule: first_dry_run,
+                verdict: rule.action.into(),
+            },
             None => DryRunVerdict {
                 rule: first_dry_run,
                 verdict: self.default_decision(input.identity.is_some()).verdict,
@@ -362,12 +421,25 @@ impl Policy {
 
     fn trusted<'a>(&self, caller: Caller<'a>) -> Option<Identity<'a>> {
         match caller {
-            Caller::Spiffe(id) if self.settings.trust_domains.iter().any(|td| td == id.trust_domain) => Some(id),
+            Caller::Spiffe(id)
+                if self
+                    .settings
+                    .trust_domains
+                    .iter()
+                    .any(|td| td == id.trust_domain) =>
+            {
+                Some(id)
+            }
             _ => None,
         }
     }
 
-    fn match_input<'a>(&self, request: &EgressRequest<'a>, caller: Caller<'a>, host: &'a str) -> MatchInput<'a> {
+    fn match_input<'a>(
+        &self,
+        request: &EgressRequest<'a>,
+        caller: Caller<'a>,
+        host: &'a str,
+    ) -> MatchInput<'a> {
         MatchInput {
             identity: self.trusted(caller),
             host,

@@ -20,7 +20,9 @@ pub struct NormalizedHost {
 
 impl std::fmt::Debug for NormalizedHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("NormalizedHost").field(&self.as_str()).finish()
+        f.debug_tuple("NormalizedHost")
+            .field(&self.as_str())
+            .finish()
     }
 }
 
@@ -158,7 +160,10 @@ mod tests {
 
     #[test]
     fn normalises_case_and_one_trailing_dot() {
-        assert_eq!(norm("Developers.Google.COM.").as_deref(), Some("developers.google.com"));
+        assert_eq!(
+            norm("Developers.Google.COM.").as_deref(),
+            Some("developers.google.com")
+        );
         assert_eq!(norm("developers.google.com..").as_deref(), None);
     }
 
@@ -167,22 +172,48 @@ mod tests {
         assert_eq!(norm("10.0.0.1").as_deref(), Some("10.0.0.1"));
         assert_eq!(norm("[0:0::1]").as_deref(), Some("::1"));
         assert_eq!(norm("2001:DB8::1").as_deref(), Some("2001:db8::1"));
-        assert_eq!(norm("010.0.0.1").as_deref(), None, "octal-looking IPv4 is ambiguous");
-        assert_eq!(norm("1.2.3").as_deref(), None, "numeric last label is a mangled IPv4");
+        assert_eq!(
+            norm("010.0.0.1").as_deref(),
+            None,
+            "octal-looking IPv4 is ambiguous"
+        );
+        assert_eq!(
+            norm("1.2.3").as_deref(),
+            None,
+            "numeric last label is a mangled IPv4"
+        );
     }
 
     #[test]
     fn rejects_what_is_not_a_host() {
-        for bad in ["", ".", "a..b", "-a.com", "a-.com", "a b.com", "exa%6dple.com", "a/b", "*.a.com",
-            &"a".repeat(64), "é.com", "[::1"] {
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            "-a.com",
+            "a-.com",
+            "a b.com",
+            "exa%6dple.com",
+            "a/b",
+            "*.a.com",
+            &"a".repeat(64),
+            "é.com",
+            "[::1",
+        ] {
             assert_eq!(norm(bad), None, "{bad:?}");
         }
     }
 
     #[test]
     fn authority_port_is_stripped() {
-        assert_eq!(authority_host("developers.google.com:443"), Some("developers.google.com"));
-        assert_eq!(authority_host("developers.google.com"), Some("developers.google.com"));
+        assert_eq!(
+            authority_host("developers.google.com:443"),
+            Some("developers.google.com")
+        );
+        assert_eq!(
+            authority_host("developers.google.com"),
+            Some("developers.google.com")
+        );
         assert_eq!(authority_host("[::1]:8080"), Some("[::1]"));
         assert_eq!(authority_host("::1"), Some("::1"));
         assert_eq!(authority_host("a.com:https"), None);
@@ -192,7 +223,9 @@ mod tests {
 
     #[test]
     fn recognises_istio_generated_sni() {
-        assert!(is_istio_cluster_sni("outbound_.443_._.istio-egressgateway.istio-system.svc.cluster.local"));
+        assert!(is_istio_cluster_sni(
+            "outbound_.443_._.istio-egressgateway.istio-system.svc.cluster.local"
+        ));
         assert!(!is_istio_cluster_sni("developers.google.com"));
     }
 }

@@ -74,9 +74,9 @@ pub fn parse_spiffe_id(id: &str) -> Option<Identity<'_>> {
 pub(super) fn is_valid_trust_domain(td: &str) -> bool {
     !td.is_empty()
         && td.len() <= 255
-        && td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
+        && td.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
 }
 
 /// SPIFFE path segment: non-empty, not `.` or `..`, only `[A-Za-z0-9._-]` (so no percent-encoding).

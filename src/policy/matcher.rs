@@ -240,8 +240,22 @@ mod tests {
 
     #[test]
     fn misplaced_host_wildcards_are_rejected() {
-        for bad in ["a.*.com", "*example.com", "foo*.com", "***.a.com", "*.", "**", "*.*.com", "*.a..com", ""] {
-            assert_eq!(HostPattern::parse(bad), Err(InvalidPattern::InvalidHost), "{bad:?}");
+        for bad in [
+            "a.*.com",
+            "*example.com",
+            "foo*.com",
+            "***.a.com",
+            "*.",
+            "**",
+            "*.*.com",
+            "*.a..com",
+            "",
+        ] {
+            assert_eq!(
+                HostPattern::parse(bad),
+                Err(InvalidPattern::InvalidHost),
+                "{bad:?}"
+            );
         }
     }
 
@@ -258,10 +272,20 @@ mod tests {
             ("*", "", false),
         ];
         for (pattern, value, expected) in cases {
-            assert_eq!(StringPattern::parse(pattern).unwrap().matches(value), *expected, "{pattern} vs {value}");
+            assert_eq!(
+                StringPattern::parse(pattern).unwrap().matches(value),
+                *expected,
+                "{pattern} vs {value}"
+            );
         }
-        assert_eq!(StringPattern::parse("a*b"), Err(InvalidPattern::MisplacedWildcard));
-        assert_eq!(StringPattern::parse("*a*"), Err(InvalidPattern::MisplacedWildcard));
+        assert_eq!(
+            StringPattern::parse("a*b"),
+            Err(InvalidPattern::MisplacedWildcard)
+        );
+        assert_eq!(
+            StringPattern::parse("*a*"),
+            Err(InvalidPattern::MisplacedWildcard)
+        );
         assert_eq!(StringPattern::parse(""), Err(InvalidPattern::Empty));
     }
 
@@ -277,7 +301,11 @@ mod tests {
     #[test]
     fn path_patterns() {
         assert!(PathPattern::parse("/headers").unwrap().matches("/headers"));
-        assert!(!PathPattern::parse("/headers").unwrap().matches("/headers/x"));
+        assert!(
+            !PathPattern::parse("/headers")
+                .unwrap()
+                .matches("/headers/x")
+        );
         assert!(PathPattern::parse("/api/*").unwrap().matches("/api/v1"));
         assert!(!PathPattern::parse("/api/*").unwrap().matches("/apix"));
         assert!(PathPattern::parse("headers").is_err());

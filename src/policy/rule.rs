@@ -144,13 +144,29 @@ impl Condition {
 }
 
 /// `Ok` when every value fails or the list is empty (a `not*` field).
-fn none_match<T>(patterns: &[T], matches: impl Fn(&T) -> bool, failed: Condition) -> Result<(), Condition> {
-    if patterns.iter().any(matches) { Err(failed) } else { Ok(()) }
+fn none_match<T>(
+    patterns: &[T],
+    matches: impl Fn(&T) -> bool,
+    failed: Condition,
+) -> Result<(), Condition> {
+    if patterns.iter().any(matches) {
+        Err(failed)
+    } else {
+        Ok(())
+    }
 }
 
 /// `Ok` when the list is empty or any value matches.
-fn any_match<T>(patterns: &[T], matches: impl Fn(&T) -> bool, failed: Condition) -> Result<(), Condition> {
-    if patterns.is_empty() || patterns.iter().any(matches) { Ok(()) } else { Err(failed) }
+fn any_match<T>(
+    patterns: &[T],
+    matches: impl Fn(&T) -> bool,
+    failed: Condition,
+) -> Result<(), Condition> {
+    if patterns.is_empty() || patterns.iter().any(matches) {
+        Ok(())
+    } else {
+        Err(failed)
+    }
 }
 
 // === impl Rule ===
@@ -174,13 +190,33 @@ impl Rule {
 
 impl FromConditions {
     fn check(&self, id: &Identity<'_>) -> Result<(), Condition> {
-        any_match(&self.namespaces, |p| p.matches(id.namespace), Condition::Namespaces)?;
+        any_match(
+            &self.namespaces,
+            |p| p.matches(id.namespace),
+            Condition::Namespaces,
+        )?;
         let sa = |p: &ServiceAccountPattern| p.matches(id.namespace, id.service_account);
         any_match(&self.service_accounts, sa, Condition::ServiceAccounts)?;
-        any_match(&self.principals, |p| p.matches(id.principal), Condition::Principals)?;
-        none_match(&self.not_namespaces, |p| p.matches(id.namespace), Condition::NotNamespaces)?;
-        none_match(&self.not_service_accounts, sa, Condition::NotServiceAccounts)?;
-        none_match(&self.not_principals, |p| p.matches(id.principal), Condition::NotPrincipals)
+        any_match(
+            &self.principals,
+            |p| p.matches(id.principal),
+            Condition::Principals,
+        )?;
+        none_match(
+            &self.not_namespaces,
+            |p| p.matches(id.namespace),
+            Condition::NotNamespaces,
+        )?;
+        none_match(
+            &self.not_service_accounts,
+            sa,
+            Condition::NotServiceAccounts,
+        )?;
+        none_match(
+            &self.not_principals,
+            |p| p.matches(id.principal),
+            Condition::NotPrincipals,
+        )
     }
 
     /// True when no field constrains the caller.
@@ -199,12 +235,20 @@ impl FromConditions {
 impl ToConditions {
     fn check(&self, action: Action, input: &MatchInput<'_>) -> Result<(), Condition> {
         any_match(&self.hosts, |p| p.matches(input.host), Condition::Hosts)?;
-        none_match(&self.not_hosts, |p| p.matches(input.host), Condition::NotHosts)?;
+        none_match(
+            &self.not_hosts,
+            |p| p.matches(input.host),
+            Condition::NotHosts,
+        )?;
         any_match(&self.ports, |p| input.port == Some(*p), Condition::Ports)?;
         let has_http_conditions = !self.methods.is_empty() || !self.paths.is_empty();
         match input.http {
             Some(http) => {
-                any_match(&self.methods, |m| m.eq_ignore_ascii_case(http.method), Condition::Methods)?;
+                any_match(
+                    &self.methods,
+                    |m| m.eq_ignore_ascii_case(http.method),
+                    Condition::Methods,
+                )?;
                 any_match(&self.paths, |p| p.matches(http.path), Condition::Paths)
             }
             // On TCP there is no method or path. An ALLOW rule that needs them cannot be satisfied

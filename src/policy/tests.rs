@@ -90,9 +90,16 @@ fn seeds_namespace_level() {
     );
     assert_eq!(
         outcome(&policy, &http(DEFAULT_SLEEP, YAHOO)),
-        (Verdict::Deny, Reason::DeniedByRule, Some("deny-default-to-yahoo".into()))
+        (
+            Verdict::Deny,
+            Reason::DeniedByRule,
+            Some("deny-default-to-yahoo".into())
+        )
     );
-    assert_eq!(outcome(&policy, &tcp(DEFAULT_SLEEP, GOOGLE)), (Verdict::Allow, Reason::DefaultAllow, None));
+    assert_eq!(
+        outcome(&policy, &tcp(DEFAULT_SLEEP, GOOGLE)),
+        (Verdict::Allow, Reason::DefaultAllow, None)
+    );
 }
 
 #[test]
@@ -111,7 +118,10 @@ fn seeds_service_account_level() {
             (DEFAULT_SLEEP, GOOGLE, Verdict::Deny),
         ],
     );
-    assert_eq!(outcome(&policy, &tcp(SLEEP_GOOGLE, YAHOO)), (Verdict::Deny, Reason::NoMatchingRule, None));
+    assert_eq!(
+        outcome(&policy, &tcp(SLEEP_GOOGLE, YAHOO)),
+        (Verdict::Deny, Reason::NoMatchingRule, None)
+    );
 }
 
 #[test]
@@ -119,8 +129,14 @@ fn seeds_allow_nothing() {
     let policy = mk_policy(ALLOW_NOTHING);
     for principal in [DEFAULT_SLEEP, OTHERNS_SLEEP, SLEEP_GOOGLE, SLEEP_YAHOO] {
         for host in [GOOGLE, YAHOO] {
-            assert_eq!(outcome(&policy, &http(principal, host)), (Verdict::Deny, Reason::NoMatchingRule, None));
-            assert_eq!(outcome(&policy, &tcp(principal, host)), (Verdict::Deny, Reason::NoMatchingRule, None));
+            assert_eq!(
+                outcome(&policy, &http(principal, host)),
+                (Verdict::Deny, Reason::NoMatchingRule, None)
+            );
+            assert_eq!(
+                outcome(&policy, &tcp(principal, host)),
+                (Verdict::Deny, Reason::NoMatchingRule, None)
+            );
         }
     }
 }
@@ -157,11 +173,19 @@ rules:
     );
     assert_eq!(
         outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)),
-        (Verdict::Deny, Reason::DeniedByRule, Some("deny-default".into()))
+        (
+            Verdict::Deny,
+            Reason::DeniedByRule,
+            Some("deny-default".into())
+        )
     );
     assert_eq!(
         outcome(&policy, &http(OTHERNS_SLEEP, GOOGLE)),
-        (Verdict::Allow, Reason::AllowedByRule, Some("allow-google".into()))
+        (
+            Verdict::Allow,
+            Reason::AllowedByRule,
+            Some("allow-google".into())
+        )
     );
 }
 
@@ -176,15 +200,24 @@ rules:
   to: {hosts: [developers.google.com]}
 "#,
     );
-    assert_eq!(outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)).2.as_deref(), Some("first"));
+    assert_eq!(
+        outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)).2.as_deref(),
+        Some("first")
+    );
 }
 
 #[test]
 fn default_action_allow_and_deny() {
     let allow = mk_policy("defaultAction: ALLOW\nrules: []\n");
-    assert_eq!(outcome(&allow, &http(DEFAULT_SLEEP, GOOGLE)), (Verdict::Allow, Reason::DefaultAllow, None));
+    assert_eq!(
+        outcome(&allow, &http(DEFAULT_SLEEP, GOOGLE)),
+        (Verdict::Allow, Reason::DefaultAllow, None)
+    );
     let deny = mk_policy("rules: []\n");
-    assert_eq!(outcome(&deny, &http(DEFAULT_SLEEP, GOOGLE)), (Verdict::Deny, Reason::NoMatchingRule, None));
+    assert_eq!(
+        outcome(&deny, &http(DEFAULT_SLEEP, GOOGLE)),
+        (Verdict::Deny, Reason::NoMatchingRule, None)
+    );
 }
 
 #[test]
@@ -199,11 +232,11 @@ rules:
 "#,
     );
     for principal in [
-        "",                                              // no client certificate
-        "spiffe://cluster.local/ns/default",             // malformed
-        "cluster.local/ns/default/sa/sleep",             // no scheme
-        "spiffe://evil.example/ns/default/sa/sleep",     // foreign trust domain
-        "spiffe://cluster.local/ns/default/sa/sleep/x",  // extra segment
+        "",                                             // no client certificate
+        "spiffe://cluster.local/ns/default",            // malformed
+        "cluster.local/ns/default/sa/sleep",            // no scheme
+        "spiffe://evil.example/ns/default/sa/sleep",    // foreign trust domain
+        "spiffe://cluster.local/ns/default/sa/sleep/x", // extra segment
     ] {
         assert_eq!(
             outcome(&policy, &http(principal, GOOGLE)),
@@ -211,7 +244,10 @@ rules:
             "{principal:?}"
         );
     }
-    assert_eq!(outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)).1, Reason::AllowedByRule);
+    assert_eq!(
+        outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)).1,
+        Reason::AllowedByRule
+    );
 }
 
 #[test]
@@ -226,19 +262,33 @@ rules:
 "#,
     );
     // The DENY rule has `from`, so an identity-less caller does not match it: the default applies.
-    assert_eq!(outcome(&policy, &http("", GOOGLE)), (Verdict::Allow, Reason::DefaultAllow, None));
-    assert_eq!(outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)).1, Reason::DeniedByRule);
     assert_eq!(
-        outcome(&policy, &http("spiffe://cluster.local/ns/prod/sa/x", GOOGLE)).1,
+        outcome(&policy, &http("", GOOGLE)),
+        (Verdict::Allow, Reason::DefaultAllow, None)
+    );
+    assert_eq!(
+        outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)).1,
+        Reason::DeniedByRule
+    );
+    assert_eq!(
+        outcome(
+            &policy,
+            &http("spiffe://cluster.local/ns/prod/sa/x", GOOGLE)
+        )
+        .1,
         Reason::DefaultAllow
     );
 }
 
 #[test]
 fn a_rule_without_from_matches_anyone_even_without_identity() {
-    let policy = mk_policy("rules:\n- name: google-for-all\n  to: {hosts: [developers.google.com]}\n");
+    let policy =
+        mk_policy("rules:\n- name: google-for-all\n  to: {hosts: [developers.google.com]}\n");
     assert_eq!(outcome(&policy, &http("", GOOGLE)).1, Reason::AllowedByRule);
-    assert_eq!(outcome(&policy, &tcp("garbage", GOOGLE)).1, Reason::AllowedByRule);
+    assert_eq!(
+        outcome(&policy, &tcp("garbage", GOOGLE)).1,
+        Reason::AllowedByRule
+    );
 }
 
 #[test]
@@ -252,10 +302,17 @@ rules:
 "#,
     );
     assert_eq!(
-        outcome(&policy, &http("spiffe://partner.example/ns/default/sa/sleep", GOOGLE)).1,
+        outcome(
+            &policy,
+            &http("spiffe://partner.example/ns/default/sa/sleep", GOOGLE)
+        )
+        .1,
         Reason::AllowedByRule
     );
-    assert_eq!(outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)).1, Reason::NoMatchingRule);
+    assert_eq!(
+        outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)).1,
+        Reason::NoMatchingRule
+    );
 }
 
 #[test]
@@ -273,15 +330,37 @@ rules:
 "#,
     );
     let cases: &[(&str, Reason)] = &[
-        ("spiffe://cluster.local/ns/team-b/sa/sleep", Reason::AllowedByRule),
-        ("spiffe://cluster.local/ns/team-b/sa/pay-prod", Reason::AllowedByRule),
-        ("spiffe://cluster.local/ns/team-a/sa/pay-prod", Reason::NoMatchingRule), // SA namespace part
-        ("spiffe://cluster.local/ns/team-a/sa/sleep", Reason::NoMatchingRule),    // notPrincipals
-        ("spiffe://cluster.local/ns/other/sa/sleep", Reason::NoMatchingRule),     // namespaces
-        ("spiffe://cluster.local/ns/other/sa/batch", Reason::AllowedByRule),
+        (
+            "spiffe://cluster.local/ns/team-b/sa/sleep",
+            Reason::AllowedByRule,
+        ),
+        (
+            "spiffe://cluster.local/ns/team-b/sa/pay-prod",
+            Reason::AllowedByRule,
+        ),
+        (
+            "spiffe://cluster.local/ns/team-a/sa/pay-prod",
+            Reason::NoMatchingRule,
+        ), // SA namespace part
+        (
+            "spiffe://cluster.local/ns/team-a/sa/sleep",
+            Reason::NoMatchingRule,
+        ), // notPrincipals
+        (
+            "spiffe://cluster.local/ns/other/sa/sleep",
+            Reason::NoMatchingRule,
+        ), // namespaces
+        (
+            "spiffe://cluster.local/ns/other/sa/batch",
+            Reason::AllowedByRule,
+        ),
     ];
     for (principal, reason) in cases {
-        assert_eq!(outcome(&policy, &http(principal, GOOGLE)).1, *reason, "{principal}");
+        assert_eq!(
+            outcome(&policy, &http(principal, GOOGLE)).1,
+            *reason,
+            "{principal}"
+        );
     }
 }
 
@@ -306,7 +385,11 @@ rules:
         ("s3.amazonaws.com", Reason::NoMatchingRule),
     ];
     for (authority, reason) in cases {
-        assert_eq!(outcome(&policy, &http(DEFAULT_SLEEP, authority)).1, *reason, "{authority}");
+        assert_eq!(
+            outcome(&policy, &http(DEFAULT_SLEEP, authority)).1,
+            *reason,
+            "{authority}"
+        );
     }
 }
 
@@ -354,8 +437,14 @@ rules:
 "#,
     );
     // DENY ignores HTTP-only fields on TCP: it matches more widely.
-    assert_eq!(outcome(&policy, &tcp(DEFAULT_SLEEP, YAHOO)).1, Reason::DeniedByRule);
-    assert_eq!(outcome(&policy, &http(DEFAULT_SLEEP, YAHOO)).1, Reason::DefaultAllow);
+    assert_eq!(
+        outcome(&policy, &tcp(DEFAULT_SLEEP, YAHOO)).1,
+        Reason::DeniedByRule
+    );
+    assert_eq!(
+        outcome(&policy, &http(DEFAULT_SLEEP, YAHOO)).1,
+        Reason::DefaultAllow
+    );
 
     let policy = mk_policy(
         r#"
@@ -365,8 +454,14 @@ rules:
 "#,
     );
     // ALLOW needs them, so it cannot match a TCP check.
-    assert_eq!(outcome(&policy, &tcp(DEFAULT_SLEEP, GOOGLE)).1, Reason::NoMatchingRule);
-    assert_eq!(outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)).1, Reason::AllowedByRule);
+    assert_eq!(
+        outcome(&policy, &tcp(DEFAULT_SLEEP, GOOGLE)).1,
+        Reason::NoMatchingRule
+    );
+    assert_eq!(
+        outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)).1,
+        Reason::AllowedByRule
+    );
 }
 
 #[test]
@@ -375,13 +470,23 @@ fn destination_host_rules() {
     let deny = |request: EgressRequest<'_>| outcome(&policy, &request).1;
     // HTTP: no authority, an invalid one.
     assert_eq!(deny(http(DEFAULT_SLEEP, "")), Reason::NoDestinationHost);
-    for bad in ["exa mple.com", "a..b", "user@host.com", "host.com:port", "*.google.com", "%65vil.com"] {
+    for bad in [
+        "exa mple.com",
+        "a..b",
+        "user@host.com",
+        "host.com:port",
+        "*.google.com",
+        "%65vil.com",
+    ] {
         assert_eq!(deny(http(DEFAULT_SLEEP, bad)), Reason::InvalidHost, "{bad}");
     }
     // TCP: destination.service first, then tls_session.sni; Istio's cluster SNI is never a host.
     assert_eq!(deny(tcp(DEFAULT_SLEEP, "")), Reason::NoDestinationHost);
     let istio_sni = "outbound_.443_._.istio-egressgateway.istio-system.svc.cluster.local";
-    assert_eq!(deny(tcp(DEFAULT_SLEEP, istio_sni)), Reason::NoDestinationHost);
+    assert_eq!(
+        deny(tcp(DEFAULT_SLEEP, istio_sni)),
+        Reason::NoDestinationHost
+    );
     let fallback = EgressRequest {
         sni: GOOGLE,
         ..tcp(DEFAULT_SLEEP, "")
@@ -406,7 +511,10 @@ fn sni_must_match_host_on_http_unless_disabled() {
         sni: "allowed.example.com",
         ..http(DEFAULT_SLEEP, "blocked.example.com")
     };
-    assert_eq!(outcome(&strict, &fronted), (Verdict::Deny, Reason::SniHostMismatch, None));
+    assert_eq!(
+        outcome(&strict, &fronted),
+        (Verdict::Deny, Reason::SniHostMismatch, None)
+    );
     let same = EgressRequest {
         sni: "Blocked.Example.com.",
         ..http(DEFAULT_SLEEP, "blocked.example.com:443")
@@ -416,7 +524,11 @@ fn sni_must_match_host_on_http_unless_disabled() {
         sni: "outbound_.443_._.istio-egressgateway.istio-system.svc.cluster.local",
         ..http(DEFAULT_SLEEP, "blocked.example.com")
     };
-    assert_eq!(outcome(&strict, &istio_sni).1, Reason::DefaultAllow, "Istio's cluster SNI is never a mismatch");
+    assert_eq!(
+        outcome(&strict, &istio_sni).1,
+        Reason::DefaultAllow,
+        "Istio's cluster SNI is never a mismatch"
+    );
 
     let lax = mk_policy("defaultAction: ALLOW\nrequireSniMatchesHost: false\nrules: []\n");
     assert_eq!(outcome(&lax, &fronted).1, Reason::DefaultAllow);
@@ -439,20 +551,35 @@ rules:
 "#,
     );
     let d = policy.decide(&http(DEFAULT_SLEEP, GOOGLE));
-    assert_eq!((d.verdict, d.reason), (Verdict::Allow, Reason::AllowedByRule));
+    assert_eq!(
+        (d.verdict, d.reason),
+        (Verdict::Allow, Reason::AllowedByRule)
+    );
     let dry = d.dry_run.expect("dry-run rule matched");
-    assert_eq!((dry.rule.name.as_str(), dry.verdict), ("would-deny-default", Verdict::Deny));
+    assert_eq!(
+        (dry.rule.name.as_str(), dry.verdict),
+        ("would-deny-default", Verdict::Deny)
+    );
     assert!(d.dry_run_disagrees());
 
     let d = policy.decide(&http(OTHERNS_SLEEP, YAHOO));
-    assert_eq!((d.verdict, d.reason), (Verdict::Deny, Reason::NoMatchingRule));
+    assert_eq!(
+        (d.verdict, d.reason),
+        (Verdict::Deny, Reason::NoMatchingRule)
+    );
     let dry = d.dry_run.expect("dry-run rule matched");
-    assert_eq!((dry.rule.name.as_str(), dry.verdict), ("would-allow-yahoo", Verdict::Allow));
+    assert_eq!(
+        (dry.rule.name.as_str(), dry.verdict),
+        ("would-allow-yahoo", Verdict::Allow)
+    );
 
     // A dry-run ALLOW that an enforced DENY would still override reports the enforced outcome.
     let d = policy.decide(&http(DEFAULT_SLEEP, YAHOO));
     let dry = d.dry_run.expect("dry-run rules matched");
-    assert_eq!((dry.rule.name.as_str(), dry.verdict), ("would-deny-default", Verdict::Deny));
+    assert_eq!(
+        (dry.rule.name.as_str(), dry.verdict),
+        ("would-deny-default", Verdict::Deny)
+    );
     assert!(!d.dry_run_disagrees());
 
     let d = policy.decide(&http(OTHERNS_SLEEP, GOOGLE));
@@ -465,42 +592,127 @@ fn explain_agrees_with_decide_and_names_the_first_failed_condition() {
     let request = http(SLEEP_GOOGLE, YAHOO);
     let explanation = policy.explain(&request);
     assert_eq!(explanation.decision, policy.decide(&request));
-    let outcomes: Vec<_> = explanation.rules.iter().map(|t| (t.rule.name.as_str(), t.outcome)).collect();
+    let outcomes: Vec<_> = explanation
+        .rules
+        .iter()
+        .map(|t| (t.rule.name.as_str(), t.outcome))
+        .collect();
     assert_eq!(
         outcomes,
         [
             ("default-ns-to-google", Err(Condition::Namespaces)),
             ("otherns-sleep-to-both", Err(Condition::ServiceAccounts)),
             ("otherns-sleep-google-to-google", Err(Condition::Hosts)),
-            ("otherns-sleep-yahoo-to-yahoo", Err(Condition::ServiceAccounts)),
+            (
+                "otherns-sleep-yahoo-to-yahoo",
+                Err(Condition::ServiceAccounts)
+            ),
         ]
     );
     let explanation = policy.explain(&http("", YAHOO));
     assert!(explanation.identity_problem.is_some());
-    assert!(explanation.rules.iter().all(|t| t.outcome == Err(Condition::Identity)));
+    assert!(
+        explanation
+            .rules
+            .iter()
+            .all(|t| t.outcome == Err(Condition::Identity))
+    );
 }
 
 #[test]
 fn invalid_rule_files_are_rejected_with_the_right_error() {
-    let cases: &[(&str, fn(&CompileErrorKind) -> bool)] = &[
-        ("rules:\n- name: a\n  from: {namespace: [x]}\n", |k| matches!(k, CompileErrorKind::Syntax(m) if m.contains("unknown field"))),
-        ("rules:\n- name: a\n  action: MAYBE\n", |k| matches!(k, CompileErrorKind::Syntax(_))),
+    type Expectation = fn(&CompileErrorKind) -> bool;
+    let cases: &[(&str, Expectation)] = &[
+        (
+            "rules:\n- name: a\n  from: {namespace: [x]}\n",
+            |k| matches!(k, CompileErrorKind::Syntax(m) if m.contains("unknown field")),
+        ),
+        ("rules:\n- name: a\n  action: MAYBE\n", |k| {
+            matches!(k, CompileErrorKind::Syntax(_))
+        }),
         ("rules: [\n", |k| matches!(k, CompileErrorKind::Syntax(_))),
         ("", |k| matches!(k, CompileErrorKind::EmptyFile)),
-        ("# only a comment\n", |k| matches!(k, CompileErrorKind::EmptyFile)),
-        ("rules:\n- name: Upper\n", |k| matches!(k, CompileErrorKind::InvalidRuleName)),
-        ("rules:\n- name: a\n- name: a\n", |k| matches!(k, CompileErrorKind::DuplicateRuleName { .. })),
-        ("rules:\n- name: a\n  to: {hosts: ['a.*.com']}\n", |k| matches!(k, CompileErrorKind::InvalidValue { field: "to.hosts", .. })),
-        ("rules:\n- name: a\n  to: {ports: [0]}\n", |k| matches!(k, CompileErrorKind::InvalidValue { field: "to.ports", .. })),
-        ("rules:\n- name: a\n  to: {ports: [70000]}\n", |k| matches!(k, CompileErrorKind::Syntax(_))),
-        ("rules:\n- name: a\n  to: {paths: [nope]}\n", |k| matches!(k, CompileErrorKind::InvalidValue { field: "to.paths", .. })),
-        ("rules:\n- name: a\n  to: {methods: ['G T']}\n", |k| matches!(k, CompileErrorKind::InvalidValue { field: "to.methods", .. })),
-        ("rules:\n- name: a\n  from: {serviceAccounts: [sleep]}\n", |k| matches!(k, CompileErrorKind::InvalidValue { field: "from.serviceAccounts", .. })),
-        ("rules:\n- name: a\n  from: {namespaces: ['a*b']}\n", |k| matches!(k, CompileErrorKind::InvalidValue { field: "from.namespaces", .. })),
-        ("rules:\n- name: a\n  from: {}\n", |k| matches!(k, CompileErrorKind::EmptyBlock("from", _))),
-        ("rules:\n- name: a\n  to: {hosts: []}\n", |k| matches!(k, CompileErrorKind::EmptyBlock("to", _))),
-        ("trustDomains: []\nrules: []\n", |k| matches!(k, CompileErrorKind::InvalidTrustDomains(_))),
-        ("trustDomains: [Cluster.Local]\nrules: []\n", |k| matches!(k, CompileErrorKind::InvalidTrustDomains(_))),
+        ("# only a comment\n", |k| {
+            matches!(k, CompileErrorKind::EmptyFile)
+        }),
+        ("rules:\n- name: Upper\n", |k| {
+            matches!(k, CompileErrorKind::InvalidRuleName)
+        }),
+        ("rules:\n- name: a\n- name: a\n", |k| {
+            matches!(k, CompileErrorKind::DuplicateRuleName { .. })
+        }),
+        ("rules:\n- name: a\n  to: {hosts: ['a.*.com']}\n", |k| {
+            matches!(
+                k,
+                CompileErrorKind::InvalidValue {
+                    field: "to.hosts",
+                    ..
+                }
+            )
+        }),
+        ("rules:\n- name: a\n  to: {ports: [0]}\n", |k| {
+            matches!(
+                k,
+                CompileErrorKind::InvalidValue {
+                    field: "to.ports",
+                    ..
+                }
+            )
+        }),
+        ("rules:\n- name: a\n  to: {ports: [70000]}\n", |k| {
+            matches!(k, CompileErrorKind::Syntax(_))
+        }),
+        ("rules:\n- name: a\n  to: {paths: [nope]}\n", |k| {
+            matches!(
+                k,
+                CompileErrorKind::InvalidValue {
+                    field: "to.paths",
+                    ..
+                }
+            )
+        }),
+        ("rules:\n- name: a\n  to: {methods: ['G T']}\n", |k| {
+            matches!(
+                k,
+                CompileErrorKind::InvalidValue {
+                    field: "to.methods",
+                    ..
+                }
+            )
+        }),
+        (
+            "rules:\n- name: a\n  from: {serviceAccounts: [sleep]}\n",
+            |k| {
+                matches!(
+                    k,
+                    CompileErrorKind::InvalidValue {
+                        field: "from.serviceAccounts",
+                        ..
+                    }
+                )
+            },
+        ),
+        ("rules:\n- name: a\n  from: {namespaces: ['a*b']}\n", |k| {
+            matches!(
+                k,
+                CompileErrorKind::InvalidValue {
+                    field: "from.namespaces",
+                    ..
+                }
+            )
+        }),
+        ("rules:\n- name: a\n  from: {}\n", |k| {
+            matches!(k, CompileErrorKind::EmptyBlock("from", _))
+        }),
+        ("rules:\n- name: a\n  to: {hosts: []}\n", |k| {
+            matches!(k, CompileErrorKind::EmptyBlock("to", _))
+        }),
+        ("trustDomains: []\nrules: []\n", |k| {
+            matches!(k, CompileErrorKind::InvalidTrustDomains(_))
+        }),
+        ("trustDomains: [Cluster.Local]\nrules: []\n", |k| {
+            matches!(k, CompileErrorKind::InvalidTrustDomains(_))
+        }),
     ];
     for (yaml, expected) in cases {
         let errors = mk_errors(yaml);
@@ -519,7 +731,11 @@ fn errors_are_located_at_file_line_and_column() {
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].location.to_string(), "team/rules.yaml:5:24");
     assert_eq!(errors[0].rule.as_deref(), Some("bad"));
-    assert!(errors[0].to_string().starts_with("team/rules.yaml:5:24: rule \"bad\": to.hosts"));
+    assert!(
+        errors[0]
+            .to_string()
+            .starts_with("team/rules.yaml:5:24: rule \"bad\": to.hosts")
+    );
 
     let errors = mk_errors_located("rules:\n- name: a\n  frm: {}\n");
     assert_eq!((errors[0].location.line, errors[0].location.column), (3, 3));
@@ -540,8 +756,14 @@ fn files_in_a_directory_combine_and_must_agree() {
         text: text.into(),
     };
     let policy = compile(&[
-        file("a.yaml", "defaultAction: DENY\nrules:\n- name: one\n  to: {hosts: [a.com]}\n"),
-        file("b.yaml", "defaultAction: DENY\nrules:\n- name: two\n  to: {hosts: [b.com]}\n"),
+        file(
+            "a.yaml",
+            "defaultAction: DENY\nrules:\n- name: one\n  to: {hosts: [a.com]}\n",
+        ),
+        file(
+            "b.yaml",
+            "defaultAction: DENY\nrules:\n- name: two\n  to: {hosts: [b.com]}\n",
+        ),
     ])
     .unwrap();
     assert_eq!(policy.rules().len(), 2);
@@ -552,7 +774,9 @@ fn files_in_a_directory_combine_and_must_agree() {
         file("b.yaml", "rules:\n- name: one\n"),
     ])
     .unwrap_err();
-    assert!(matches!(&errors[0].kind, CompileErrorKind::DuplicateRuleName { first } if first.file == "a.yaml"));
+    assert!(
+        matches!(&errors[0].kind, CompileErrorKind::DuplicateRuleName { first } if first.file == "a.yaml")
+    );
     assert_eq!(errors[0].location.file, "b.yaml");
 
     let errors = compile(&[
@@ -560,7 +784,13 @@ fn files_in_a_directory_combine_and_must_agree() {
         file("b.yaml", "defaultAction: ALLOW\nrules: []\n"),
     ])
     .unwrap_err();
-    assert!(matches!(&errors[0].kind, CompileErrorKind::ConflictingSetting { setting: "defaultAction", .. }));
+    assert!(matches!(
+        &errors[0].kind,
+        CompileErrorKind::ConflictingSetting {
+            setting: "defaultAction",
+            ..
+        }
+    ));
 
     // Trust domains agree as sets, regardless of order.
     compile(&[
@@ -581,8 +811,14 @@ fn digest_depends_on_content_not_on_directory() {
         .digest()
         .to_owned()
     };
-    assert_eq!(mk("/etc/a/rules.yaml", "rules: []\n"), mk("/other/rules.yaml", "rules: []\n"));
-    assert_ne!(mk("rules.yaml", "rules: []\n"), mk("rules.yaml", "rules: []\n# changed\n"));
+    assert_eq!(
+        mk("/etc/a/rules.yaml", "rules: []\n"),
+        mk("/other/rules.yaml", "rules: []\n")
+    );
+    assert_ne!(
+        mk("rules.yaml", "rules: []\n"),
+        mk("rules.yaml", "rules: []\n# changed\n")
+    );
 }
 
 #[test]
@@ -599,7 +835,15 @@ rules:
 "#,
     );
     let warnings: Vec<String> = lint(&policy).into_iter().map(|w| w.message).collect();
-    assert!(warnings.iter().any(|w| w.contains("allow-google") && w.contains("deny-everything")), "{warnings:?}");
-    assert!(warnings.iter().any(|w| w.contains("other.domain")), "{warnings:?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("allow-google") && w.contains("deny-everything")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings.iter().any(|w| w.contains("other.domain")),
+        "{warnings:?}"
+    );
     assert!(lint(&mk_policy(DEPLOY_RULES)).is_empty());
 }
