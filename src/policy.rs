@@ -8,6 +8,7 @@ mod compile;
 mod decision;
 mod host;
 mod identity;
+mod index;
 mod matcher;
 mod rule;
 mod spec;

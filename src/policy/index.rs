@@ -58,6 +58,8 @@ const LARGE_BUCKET: usize = 16;
 const MERGE_WIDTH: usize = 16;
 
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+/// A `Keyed` under construction: (any-namespace rules, rules by required namespace).
+type KeyedBuilder = (Vec<u32>, FastMap<Box<str>, Vec<u32>>);
 
 /// Rule indexes filed by host pattern. Built once per rule set; read-only afterwards.
 pub(super) struct RuleIndex {
@@ -140,9 +142,18 @@ impl RuleIndex {
     }
 
     /// The first rule, in rule order, of a kind in `mask` that matches `input`.
-    pub(super) fn first<'p>(&self, rules: &'p [Rule], mask: u8, input: &MatchInput<'_>) -> Option<&'p Rule> {
+    pub(super) fn first<'p>(
+        &self,
+        rules: &'p [Rule],
+        mask: u8,
+        input: &MatchInput<'_>,
+    ) -> Option<&'p Rule> {
         let namespace = input.identity.map(|id| id.namespace);
-        let mut sources = Sources { lists: [&[]; MERGE_WIDTH], len: 0, overflow: 0 };
+        let mut sources = Sources {
+            lists: [&[]; MERGE_WIDTH],
+            len: 0,
+            overflow: 0,
+        };
         self.visit(input.host, namespace, mask, &mut |list| sources.push(list));
         let matches = |i: u32| {
             let i = i as usize;
@@ -155,7 +166,11 @@ impl RuleIndex {
                 seen += 1;
                 if seen > MERGE_WIDTH {
                     let bound = best.unwrap_or(u32::MAX);
-                    if let Some(&i) = list.iter().take_while(|&&i| i < bound).find(|&&i| matches(i)) {
+                    if let Some(&i) = list
+                        .iter()
+                        .take_while(|&&i| i < bound)
+                        .find(|&&i| matches(i))
+                    {
                         best = Some(i);
                     }
                 }
@@ -166,7 +181,13 @@ impl RuleIndex {
 
     /// Calls `f` with every non-empty candidate list for a request: its host's buckets, narrowed to the
     /// kinds in `mask` and the caller's namespace where a bucket is split.
-    fn visit<'i>(&'i self, host: &str, namespace: Option<&str>, mask: u8, f: &mut impl FnMut(&'i [u32])) {
+    fn visit<'i>(
+        &'i self,
+        host: &str,
+        namespace: Option<&str>,
+        mask: u8,
+        f: &mut impl FnMut(&'i [u32]),
+    ) {
         if let Some(postings) = self.exact.get(host) {
             postings.visit(namespace, mask, f);
         }
@@ -176,7 +197,9 @@ impl RuleIndex {
         let mut node = &self.nodes[0];
         let mut rest = host;
         while let Some((before, label)) = rest.rsplit_once('.') {
-            let Some(&child) = node.children.get(label) else { return };
+            let Some(&child) = node.children.get(label) else {
+                return;
+            };
             node = &self.nodes[child as usize];
             node.any_labels.visit(namespace, mask, f);
             if !before.contains('.') {
@@ -188,7 +211,12 @@ impl RuleIndex {
 
     /// Number of distinct host buckets (exact hosts, suffixes, any-host), for `Debug`.
     fn bucket_count(&self) -> usize {
-        self.exact.len() + self.nodes.iter().filter(|n| !n.one_label.is_empty() || !n.any_labels.is_empty()).count()
+        self.exact.len()
+            + self
+                .nodes
+                .iter()
+                .filter(|n| !n.one_label.is_empty() || !n.any_labels.is_empty())
+                .count()
             + usize::from(!self.any_host.is_empty())
     }
 }
@@ -239,9 +267,12 @@ impl Postings {
             [one] => Self::One(*one),
             _ if list.len() <= LARGE_BUCKET => Self::Few(list.into_boxed_slice()),
             _ => {
-                let mut by_kind: [(Vec<u32>, FastMap<Box<str>, Vec<u32>>); 4] = Default::default();
+                let mut by_kind: [KeyedBuilder; 4] = Default::default();
                 for i in list {
-                    let slot = kind::ALL.iter().position(|&k| k == kinds[i as usize]).unwrap_or(0);
+                    let slot = kind::ALL
+                        .iter()
+                        .position(|&k| k == kinds[i as usize])
+                        .unwrap_or(0);
                     let (any, keyed) = &mut by_kind[slot];
                     match required_namespaces(&rules[i as usize]) {
                         Some(namespaces) => {
@@ -258,7 +289,10 @@ impl Postings {
                 Self::Large(Box::new(LargePostings {
                     by_kind: by_kind.map(|(any, keyed)| Keyed {
                         any_namespace: any.into_boxed_slice(),
-                        by_namespace: keyed.into_iter().map(|(k, v)| (k, v.into_boxed_slice())).collect(),
+                        by_namespace: keyed
+                            .into_iter()
+                            .map(|(k, v)| (k, v.into_boxed_slice()))
+                            .collect(),
                     }),
                 }))
             }
@@ -270,21 +304,45 @@ impl Postings {
 /// callers of any namespace might match. One condition is enough (they are ANDed): the first that is
 /// all exact values.
 fn required_namespaces(rule: &Rule) -> Option<Vec<&str>> {
+    fn exact(p: &StringPattern) -> Option<&str> {
+        match p {
+            StringPattern::Exact(s) => Some(s.as_str()),
+            _ => None,
+        }
+    }
+    fn non_empty(values: Option<Vec<&str>>) -> Option<Vec<&str>> {
+        values.filter(|v| !v.is_empty())
+    }
     let from = rule.from.as_ref()?;
-    let exact = |p: &StringPattern| match p {
-        StringPattern::Exact(s) => Some(s.as_str()),
-        _ => None,
-    };
-    let all = |values: Option<Vec<&str>>| values.filter(|v| !v.is_empty());
-    all(from.namespaces.iter().map(exact).collect())
-        .or_else(|| all(from.service_accounts.iter().map(|sa| exact(&sa.namespace)).collect()))
-        .or_else(|| all(from.principals.iter().map(|p| exact(p).and_then(principal_namespace)).collect()))
+    non_empty(from.namespaces.iter().map(exact).collect())
+        .or_else(|| {
+            non_empty(
+                from.service_accounts
+                    .iter()
+                    .map(|sa| exact(&sa.namespace))
+                    .collect(),
+            )
+        })
+        .or_else(|| {
+            non_empty(
+                from.principals
+                    .iter()
+                    .map(|p| exact(p).and_then(principal_namespace))
+                    .collect(),
+            )
+        })
 }
 
 /// `<td>/ns/<ns>/sa/<sa>` → `<ns>`; `None` for any other shape (left unkeyed: the index stays exact).
 fn principal_namespace(principal: &str) -> Option<&str> {
     let mut parts = principal.split('/');
-    let (_td, ns_key, ns, sa_key, _sa) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (_td, ns_key, ns, sa_key, _sa) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
     (ns_key == "ns" && sa_key == "sa" && parts.next().is_none()).then_some(ns)
 }
 
@@ -366,14 +424,27 @@ impl Builder {
             .nodes
             .into_iter()
             .zip(self.suffixes)
-            .map(|(children, (one, any))| Node { children, one_label: build(one), any_labels: build(any) })
+            .map(|(children, (one, any))| Node {
+                children,
+                one_label: build(one),
+                any_labels: build(any),
+            })
             .collect();
         if nodes.is_empty() {
             nodes.push(Node::default());
         }
-        let exact = self.exact.into_iter().map(|(host, list)| (host, build(list))).collect();
+        let exact = self
+            .exact
+            .into_iter()
+            .map(|(host, list)| (host, build(list)))
+            .collect();
         let any_host = build(self.any_host);
-        RuleIndex { exact, nodes, any_host, kinds }
+        RuleIndex {
+            exact,
+            nodes,
+            any_host,
+            kinds,
+        }
     }
 }
 
