@@ -9,8 +9,10 @@ echo "== installing test dependencies" >&2
 ENVOY_BIN="$(scripts/install-envoy.sh)"
 export ENVOY_BIN
 scripts/install-deploy-tools.sh >&2
+GRPCURL_BIN="$(scripts/install-grpcurl.sh)"
+export GRPCURL_BIN
 # The Envoy tests skip themselves when Envoy is missing in a plain `cargo test`; here they must run.
-export EGRESS_AUTHZ_REQUIRE_ENVOY=1
+export EGRESS_AUTHZ_REQUIRE_ENVOY=1 EGRESS_AUTHZ_REQUIRE_TOOLS=1
 
 echo "== Rust tests" >&2
 cargo build --locked --bins

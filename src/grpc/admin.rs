@@ -102,3 +102,22 @@ pub fn to_explain_response(
         rules_sha256: digest.to_owned(),
     }
 }
+
+/// gRPC server reflection for the admin API and health, in both protocol versions: `v1` for current
+/// clients and `v1alpha` for older ones (grpcurl before 1.8.8 speaks only `v1alpha`).
+pub fn reflection_services() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    tonic_reflection::server::Error,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
+}
