@@ -17,9 +17,9 @@ mod pki;
 #[path = "../tests/e2e/scenarios.rs"]
 mod scenarios;
 
-use harness::{find_envoy, Gateway, Stage, World, GOOGLE, YAHOO};
+use harness::{GOOGLE, Gateway, Stage, World, YAHOO, find_envoy};
 use pki::{DEFAULT_SLEEP, FOREIGN_TD, NO_URI_SAN};
-use scenarios::{expected, observe_http, observe_tcp, Observation};
+use scenarios::{Observation, expected, observe_http, observe_tcp};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -45,7 +45,8 @@ async fn main() {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -61,22 +62,45 @@ fn caller_label(c: &str) -> String {
 }
 
 fn deciding(o: &Observation) -> String {
-    if o.rule != "-" { format!("{} ({})", o.rule, o.reason) } else { format!("({})", o.reason) }
+    if o.rule != "-" {
+        format!("{} ({})", o.rule, o.reason)
+    } else {
+        format!("({})", o.reason)
+    }
 }
 
 async fn run() -> Result<usize, String> {
-    let envoy = find_envoy().ok_or("Envoy not found: set ENVOY_BIN or run scripts/install-envoy.sh")?;
+    let envoy =
+        find_envoy().ok_or("Envoy not found: set ENVOY_BIN or run scripts/install-envoy.sh")?;
     let server = harness::server_bin();
     if !server.is_file() {
-        return Err(format!("{} not found: run `cargo build` or set EGRESS_AUTHZ_BIN", server.display()));
+        return Err(format!(
+            "{} not found: run `cargo build` or set EGRESS_AUTHZ_BIN",
+            server.display()
+        ));
     }
-    let gateways = [Gateway::HttpIstio, Gateway::HttpTlsSession, Gateway::TcpIstio];
+    let gateways = [
+        Gateway::HttpIstio,
+        Gateway::HttpTlsSession,
+        Gateway::TcpIstio,
+    ];
     let mut world = World::start(&envoy, &gateways, &Stage::NamespaceLevel.text()).await?;
-    println!("Envoy {} (admin {}), egress-authz {} (admin http://{})", envoy.display(),
-        world.envoy(Gateway::HttpIstio).admin, world.server().grpc, world.server().admin);
-    println!("HTTPS gateway {}, TLS gateway {}, stand-ins: google http {} / tcp {}, yahoo http {} / tcp {}",
-        world.envoy(Gateway::HttpIstio).listener, world.envoy(Gateway::TcpIstio).listener,
-        world.google_http.addr, world.google_tcp.addr, world.yahoo_http.addr, world.yahoo_tcp.addr);
+    println!(
+        "Envoy {} (admin {}), egress-authz {} (admin http://{})",
+        envoy.display(),
+        world.envoy(Gateway::HttpIstio).admin,
+        world.server().grpc,
+        world.server().admin
+    );
+    println!(
+        "HTTPS gateway {}, TLS gateway {}, stand-ins: google http {} / tcp {}, yahoo http {} / tcp {}",
+        world.envoy(Gateway::HttpIstio).listener,
+        world.envoy(Gateway::TcpIstio).listener,
+        world.google_http.addr,
+        world.google_tcp.addr,
+        world.yahoo_http.addr,
+        world.yahoo_tcp.addr
+    );
     let mut mismatches = 0;
     let header = format!(
         "{:<34} {:<30} {:<5} {:<8} {:<6} {:<22} {}",
@@ -87,7 +111,11 @@ async fn run() -> Result<usize, String> {
             world.restart_server_with(&stage.text()).await?;
         }
         let file = stage.path();
-        let file = file.strip_prefix(harness::manifest_dir()).unwrap_or(&file).display().to_string();
+        let file = file
+            .strip_prefix(harness::manifest_dir())
+            .unwrap_or(&file)
+            .display()
+            .to_string();
         println!("\n== stage {} ({file}) ==\n{header}", stage.name());
         for caller in scenarios::CALLERS {
             for host in [GOOGLE, YAHOO] {
@@ -115,8 +143,16 @@ async fn run() -> Result<usize, String> {
     // Domain fronting: TLS SNI says yahoo, Host says google (stage: final).
     println!("\n== SNI {YAHOO} with Host {GOOGLE}, default/sleep, stage final ==");
     for (gw, label, expect_allow) in [
-        (Gateway::HttpIstio, "Istio-generated filter (no tls_session)", true),
-        (Gateway::HttpTlsSession, "with include_tls_session (EnvoyFilter)", false),
+        (
+            Gateway::HttpIstio,
+            "Istio-generated filter (no tls_session)",
+            true,
+        ),
+        (
+            Gateway::HttpTlsSession,
+            "with include_tls_session (EnvoyFilter)",
+            false,
+        ),
     ] {
         let o = observe_http(&world, gw, DEFAULT_SLEEP, YAHOO, GOOGLE, "/").await;
         let ok = o.allowed == expect_allow;
@@ -132,6 +168,9 @@ async fn run() -> Result<usize, String> {
             if ok { "" } else { "   <-- MISMATCH" }
         );
     }
-    println!("\nEnvoy access logs and configs: kept only while the demo runs ({}).", world.tmp.path().display());
+    println!(
+        "\nEnvoy access logs and configs: kept only while the demo runs ({}).",
+        world.tmp.path().display()
+    );
     Ok(mismatches)
 }

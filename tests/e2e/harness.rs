@@ -19,7 +19,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use crate::net::{http_get, Upstream};
+use crate::net::{Upstream, http_get};
 use crate::pki::Pki;
 
 pub const GOOGLE: &str = "developers.google.com";
@@ -65,8 +65,12 @@ pub fn find_envoy() -> Option<PathBuf> {
 
 /// Envoy is required when `CI` is set (non-empty, not "false"/"0") or `EGRESS_AUTHZ_REQUIRE_ENVOY=1`.
 pub fn envoy_required() -> bool {
-    let ci = std::env::var("CI").map(|v| !v.is_empty() && v != "false" && v != "0").unwrap_or(false);
-    let req = std::env::var("EGRESS_AUTHZ_REQUIRE_ENVOY").map(|v| v == "1" || v == "true").unwrap_or(false);
+    let ci = std::env::var("CI")
+        .map(|v| !v.is_empty() && v != "false" && v != "0")
+        .unwrap_or(false);
+    let req = std::env::var("EGRESS_AUTHZ_REQUIRE_ENVOY")
+        .map(|v| v == "1" || v == "true")
+        .unwrap_or(false);
     ci || req
 }
 
@@ -89,7 +93,8 @@ pub fn envoy_or_skip(test: &str) -> Option<PathBuf> {
 /// timing assertions (decision flips within 2 s) measure the system, not the scheduler.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Polls `f` every 25 ms until it returns `Some`, for at most `limit`.
@@ -134,7 +139,14 @@ impl AuthzServer {
             .arg("serve")
             .arg("--rules")
             .arg(rules)
-            .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json"])
+            .args([
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--admin-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
             .args(["--decision-log", decision_log])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -146,7 +158,10 @@ impl AuthzServer {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(SocketAddr, SocketAddr)>();
         let stderr = child.stderr.take().expect("stderr");
         let stdout = child.stdout.take().expect("stdout");
-        for reader in [Box::new(stderr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(stdout)] {
+        for reader in [
+            Box::new(stderr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(stdout),
+        ] {
             let (log, tx) = (log.clone(), tx.clone());
             tokio::spawn(async move {
                 let mut lines = BufReader::new(reader).lines();
@@ -167,7 +182,12 @@ impl AuthzServer {
                 log.lock().expect("lock").join("\n")
             ));
         };
-        let server = Self { child, grpc: addrs.0, admin: addrs.1, log };
+        let server = Self {
+            child,
+            grpc: addrs.0,
+            admin: addrs.1,
+            log,
+        };
         let admin = server.admin;
         poll_until(Duration::from_secs(10), "egress-authz /readyz", || async move {
             matches!(http_get(admin, "/readyz").await, Ok((200, _))).then_some(())
@@ -206,7 +226,9 @@ pub fn sum_metric(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             if n != name {
                 return None;
             }
-            let ok = labels.iter().all(|(k, v)| lab.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            let ok = labels
+                .iter()
+                .all(|(k, v)| lab.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
             ok.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
@@ -251,11 +273,15 @@ impl Relay {
         let t = target.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut down, _)) = listener.accept().await else { return };
+                let Ok((mut down, _)) = listener.accept().await else {
+                    return;
+                };
                 let to = *t.lock().expect("lock");
                 tokio::spawn(async move {
                     let Some(to) = to else { return };
-                    let Ok(Ok(mut up)) = timeout(Duration::from_secs(2), TcpStream::connect(to)).await else {
+                    let Ok(Ok(mut up)) =
+                        timeout(Duration::from_secs(2), TcpStream::connect(to)).await
+                    else {
                         return;
                     };
                     let _ = down.set_nodelay(true);
@@ -300,14 +326,21 @@ impl Gateway {
 
 /// Replaces `{{KEY}}` placeholders; panics if a placeholder outside a comment is left.
 pub fn render_template(gw: Gateway, vars: &BTreeMap<&str, String>) -> String {
-    let path = manifest_dir().join("tests/e2e/envoy").join(format!("{}.yaml", gw.template()));
-    let mut s = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let path = manifest_dir()
+        .join("tests/e2e/envoy")
+        .join(format!("{}.yaml", gw.template()));
+    let mut s =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     for (k, v) in vars {
         s = s.replace(&format!("{{{{{k}}}}}"), v);
     }
     for line in s.lines() {
         let code = line.split('#').next().unwrap_or_default();
-        assert!(!code.contains("{{"), "unrendered placeholder in {}: {line}", gw.template());
+        assert!(
+            !code.contains("{{"),
+            "unrendered placeholder in {}: {line}",
+            gw.template()
+        );
     }
     s
 }
@@ -317,7 +350,14 @@ pub async fn envoy_validate(bin: &Path, config: &Path) -> Result<String, String>
     let out = timeout(
         Duration::from_secs(60),
         Command::new(bin)
-            .args(["--mode", "validate", "--disable-hot-restart", "-l", "error", "-c"])
+            .args([
+                "--mode",
+                "validate",
+                "--disable-hot-restart",
+                "-l",
+                "error",
+                "-c",
+            ])
             .arg(config)
             .stdin(Stdio::null())
             .kill_on_drop(true)
@@ -326,8 +366,16 @@ pub async fn envoy_validate(bin: &Path, config: &Path) -> Result<String, String>
     .await
     .map_err(|_| "envoy --mode validate timed out".to_owned())?
     .map_err(|e| format!("spawn envoy: {e}"))?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if out.status.success() { Ok(text) } else { Err(text) }
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
 }
 
 /// A running Envoy; killed when dropped.
@@ -344,7 +392,12 @@ pub struct Envoy {
 }
 
 impl Envoy {
-    pub async fn start(bin: &Path, gw: Gateway, dir: &Path, vars: &BTreeMap<&str, String>) -> Result<Self, String> {
+    pub async fn start(
+        bin: &Path,
+        gw: Gateway,
+        dir: &Path,
+        vars: &BTreeMap<&str, String>,
+    ) -> Result<Self, String> {
         let name = gw.template();
         let access_log = dir.join(format!("{name}.access.log"));
         let mut vars = vars.clone();
@@ -373,15 +426,24 @@ impl Envoy {
         let admin: SocketAddr = {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                if let Some(a) = std::fs::read_to_string(&admin_path).ok().and_then(|s| s.trim().parse().ok()) {
+                if let Some(a) = std::fs::read_to_string(&admin_path)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                {
                     break a;
                 }
                 if let Ok(Some(status)) = child.try_wait() {
-                    return Err(format!("envoy {name} exited ({status}):\n{}", tail(&stderr_path, 30)));
+                    return Err(format!(
+                        "envoy {name} exited ({status}):\n{}",
+                        tail(&stderr_path, 30)
+                    ));
                 }
                 if Instant::now() >= deadline {
                     let _ = child.start_kill();
-                    return Err(format!("envoy {name} wrote no admin address:\n{}", tail(&stderr_path, 30)));
+                    return Err(format!(
+                        "envoy {name} wrote no admin address:\n{}",
+                        tail(&stderr_path, 30)
+                    ));
                 }
                 tokio::time::sleep(POLL).await;
             }
@@ -391,13 +453,24 @@ impl Envoy {
         })
         .await?;
         let (_, body) = http_get(admin, "/listeners?format=json").await?;
-        let listener = parse_listener_addr(&body).ok_or_else(|| format!("no listener address in {body}"))?;
-        Ok(Self { gateway: gw, child, admin, listener, access_log, stderr_path, config_path })
+        let listener =
+            parse_listener_addr(&body).ok_or_else(|| format!("no listener address in {body}"))?;
+        Ok(Self {
+            gateway: gw,
+            child,
+            admin,
+            listener,
+            access_log,
+            stderr_path,
+            config_path,
+        })
     }
 
     /// All counters/gauges whose name contains `filter` (Envoy `/stats?filter=` regex).
     pub async fn stats(&self, filter: &str) -> BTreeMap<String, u64> {
-        let (_, body) = http_get(self.admin, &format!("/stats?filter={filter}")).await.unwrap_or_default();
+        let (_, body) = http_get(self.admin, &format!("/stats?filter={filter}"))
+            .await
+            .unwrap_or_default();
         body.lines()
             .filter_map(|l| {
                 let (k, v) = l.split_once(": ")?;
@@ -418,13 +491,28 @@ impl Envoy {
             .collect()
     }
 
-    /// Waits (bounded) for the access-log entry of the downstream connection from `client`.
-    pub async fn access_log_for(&self, client: SocketAddr) -> Result<Value, String> {
+    /// Number of access-log entries written so far (take it before a request, pass it to
+    /// [`Self::access_log_for`], so a reused client port cannot match an older entry).
+    pub fn access_log_len(&self) -> usize {
+        self.access_log_entries().len()
+    }
+
+    /// Waits (bounded) for the first access-log entry after the first `skip` ones for the downstream
+    /// connection from `client`.
+    pub async fn access_log_for(&self, client: SocketAddr, skip: usize) -> Result<Value, String> {
         let c = client.to_string();
-        poll_until(Duration::from_secs(5), &format!("{} access log entry for {c}", self.gateway.template()), || {
-            let found = self.access_log_entries().into_iter().find(|e| e["client"].as_str() == Some(c.as_str()));
-            async move { found }
-        })
+        poll_until(
+            Duration::from_secs(5),
+            &format!("{} access log entry for {c}", self.gateway.template()),
+            || {
+                let found = self
+                    .access_log_entries()
+                    .into_iter()
+                    .skip(skip)
+                    .find(|e| e["client"].as_str() == Some(c.as_str()));
+                async move { found }
+            },
+        )
         .await
     }
 
@@ -447,7 +535,9 @@ impl Envoy {
 fn parse_listener_addr(body: &str) -> Option<SocketAddr> {
     let v: Value = serde_json::from_str(body).ok()?;
     let sa = &v["listener_statuses"][0]["local_address"]["socket_address"];
-    format!("{}:{}", sa["address"].as_str()?, sa["port_value"].as_u64()?).parse().ok()
+    format!("{}:{}", sa["address"].as_str()?, sa["port_value"].as_u64()?)
+        .parse()
+        .ok()
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -466,7 +556,12 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Self; 4] = [Self::NamespaceLevel, Self::ServiceAccountLevel, Self::AllowNothing, Self::Final];
+    pub const ALL: [Self; 4] = [
+        Self::NamespaceLevel,
+        Self::ServiceAccountLevel,
+        Self::AllowNothing,
+        Self::Final,
+    ];
 
     pub fn path(self) -> PathBuf {
         manifest_dir().join(match self {
@@ -487,7 +582,8 @@ impl Stage {
     }
 
     pub fn text(self) -> String {
-        std::fs::read_to_string(self.path()).unwrap_or_else(|e| panic!("read {}: {e}", self.path().display()))
+        std::fs::read_to_string(self.path())
+            .unwrap_or_else(|e| panic!("read {}: {e}", self.path().display()))
     }
 }
 
@@ -525,8 +621,15 @@ pub fn server_bin() -> PathBuf {
 }
 
 impl World {
-    pub async fn start(envoy_bin: &Path, gateways: &[Gateway], rules: &str) -> Result<Self, String> {
-        let tmp = tempfile::Builder::new().prefix("egress-authz-e2e-").tempdir().map_err(|e| e.to_string())?;
+    pub async fn start(
+        envoy_bin: &Path,
+        gateways: &[Gateway],
+        rules: &str,
+    ) -> Result<Self, String> {
+        let tmp = tempfile::Builder::new()
+            .prefix("egress-authz-e2e-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
         let pki = Pki::generate(&tmp.path().join("certs"));
         let rules_dir = tmp.path().join("rules");
         std::fs::create_dir_all(&rules_dir).map_err(|e| e.to_string())?;
@@ -569,7 +672,9 @@ impl World {
     }
 
     pub fn envoy(&self, gw: Gateway) -> &Envoy {
-        self.envoys.get(&gw).unwrap_or_else(|| panic!("gateway {gw:?} not started"))
+        self.envoys
+            .get(&gw)
+            .unwrap_or_else(|| panic!("gateway {gw:?} not started"))
     }
 
     pub fn server(&self) -> &AuthzServer {
@@ -577,11 +682,19 @@ impl World {
     }
 
     pub fn http_upstream(&self, host: &str) -> &Upstream {
-        if host == GOOGLE { &self.google_http } else { &self.yahoo_http }
+        if host == GOOGLE {
+            &self.google_http
+        } else {
+            &self.yahoo_http
+        }
     }
 
     pub fn tcp_upstream(&self, host: &str) -> &Upstream {
-        if host == GOOGLE { &self.google_tcp } else { &self.yahoo_tcp }
+        if host == GOOGLE {
+            &self.google_tcp
+        } else {
+            &self.yahoo_tcp
+        }
     }
 
     /// Switches rules by restarting the server on the new file (the relay keeps Envoy's view stable).

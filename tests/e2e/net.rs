@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -63,7 +63,9 @@ impl Upstream {
     }
 
     pub async fn http(name: &'static str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -71,7 +73,9 @@ impl Upstream {
         let (h, a, s) = (hits.clone(), accepted.clone(), seen.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((sock, _)) = listener.accept().await else { return };
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
                 a.fetch_add(1, Ordering::SeqCst);
                 let (h, s) = (h.clone(), s.clone());
                 tokio::spawn(async move {
@@ -79,11 +83,20 @@ impl Upstream {
                 });
             }
         });
-        Self { name, addr, hits, accepted, seen, task }
+        Self {
+            name,
+            addr,
+            hits,
+            accepted,
+            seen,
+            task,
+        }
     }
 
     pub async fn tcp(name: &'static str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -91,13 +104,18 @@ impl Upstream {
         let (h, a) = (hits.clone(), accepted.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
                 a.fetch_add(1, Ordering::SeqCst);
                 let h = h.clone();
                 tokio::spawn(async move {
                     let mut buf = [0u8; 1024];
                     // Envoy may keep an idle upstream connection open for a denied client; bound it.
-                    let Ok(Ok(n)) = timeout(Duration::from_secs(30), sock.read(&mut buf)).await else { return };
+                    let Ok(Ok(n)) = timeout(Duration::from_secs(30), sock.read(&mut buf)).await
+                    else {
+                        return;
+                    };
                     if n == 0 {
                         return;
                     }
@@ -107,7 +125,14 @@ impl Upstream {
                 });
             }
         });
-        Self { name, addr, hits, accepted, seen, task }
+        Self {
+            name,
+            addr,
+            hits,
+            accepted,
+            seen,
+            task,
+        }
     }
 }
 
@@ -166,7 +191,13 @@ async fn serve_http_conn(
         }
         buf.drain(..content_length);
         hits.fetch_add(1, Ordering::SeqCst);
-        seen.lock().expect("lock").push(SeenRequest { method: method.clone(), path, host, xfcc, test_id });
+        seen.lock().expect("lock").push(SeenRequest {
+            method: method.clone(),
+            path,
+            host,
+            xfcc,
+            test_id,
+        });
         let body = format!("{name}\n");
         let mut resp = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-upstream: {name}\r\n\r\n",
@@ -195,7 +226,10 @@ pub struct HttpOutcome {
 
 impl HttpOutcome {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -238,7 +272,8 @@ pub async fn https_request(
 }
 
 fn parse_response(raw: &[u8], local_addr: SocketAddr) -> Result<HttpOutcome, String> {
-    let end = find(raw, b"\r\n\r\n").ok_or_else(|| format!("no response head in {:?}", String::from_utf8_lossy(raw)))?;
+    let end = find(raw, b"\r\n\r\n")
+        .ok_or_else(|| format!("no response head in {:?}", String::from_utf8_lossy(raw)))?;
     let head = String::from_utf8_lossy(&raw[..end]);
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
@@ -248,10 +283,18 @@ fn parse_response(raw: &[u8], local_addr: SocketAddr) -> Result<HttpOutcome, Str
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("bad status line {status_line:?}"))?;
     let headers = lines
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())))
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        })
         .collect();
     let body = String::from_utf8_lossy(&raw[end + 4..]).into_owned();
-    Ok(HttpOutcome { status, headers, body, local_addr })
+    Ok(HttpOutcome {
+        status,
+        headers,
+        body,
+        local_addr,
+    })
 }
 
 /// What a client of the opaque TLS-in-mTLS path saw after sending its first bytes.
@@ -271,17 +314,31 @@ pub struct TcpResult {
 
 /// Opens an mTLS connection to the gateway's TLS listener with `sni` = the external host, sends a few
 /// bytes (standing in for the app's inner ClientHello) and reads the answer or observes the close.
-pub async fn tls_stream(gateway: SocketAddr, cfg: Arc<ClientConfig>, sni: &str) -> Result<TcpResult, String> {
+pub async fn tls_stream(
+    gateway: SocketAddr,
+    cfg: Arc<ClientConfig>,
+    sni: &str,
+) -> Result<TcpResult, String> {
     timeout(IO_TIMEOUT, async {
-        let tcp = TcpStream::connect(gateway).await.map_err(|e| format!("connect: {e}"))?;
+        let tcp = TcpStream::connect(gateway)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         let local_addr = tcp.local_addr().map_err(|e| e.to_string())?;
         let name = ServerName::try_from(sni.to_owned()).map_err(|e| format!("sni: {e}"))?;
         let mut tls = match TlsConnector::from(cfg).connect(name, tcp).await {
             Ok(t) => t,
-            Err(e) => return Ok(TcpResult { outcome: TcpOutcome::Closed(format!("handshake: {e}")), local_addr }),
+            Err(e) => {
+                return Ok(TcpResult {
+                    outcome: TcpOutcome::Closed(format!("handshake: {e}")),
+                    local_addr,
+                });
+            }
         };
         if let Err(e) = tls.write_all(b"opaque-inner-clienthello\n").await {
-            return Ok(TcpResult { outcome: TcpOutcome::Closed(format!("write: {e}")), local_addr });
+            return Ok(TcpResult {
+                outcome: TcpOutcome::Closed(format!("write: {e}")),
+                local_addr,
+            });
         }
         let _ = tls.flush().await;
         let mut buf = Vec::new();
@@ -297,7 +354,10 @@ pub async fn tls_stream(gateway: SocketAddr, cfg: Arc<ClientConfig>, sni: &str) 
                 }
                 Err(e) => {
                     if buf.is_empty() {
-                        return Ok(TcpResult { outcome: TcpOutcome::Closed(format!("read: {e}")), local_addr });
+                        return Ok(TcpResult {
+                            outcome: TcpOutcome::Closed(format!("read: {e}")),
+                            local_addr,
+                        });
                     }
                     break;
                 }
@@ -308,7 +368,10 @@ pub async fn tls_stream(gateway: SocketAddr, cfg: Arc<ClientConfig>, sni: &str) 
         } else {
             TcpOutcome::Flowed(String::from_utf8_lossy(&buf).trim().to_owned())
         };
-        Ok(TcpResult { outcome, local_addr })
+        Ok(TcpResult {
+            outcome,
+            local_addr,
+        })
     })
     .await
     .map_err(|_| "timed out".to_owned())?
@@ -317,14 +380,21 @@ pub async fn tls_stream(gateway: SocketAddr, cfg: Arc<ClientConfig>, sni: &str) 
 /// Plain-HTTP GET against an admin endpoint (Envoy admin, egress-authz admin). Returns (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     timeout(IO_TIMEOUT, async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        let mut s = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
         let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
         let local = s.local_addr().map_err(|e| e.to_string())?;
         let r = parse_response(&raw, local)?;
-        let body = if r.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let body = if r
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
             dechunk(&r.body)
         } else {
             r.body
@@ -338,9 +408,15 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), Str
 /// Plain-HTTP POST with an empty body (Envoy admin mutations).
 pub async fn http_post(addr: SocketAddr, path: &str) -> Result<u16, String> {
     timeout(IO_TIMEOUT, async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
-        let req = format!("POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut s = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
         let local = s.local_addr().map_err(|e| e.to_string())?;

@@ -7,18 +7,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// DNS SAN of the gateway certificate; clients verify the gateway against this name (not against the SNI
 /// they send, which names the external host), like a sidecar verifies the gateway's identity.
 pub const GATEWAY_DNS: &str = "istio-egressgateway.istio-system.svc.cluster.local";
-pub const GATEWAY_SPIFFE: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-egressgateway-service-account";
+pub const GATEWAY_SPIFFE: &str =
+    "spiffe://cluster.local/ns/istio-system/sa/istio-egressgateway-service-account";
 
 /// The workload identities the seeds use, plus the identity edge cases.
 pub const DEFAULT_SLEEP: &str = "default/sleep";
@@ -73,8 +74,14 @@ fn leaf_params(spiffe: Option<&str>, dns: &[&str], cn: Option<&str>) -> Certific
     }
     p.subject_alt_names = sans;
     p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     p.use_authority_key_identifier_extension = true;
     p
 }
@@ -100,34 +107,58 @@ impl Pki {
         dn.push(DnType::OrganizationName, "cluster.local");
         ca_params.distinguished_name = dn;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let ca_key = KeyPair::generate().expect("ca keygen");
         let ca_cert = ca_params.self_signed(&ca_key).expect("ca self-sign");
         std::fs::write(dir.join("ca.crt"), ca_cert.pem()).expect("write ca");
         let issuer = Issuer::new(ca_params, ca_key);
 
-        let gw = sign(&leaf_params(Some(GATEWAY_SPIFFE), &[GATEWAY_DNS], None), &issuer);
+        let gw = sign(
+            &leaf_params(Some(GATEWAY_SPIFFE), &[GATEWAY_DNS], None),
+            &issuer,
+        );
         std::fs::write(dir.join("gateway.crt"), &gw.cert_pem).expect("write gw crt");
         std::fs::write(dir.join("gateway.key"), &gw.key_pem).expect("write gw key");
 
         let mut workloads = BTreeMap::new();
-        for w in [DEFAULT_SLEEP, OTHERNS_SLEEP, SLEEP_GOOGLE, SLEEP_YAHOO, FOREIGN_TD, NO_URI_SAN] {
+        for w in [
+            DEFAULT_SLEEP,
+            OTHERNS_SLEEP,
+            SLEEP_GOOGLE,
+            SLEEP_YAHOO,
+            FOREIGN_TD,
+            NO_URI_SAN,
+        ] {
             let spiffe = spiffe_of(w);
-            let cn = if w == NO_URI_SAN { Some("legacy-client") } else { None };
+            let cn = if w == NO_URI_SAN {
+                Some("legacy-client")
+            } else {
+                None
+            };
             let id = sign(&leaf_params(spiffe.as_deref(), &[], cn), &issuer);
             let base = w.replace('/', "_");
             std::fs::write(dir.join(format!("{base}.crt")), &id.cert_pem).expect("write crt");
             std::fs::write(dir.join(format!("{base}.key")), &id.key_pem).expect("write key");
             workloads.insert(w, id);
         }
-        Self { dir: dir.to_owned(), ca_der: ca_cert.der().clone(), workloads }
+        Self {
+            dir: dir.to_owned(),
+            ca_der: ca_cert.der().clone(),
+            workloads,
+        }
     }
 
     /// rustls client config presenting `workload`'s certificate and verifying the gateway as
     /// [`GATEWAY_DNS`] whatever SNI is sent.
     pub fn client_config(&self, workload: &str, alpn: &[&str]) -> Arc<ClientConfig> {
-        let id = self.workloads.get(workload).unwrap_or_else(|| panic!("unknown workload {workload}"));
+        let id = self
+            .workloads
+            .get(workload)
+            .unwrap_or_else(|| panic!("unknown workload {workload}"));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
         roots.add(self.ca_der.clone()).expect("add ca");
@@ -168,7 +199,8 @@ impl ServerCertVerifier for GatewayVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner.verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(

@@ -4,8 +4,8 @@
 
 use serde_json::Value;
 
-use crate::harness::{Envoy, Gateway, Stage, World, GOOGLE, YAHOO};
-use crate::net::{https_request, tls_stream, TcpOutcome};
+use crate::harness::{Envoy, GOOGLE, Gateway, Stage, World, YAHOO};
+use crate::net::{TcpOutcome, https_request, tls_stream};
 use crate::pki::{DEFAULT_SLEEP, FOREIGN_TD, NO_URI_SAN, OTHERNS_SLEEP, SLEEP_GOOGLE, SLEEP_YAHOO};
 
 /// `stat_prefix` of the HTTP connection manager in http-*.yaml (stats `http.<prefix>.ext_authz.*`).
@@ -25,15 +25,30 @@ pub struct Expect {
 
 impl Expect {
     pub fn allow(reason: &'static str, rule: Option<&'static str>) -> Self {
-        Self { allow: true, reasons: vec![reason], rule, dry_run: None }
+        Self {
+            allow: true,
+            reasons: vec![reason],
+            rule,
+            dry_run: None,
+        }
     }
 
     pub fn deny(reason: &'static str, rule: Option<&'static str>) -> Self {
-        Self { allow: false, reasons: vec![reason], rule, dry_run: None }
+        Self {
+            allow: false,
+            reasons: vec![reason],
+            rule,
+            dry_run: None,
+        }
     }
 
     pub fn deny_any(reasons: &[&'static str]) -> Self {
-        Self { allow: false, reasons: reasons.to_vec(), rule: None, dry_run: None }
+        Self {
+            allow: false,
+            reasons: reasons.to_vec(),
+            rule: None,
+            dry_run: None,
+        }
     }
 
     pub fn with_dry_run(mut self, rule: &'static str, decision: &'static str) -> Self {
@@ -58,12 +73,23 @@ pub struct Tally {
 
 impl Tally {
     pub fn add(&mut self, e: &Expect) {
-        if e.allow { self.allow += 1 } else { self.deny += 1 }
+        if e.allow {
+            self.allow += 1
+        } else {
+            self.deny += 1
+        }
     }
 }
 
 /// Callers of the walkthrough: the seeds' four workloads, then the identity edge cases.
-pub const CALLERS: [&str; 6] = [DEFAULT_SLEEP, OTHERNS_SLEEP, SLEEP_GOOGLE, SLEEP_YAHOO, FOREIGN_TD, NO_URI_SAN];
+pub const CALLERS: [&str; 6] = [
+    DEFAULT_SLEEP,
+    OTHERNS_SLEEP,
+    SLEEP_GOOGLE,
+    SLEEP_YAHOO,
+    FOREIGN_TD,
+    NO_URI_SAN,
+];
 
 /// The seeds' walkthrough as a table: what each caller may reach in each stage, and which rule decides.
 pub fn expected(stage: Stage, caller: &str, host: &str) -> Expect {
@@ -87,7 +113,9 @@ pub fn expected(stage: Stage, caller: &str, host: &str) -> Expect {
         // Allow-list per service account in otherns; default has no rule any more.
         Stage::ServiceAccountLevel => match (caller, google) {
             (OTHERNS_SLEEP, _) => Expect::allow("allowed_by_rule", Some("otherns-sleep-to-both")),
-            (SLEEP_GOOGLE, true) => Expect::allow("allowed_by_rule", Some("sleep-google-to-google")),
+            (SLEEP_GOOGLE, true) => {
+                Expect::allow("allowed_by_rule", Some("sleep-google-to-google"))
+            }
             (SLEEP_YAHOO, false) => Expect::allow("allowed_by_rule", Some("sleep-yahoo-to-yahoo")),
             _ => Expect::deny("no_matching_rule", None),
         },
@@ -95,8 +123,12 @@ pub fn expected(stage: Stage, caller: &str, host: &str) -> Expect {
         Stage::Final => match (caller, google) {
             (DEFAULT_SLEEP, true) => Expect::allow("allowed_by_rule", Some("default-ns-to-google")),
             (OTHERNS_SLEEP, _) => Expect::allow("allowed_by_rule", Some("otherns-sleep-to-both")),
-            (SLEEP_GOOGLE, true) => Expect::allow("allowed_by_rule", Some("otherns-sleep-google-to-google")),
-            (SLEEP_YAHOO, false) => Expect::allow("allowed_by_rule", Some("otherns-sleep-yahoo-to-yahoo")),
+            (SLEEP_GOOGLE, true) => {
+                Expect::allow("allowed_by_rule", Some("otherns-sleep-google-to-google"))
+            }
+            (SLEEP_YAHOO, false) => {
+                Expect::allow("allowed_by_rule", Some("otherns-sleep-yahoo-to-yahoo"))
+            }
             _ => Expect::deny("no_matching_rule", None),
         },
     }
@@ -105,16 +137,39 @@ pub fn expected(stage: Stage, caller: &str, host: &str) -> Expect {
 /// Asserts the ext_authz dynamic metadata Envoy logged against the expectation.
 pub fn assert_metadata(authz: &Value, exp: &Expect, ctx: &str) {
     let decision = if exp.allow { "allow" } else { "deny" };
-    assert_eq!(authz["decision"].as_str(), Some(decision), "{ctx}: metadata.decision in {authz}");
+    assert_eq!(
+        authz["decision"].as_str(),
+        Some(decision),
+        "{ctx}: metadata.decision in {authz}"
+    );
     let reason = authz["reason"].as_str().unwrap_or_default();
-    assert!(exp.reasons.contains(&reason), "{ctx}: metadata.reason {reason:?}, expected {:?}: {authz}", exp.reasons);
-    assert_eq!(authz["rule"].as_str(), exp.rule, "{ctx}: metadata.rule in {authz}");
+    assert!(
+        exp.reasons.contains(&reason),
+        "{ctx}: metadata.reason {reason:?}, expected {:?}: {authz}",
+        exp.reasons
+    );
+    assert_eq!(
+        authz["rule"].as_str(),
+        exp.rule,
+        "{ctx}: metadata.rule in {authz}"
+    );
     match exp.dry_run {
         Some((rule, d)) => {
-            assert_eq!(authz["dry_run_rule"].as_str(), Some(rule), "{ctx}: metadata.dry_run_rule in {authz}");
-            assert_eq!(authz["dry_run_decision"].as_str(), Some(d), "{ctx}: metadata.dry_run_decision in {authz}");
+            assert_eq!(
+                authz["dry_run_rule"].as_str(),
+                Some(rule),
+                "{ctx}: metadata.dry_run_rule in {authz}"
+            );
+            assert_eq!(
+                authz["dry_run_decision"].as_str(),
+                Some(d),
+                "{ctx}: metadata.dry_run_decision in {authz}"
+            );
         }
-        None => assert!(authz.get("dry_run_rule").is_none_or(Value::is_null), "{ctx}: unexpected dry_run_rule: {authz}"),
+        None => assert!(
+            authz.get("dry_run_rule").is_none_or(Value::is_null),
+            "{ctx}: unexpected dry_run_rule: {authz}"
+        ),
     }
 }
 
@@ -132,39 +187,78 @@ pub async fn check_http(
     ctx: &str,
 ) -> Value {
     static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let id = format!("req-{}", SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+    let id = format!(
+        "req-{}",
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
     let envoy = world.envoy(gw);
     let cfg = world.pki.client_config(caller, &["http/1.1"]);
+    let skip = envoy.access_log_len();
     let r = https_request(envoy.listener, cfg, sni, host, "GET", path, &id)
         .await
         .unwrap_or_else(|e| panic!("{ctx} [{gw:?}]: request failed: {e}"));
-    let entry = envoy.access_log_for(r.local_addr).await.unwrap_or_else(|e| panic!("{ctx} [{gw:?}]: {e}"));
+    let entry = envoy
+        .access_log_for(r.local_addr, skip)
+        .await
+        .unwrap_or_else(|e| panic!("{ctx} [{gw:?}]: {e}"));
+    assert_eq!(
+        entry["test_id"].as_str(),
+        Some(id.as_str()),
+        "{ctx} [{gw:?}]: access-log entry of this request"
+    );
     let upstream_saw = world.http_upstream(host).seen_with_id(&id);
-    let ctx = format!("{ctx} [HTTP {gw:?}] got {} {:?}; log {entry}", r.status, r.body.trim());
+    let ctx = format!(
+        "{ctx} [HTTP {gw:?}] got {} {:?}; log {entry}",
+        r.status,
+        r.body.trim()
+    );
     if exp.allow {
         assert_eq!(r.status, 200, "{ctx}");
         assert_eq!(r.body.trim(), host, "{ctx}: body names the upstream");
-        assert_eq!(upstream_saw.len(), 1, "{ctx}: upstream saw the request once");
+        assert_eq!(
+            upstream_saw.len(),
+            1,
+            "{ctx}: upstream saw the request once"
+        );
         let xfcc = upstream_saw[0].xfcc.as_deref().unwrap_or_default();
         if let Some(uri) = crate::pki::spiffe_of(caller) {
-            assert!(xfcc.contains(&format!("URI={uri}")), "{ctx}: XFCC names the caller: {xfcc}");
+            assert!(
+                xfcc.contains(&format!("URI={uri}")),
+                "{ctx}: XFCC names the caller: {xfcc}"
+            );
         }
         assert_eq!(entry["details"].as_str(), Some("via_upstream"), "{ctx}");
     } else {
         assert_eq!(r.status, 403, "{ctx}");
-        assert!(upstream_saw.is_empty(), "{ctx}: denied request reached the upstream");
-        let hdr = r.header("x-egress-authz-reason").unwrap_or_else(|| panic!("{ctx}: no x-egress-authz-reason"));
+        assert!(
+            upstream_saw.is_empty(),
+            "{ctx}: denied request reached the upstream"
+        );
+        let hdr = r
+            .header("x-egress-authz-reason")
+            .unwrap_or_else(|| panic!("{ctx}: no x-egress-authz-reason"));
         let code = hdr.split(';').next().unwrap_or_default().trim();
-        assert!(exp.reasons.contains(&code), "{ctx}: reason header {hdr:?}, expected {:?}", exp.reasons);
+        assert!(
+            exp.reasons.contains(&code),
+            "{ctx}: reason header {hdr:?}, expected {:?}",
+            exp.reasons
+        );
         if let Some(rule) = exp.rule {
-            assert!(hdr.contains(&format!("rule={rule}")), "{ctx}: reason header {hdr:?} names {rule}");
+            assert!(
+                hdr.contains(&format!("rule={rule}")),
+                "{ctx}: reason header {hdr:?} names {rule}"
+            );
             assert!(r.body.contains(rule), "{ctx}: body names the rule");
         }
         assert!(r.body.contains(code), "{ctx}: body names the reason");
         assert_eq!(entry["details"].as_str(), Some("ext_authz_denied"), "{ctx}");
         assert_eq!(entry["flags"].as_str(), Some("UAEX"), "{ctx}");
     }
-    assert_eq!(entry["code"].as_u64(), Some(u64::from(r.status)), "{ctx}: logged status");
+    assert_eq!(
+        entry["code"].as_u64(),
+        Some(u64::from(r.status)),
+        "{ctx}: logged status"
+    );
     assert_eq!(entry["authority"].as_str(), Some(host), "{ctx}");
     assert_peer(&entry, caller, &ctx);
     assert_metadata(&entry["authz"], exp, &ctx);
@@ -175,7 +269,10 @@ pub async fn check_http(
 fn assert_peer(entry: &Value, caller: &str, ctx: &str) {
     match crate::pki::spiffe_of(caller) {
         Some(uri) => assert_eq!(entry["peer"].as_str(), Some(uri.as_str()), "{ctx}: peer"),
-        None => assert!(entry["peer"].is_null() || entry["peer"] == "-", "{ctx}: peer"),
+        None => assert!(
+            entry["peer"].is_null() || entry["peer"] == "-",
+            "{ctx}: peer"
+        ),
     }
 }
 
@@ -186,8 +283,14 @@ pub async fn check_tcp(world: &World, caller: &str, host: &str, exp: &Expect, ct
     let upstream = world.tcp_upstream(host);
     let before = upstream.hits();
     let cfg = world.pki.client_config(caller, &[]);
-    let r = tls_stream(envoy.listener, cfg, host).await.unwrap_or_else(|e| panic!("{ctx} [TCP]: {e}"));
-    let entry = envoy.access_log_for(r.local_addr).await.unwrap_or_else(|e| panic!("{ctx} [TCP]: {e}"));
+    let skip = envoy.access_log_len();
+    let r = tls_stream(envoy.listener, cfg, host)
+        .await
+        .unwrap_or_else(|e| panic!("{ctx} [TCP]: {e}"));
+    let entry = envoy
+        .access_log_for(r.local_addr, skip)
+        .await
+        .unwrap_or_else(|e| panic!("{ctx} [TCP]: {e}"));
     let after = upstream.hits();
     let ctx = format!("{ctx} [TCP] got {:?}; log {entry}", r.outcome);
     if exp.allow {
@@ -195,7 +298,10 @@ pub async fn check_tcp(world: &World, caller: &str, host: &str, exp: &Expect, ct
         assert_eq!(after, before + 1, "{ctx}: upstream got the bytes");
     } else {
         assert!(matches!(r.outcome, TcpOutcome::Closed(_)), "{ctx}");
-        assert_eq!(after, before, "{ctx}: bytes reached the upstream of a denied connection");
+        assert_eq!(
+            after, before,
+            "{ctx}: bytes reached the upstream of a denied connection"
+        );
         assert_eq!(entry["details"].as_str(), Some("ext_authz_denied"), "{ctx}");
         assert_eq!(entry["flags"].as_str(), Some("UAEX"), "{ctx}");
     }
@@ -207,7 +313,11 @@ pub async fn check_tcp(world: &World, caller: &str, host: &str, exp: &Expect, ct
 
 /// Number of 5xx responses in an HTTP gateway's access log.
 pub fn logged_5xx(envoy: &Envoy) -> usize {
-    envoy.access_log_entries().iter().filter(|e| e["code"].as_u64().is_some_and(|c| c >= 500)).count()
+    envoy
+        .access_log_entries()
+        .iter()
+        .filter(|e| e["code"].as_u64().is_some_and(|c| c >= 500))
+        .count()
 }
 
 /// What one request/stream did, without asserting (for the demo's table).
@@ -226,7 +336,13 @@ impl Observation {
     fn from_entry(outcome: String, allowed: bool, entry: Option<Value>) -> Self {
         let authz = entry.map(|e| e["authz"].clone()).unwrap_or(Value::Null);
         let s = |k: &str| authz[k].as_str().unwrap_or("-").to_owned();
-        Self { outcome, allowed, decision: s("decision"), reason: s("reason"), rule: s("rule") }
+        Self {
+            outcome,
+            allowed,
+            decision: s("decision"),
+            reason: s("reason"),
+            rule: s("rule"),
+        }
     }
 
     fn failed(e: String) -> Self {
@@ -235,12 +351,20 @@ impl Observation {
 }
 
 /// Like `curl -I https://<host><path>` from `caller`'s sidecar through HTTP gateway `gw`.
-pub async fn observe_http(world: &World, gw: Gateway, caller: &str, sni: &str, host: &str, path: &str) -> Observation {
+pub async fn observe_http(
+    world: &World,
+    gw: Gateway,
+    caller: &str,
+    sni: &str,
+    host: &str,
+    path: &str,
+) -> Observation {
     let envoy = world.envoy(gw);
     let cfg = world.pki.client_config(caller, &["http/1.1"]);
+    let skip = envoy.access_log_len();
     match https_request(envoy.listener, cfg, sni, host, "HEAD", path, "demo").await {
         Ok(r) => {
-            let entry = envoy.access_log_for(r.local_addr).await.ok();
+            let entry = envoy.access_log_for(r.local_addr, skip).await.ok();
             Observation::from_entry(r.status.to_string(), r.status == 200, entry)
         }
         Err(e) => Observation::failed(e),
@@ -250,9 +374,10 @@ pub async fn observe_http(world: &World, gw: Gateway, caller: &str, sni: &str, h
 /// An opaque TLS-in-mTLS stream from `caller` to `host` through the TCP gateway.
 pub async fn observe_tcp(world: &World, caller: &str, host: &str) -> Observation {
     let envoy = world.envoy(Gateway::TcpIstio);
+    let skip = envoy.access_log_len();
     match tls_stream(envoy.listener, world.pki.client_config(caller, &[]), host).await {
         Ok(r) => {
-            let entry = envoy.access_log_for(r.local_addr).await.ok();
+            let entry = envoy.access_log_for(r.local_addr, skip).await.ok();
             let (outcome, allowed) = match &r.outcome {
                 TcpOutcome::Flowed(who) => (format!("flowed ({who})"), who == host),
                 TcpOutcome::Closed(_) => ("closed".to_owned(), false),
