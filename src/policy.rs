@@ -9,15 +9,16 @@ mod decision;
 mod host;
 mod identity;
 mod index;
+mod lint;
 mod matcher;
 mod rule;
+mod source;
 mod spec;
 #[cfg(test)]
 mod tests;
 
 pub use compile::{
-    CompileError, CompileErrorKind, CompileWarning, DEFAULT_TRUST_DOMAIN, Location, SourceFile,
-    compile, lint,
+    CompileError, CompileErrorKind, DEFAULT_TRUST_DOMAIN, Location, SourceFile, compile,
 };
 pub use decision::{
     Decision, DryRunVerdict, EgressRequest, Explanation, HttpRequest, OwnedIdentity, Policy,
@@ -25,6 +26,7 @@ pub use decision::{
 };
 pub use host::{NormalizedHost, authority_host, is_istio_cluster_sni, is_valid_dns_name};
 pub use identity::{Caller, Identity, parse_spiffe_id};
+pub use lint::{CompileWarning, lint};
 pub use matcher::{HostPattern, InvalidPattern, PathPattern, ServiceAccountPattern, StringPattern};
 pub use rule::{Condition, FromConditions, HttpInput, MatchInput, Rule, RuleOrigin, ToConditions};
 pub use spec::{Action, FromSpec, RuleFile, RuleSpec, ToSpec};

@@ -4,9 +4,6 @@
 //! once), each with file, line and column. No I/O happens here: the caller hands in file contents.
 
 use std::collections::HashMap;
-use std::fmt;
-
-use sha2::{Digest, Sha256};
 
 use super::decision::{Policy, Settings};
 use super::identity::is_valid_trust_domain;
@@ -14,36 +11,12 @@ use super::matcher::{
     HostPattern, InvalidPattern, PathPattern, ServiceAccountPattern, StringPattern, parse_method,
 };
 use super::rule::{FromConditions, Rule, RuleOrigin, ToConditions};
+pub use super::source::{Location, SourceFile};
+use super::source::{Locator, digest};
 use super::spec::{Action, FromSpec, RuleFile, RuleSpec, ToSpec};
 
 /// The trust domain Istio uses unless the mesh configures another.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
-
-/// A rule file's name (as shown in errors) and contents.
-#[derive(Clone, Debug)]
-pub struct SourceFile {
-    /// The path as given by the user, used in messages.
-    pub name: String,
-    /// The file's text.
-    pub text: String,
-}
-
-/// A place in a rule file, 1-based.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Location {
-    /// The file's name.
-    pub file: String,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column.
-    pub column: usize,
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.file, self.line, self.column)
-    }
-}
 
 /// One problem in the rule files, located.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -99,21 +72,6 @@ pub enum CompileErrorKind {
     /// An invalid or empty `trustDomains`.
     #[error("trustDomains: {0}")]
     InvalidTrustDomains(String),
-}
-
-/// Something valid but probably not what the author meant.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CompileWarning {
-    /// Where it is.
-    pub location: Location,
-    /// What is suspicious.
-    pub message: String,
-}
-
-impl fmt::Display for CompileWarning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: warning: {}", self.location, self.message)
-    }
 }
 
 /// Compiles rule files, in the order given, into one policy; or returns every error found.
@@ -179,49 +137,6 @@ pub fn compile(files: &[SourceFile]) -> Result<Policy, Vec<CompileError>> {
     }
     let file_names = files.iter().map(|f| f.name.clone()).collect();
     Ok(Policy::new(settings, rules, file_names, digest(files)))
-}
-
-/// Lists rules that can never match, and similar cheap-to-spot mistakes.
-pub fn lint(policy: &Policy) -> Vec<CompileWarning> {
-    let mut warnings = Vec::new();
-    let location = |rule: &Rule| Location {
-        file: policy.files()[rule.origin.file].clone(),
-        line: rule.origin.line,
-        column: 1,
-    };
-    let catch_all_deny = policy
-        .rules()
-        .iter()
-        .find(|r| r.action == Action::Deny && !r.dry_run && r.from.is_none() && r.to.is_none());
-    for rule in policy.rules() {
-        if let Some(deny) = catch_all_deny
-            && rule.action == Action::Allow
-        {
-            warnings.push(CompileWarning {
-                location: location(rule),
-                message: format!(
-                    "rule {:?} can never allow anything: DENY rule {:?} matches every request and DENY rules are evaluated first",
-                    rule.name, deny.name
-                ),
-            });
-        }
-        for principal in rule.from.iter().flat_map(|f| f.principals.iter()) {
-            if let StringPattern::Exact(p) | StringPattern::Prefix(p) = principal {
-                let td = p.split('/').next().unwrap_or_default();
-                let complete_td = matches!(principal, StringPattern::Exact(_)) || p.contains('/');
-                if complete_td && !policy.settings().trust_domains.iter().any(|t| t == td) {
-                    warnings.push(CompileWarning {
-                        location: location(rule),
-                        message: format!(
-                            "rule {:?}: principal {p:?} is in trust domain {td:?}, which is not in trustDomains, so it never matches",
-                            rule.name
-                        ),
-                    });
-                }
-            }
-        }
-    }
-    warnings
 }
 
 fn parse_file(file: &SourceFile, errors: &mut Vec<CompileError>) -> Option<RuleFile> {
@@ -496,95 +411,4 @@ impl SettingsBuilder {
             require_sni_matches_host: self.require_sni_matches_host.is_none_or(|(b, _)| b),
         }
     }
-}
-
-/// Finds where things are written in a file's text, for error locations. serde's model does not keep
-/// spans, so rules are found by their `name:` line (in order) and values by searching inside the rule.
-struct Locator<'a> {
-    file: &'a SourceFile,
-}
-
-impl<'a> Locator<'a> {
-    fn new(file: &'a SourceFile) -> Self {
-        Self { file }
-    }
-
-    fn at(&self, offset: usize) -> Location {
-        let before = &self.file.text[..offset.min(self.file.text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before
-            .rfind('\n')
-            .map_or(before.len(), |nl| before.len() - nl - 1)
-            + 1;
-        Location {
-            file: self.file.name.clone(),
-            line,
-            column,
-        }
-    }
-
-    /// The byte offset and location of the `name: <name>` of a rule, searching from `from`.
-    fn rule(&self, name: &str, from: usize) -> (usize, Location) {
-        let text = &self.file.text;
-        let mut offset = from.min(text.len());
-        while let Some(found) = text[offset..].find("name:") {
-            let start = offset + found;
-            let line_end = text[start..].find('\n').map_or(text.len(), |e| start + e);
-            let value = text[start + "name:".len()..line_end].trim();
-            let value = value
-                .split(" #")
-                .next()
-                .unwrap_or(value)
-                .trim()
-                .trim_matches(['"', '\'']);
-            if value == name {
-                return (start, self.at(start));
-            }
-            offset = start + 1;
-        }
-        (from, self.at(from))
-    }
-
-    /// The location of the first occurrence of `value` at or after `from`.
-    fn value_after(&self, from: usize, value: &str) -> Option<Location> {
-        let text = &self.file.text;
-        let from = from.min(text.len());
-        text[from..].find(value).map(|i| self.at(from + i))
-    }
-
-    /// The location of a top-level key.
-    fn key(&self, key: &str) -> Location {
-        let text = &self.file.text;
-        let mut offset = 0;
-        for line in text.split_inclusive('\n') {
-            if line.starts_with(key) && line[key.len()..].trim_start().starts_with(':') {
-                return self.at(offset);
-            }
-            offset += line.len();
-        }
-        self.at(0)
-    }
-}
-
-fn digest(files: &[SourceFile]) -> String {
-    let mut hasher = Sha256::new();
-    for file in files {
-        // The base name, not the path: the same ConfigMap mounted anywhere has the same digest.
-        let name = std::path::Path::new(&file.name)
-            .file_name()
-            .map_or(file.name.as_str(), |n| n.to_str().unwrap_or_default());
-        // Length-prefix each part so that moving bytes between name and text changes the digest.
-        for part in [name.as_bytes(), file.text.as_bytes()] {
-            hasher.update((part.len() as u64).to_be_bytes());
-            hasher.update(part);
-        }
-    }
-    hasher
-        .finalize()
-        .iter()
-        .fold(String::with_capacity(64), |mut hex, b| {
-            use std::fmt::Write as _;
-            let _ = write!(hex, "{b:02x}");
-            hex
-        })
 }

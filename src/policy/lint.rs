@@ -1,0 +1,67 @@
+//! Cheap checks for rules that are valid but can never do anything.
+
+use std::fmt;
+
+use super::decision::Policy;
+use super::matcher::StringPattern;
+use super::rule::Rule;
+use super::source::Location;
+use super::spec::Action;
+
+/// Something valid but probably not what the author meant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompileWarning {
+    /// Where it is.
+    pub location: Location,
+    /// What is suspicious.
+    pub message: String,
+}
+
+impl fmt::Display for CompileWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: warning: {}", self.location, self.message)
+    }
+}
+
+/// Lists rules that can never match, and similar cheap-to-spot mistakes.
+pub fn lint(policy: &Policy) -> Vec<CompileWarning> {
+    let mut warnings = Vec::new();
+    let location = |rule: &Rule| Location {
+        file: policy.files()[rule.origin.file].clone(),
+        line: rule.origin.line,
+        column: 1,
+    };
+    let catch_all_deny = policy
+        .rules()
+        .iter()
+        .find(|r| r.action == Action::Deny && !r.dry_run && r.from.is_none() && r.to.is_none());
+    for rule in policy.rules() {
+        if let Some(deny) = catch_all_deny
+            && rule.action == Action::Allow
+        {
+            warnings.push(CompileWarning {
+                location: location(rule),
+                message: format!(
+                    "rule {:?} can never allow anything: DENY rule {:?} matches every request and DENY rules are evaluated first",
+                    rule.name, deny.name
+                ),
+            });
+        }
+        for principal in rule.from.iter().flat_map(|f| f.principals.iter()) {
+            if let StringPattern::Exact(p) | StringPattern::Prefix(p) = principal {
+                let td = p.split('/').next().unwrap_or_default();
+                let complete_td = matches!(principal, StringPattern::Exact(_)) || p.contains('/');
+                if complete_td && !policy.settings().trust_domains.iter().any(|t| t == td) {
+                    warnings.push(CompileWarning {
+                        location: location(rule),
+                        message: format!(
+                            "rule {:?}: principal {p:?} is in trust domain {td:?}, which is not in trustDomains, so it never matches",
+                            rule.name
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    warnings
+}
