@@ -55,7 +55,7 @@ pub(super) fn kind_of(rule: &Rule) -> u8 {
 const LARGE_BUCKET: usize = 16;
 /// Candidate lists merged on the stack; a request reaching more (a host deep under many wildcard
 /// suffixes) has the rest scanned afterwards, bounded by the best match so far. Still exact.
-const MERGE_WIDTH: usize = 16;
+const MERGE_WIDTH: usize = 8;
 
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 /// A `Keyed` under construction: (any-namespace rules, rules by required namespace).
