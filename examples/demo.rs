@@ -103,7 +103,7 @@ async fn run() -> Result<usize, String> {
     );
     let mut mismatches = 0;
     let header = format!(
-        "{:<34} {:<30} {:<5} {:<8} {:<6} {:<22} {}",
+        "{:<34} {:<30} {:<5} {:<8} {:<6} {:<7} {}",
         "caller", "destination", "path", "expected", "http", "tcp", "deciding rule"
     );
     for stage in Stage::ALL {
@@ -127,7 +127,7 @@ async fn run() -> Result<usize, String> {
                     mismatches += 1;
                 }
                 println!(
-                    "{:<34} {:<30} {:<5} {:<8} {:<6} {:<22} {}{}",
+                    "{:<34} {:<30} {:<5} {:<8} {:<6} {:<7} {}{}",
                     caller_label(caller),
                     format!("https://{host}"),
                     "/",

@@ -379,7 +379,8 @@ pub async fn observe_tcp(world: &World, caller: &str, host: &str) -> Observation
         Ok(r) => {
             let entry = envoy.access_log_for(r.local_addr, skip).await.ok();
             let (outcome, allowed) = match &r.outcome {
-                TcpOutcome::Flowed(who) => (format!("flowed ({who})"), who == host),
+                TcpOutcome::Flowed(who) if who == host => ("flowed".to_owned(), true),
+                TcpOutcome::Flowed(who) => (format!("flowed to {who}!"), false),
                 TcpOutcome::Closed(_) => ("closed".to_owned(), false),
             };
             Observation::from_entry(outcome, allowed, entry)
