@@ -169,8 +169,10 @@ async fn run() -> Result<usize, String> {
         );
     }
     println!(
-        "\nEnvoy access logs and configs: kept only while the demo runs ({}).",
-        world.tmp.path().display()
+        "\nhttp = `curl -I` through the HTTPS gateway (HTTP ext_authz filter); tcp = an opaque TLS stream"
+    );
+    println!(
+        "through the TLS gateway (network ext_authz); the deciding rule is read from Envoy's access log."
     );
     Ok(mismatches)
 }
