@@ -15,7 +15,8 @@ ENVOY_BIN="${ENVOY_BIN:-$(scripts/install-envoy.sh)}"
 export ENVOY_BIN
 echo "demo: building egress-authz and the demo (cargo build)" >&2
 cargo build --quiet --bin egress-authz --example demo
-export EGRESS_AUTHZ_BIN="$ROOT/target/debug/egress-authz"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+export EGRESS_AUTHZ_BIN="$TARGET_DIR/debug/egress-authz"
 
 demo_pid=""
 stop() {
@@ -28,7 +29,7 @@ stop() {
 trap stop EXIT
 trap 'stop; exit 130' INT TERM
 
-"$ROOT/target/debug/examples/demo" &
+"$TARGET_DIR/debug/examples/demo" &
 demo_pid=$!
 set +e
 wait "$demo_pid"
