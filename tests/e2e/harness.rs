@@ -719,6 +719,27 @@ impl World {
         std::fs::rename(&tmp, &self.rules_file).map_err(|e| e.to_string())
     }
 
+    /// Replaces the rule file under the running server and waits (bounded) until the server reports a
+    /// successful reload (`egress_authz_reloads_total{result="success"}` went up).
+    pub async fn reload_rules(&self, rules: &str) -> Result<(), String> {
+        let srv = self.server();
+        let before = srv
+            .metric("egress_authz_reloads_total", &[("result", "success")])
+            .await;
+        self.swap_rules_file(rules)?;
+        poll_until(
+            Duration::from_secs(5),
+            "the server to reload the rule file",
+            || async move {
+                let now = srv
+                    .metric("egress_authz_reloads_total", &[("result", "success")])
+                    .await;
+                (now > before).then_some(())
+            },
+        )
+        .await
+    }
+
     pub async fn kill_server(&mut self) {
         if let Some(s) = self.server.take() {
             s.kill().await;
