@@ -113,7 +113,7 @@ async fn seeds_walkthrough_http_and_tcp() {
     };
     let _serial = serial();
     let started = Instant::now();
-    let mut world = World::start(
+    let world = World::start(
         &envoy,
         &[Gateway::HttpIstio, Gateway::TcpIstio],
         &Stage::NamespaceLevel.text(),
