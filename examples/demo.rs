@@ -84,7 +84,7 @@ async fn run() -> Result<usize, String> {
         Gateway::HttpTlsSession,
         Gateway::TcpIstio,
     ];
-    let mut world = World::start(&envoy, &gateways, &Stage::NamespaceLevel.text()).await?;
+    let world = World::start(&envoy, &gateways, &Stage::NamespaceLevel.text()).await?;
     println!(
         "Envoy {} (admin {}), egress-authz {} (admin http://{})",
         envoy.display(),
@@ -108,7 +108,7 @@ async fn run() -> Result<usize, String> {
     );
     for stage in Stage::ALL {
         if stage != Stage::NamespaceLevel {
-            world.restart_server_with(&stage.text()).await?;
+            world.reload_rules(&stage.text()).await?;
         }
         let file = stage.path();
         let file = file
