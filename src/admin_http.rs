@@ -46,13 +46,16 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
 async fn metrics(State(state): State<AdminState>) -> ([(&'static str, &'static str); 1], String) {
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-        state.prometheus.render(),
+        crate::metrics::render(&state.prometheus, &state.store.status().digest),
     )
 }
 
 async fn rules(State(state): State<AdminState>) -> axum::Json<serde_json::Value> {
     let status = state.store.status();
-    let loaded_at = status.loaded_at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let loaded_at = status
+        .loaded_at
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     axum::Json(serde_json::json!({
         "sha256": status.digest,
         "rules": status.rules,

@@ -23,6 +23,9 @@ use crate::{metrics, telemetry};
 /// The gRPC service name Envoy's health checks and Kubernetes gRPC probes ask about.
 pub const AUTHZ_SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
 
+/// The shortest period of the task that ends deny-sampling intervals.
+const MIN_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Runs the server; returns when it has shut down.
 pub fn serve(args: ServeArgs) -> ExitCode {
     telemetry::init(args.log_format);
@@ -51,11 +54,16 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
             for error in &errors {
                 tracing::error!(%error, "Invalid rule file");
             }
-            anyhow::bail!("{} error(s) in the rules at {}", errors.len(), args.rules.display());
+            anyhow::bail!(
+                "{} error(s) in the rules at {}",
+                errors.len(),
+                args.rules.display()
+            );
         }
         Err(error) => return Err(error).context("cannot load the rules"),
     };
-    let prometheus = metrics::install(args.rule_metrics).context("cannot install the metrics recorder")?;
+    let prometheus =
+        metrics::install(args.rule_metrics).context("cannot install the metrics recorder")?;
     let store = Arc::new(RuleStore::new(args.rules.clone(), policy));
 
     let grpc_listener = bind(args.grpc_addr, "gRPC").await?;
@@ -63,11 +71,16 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let grpc_addr = grpc_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
+    // Two stop signals: the gRPC side (and the reload triggers) stop when shutdown begins; the admin
+    // listener stays up through the drain so `/readyz` answers 503 and `/metrics` can still be scraped.
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let shutting_down = Arc::new(AtomicBool::new(false));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
-    health.set_service_status(AUTHZ_SERVICE_NAME, ServingStatus::Serving).await;
+    health
+        .set_service_status(AUTHZ_SERVICE_NAME, ServingStatus::Serving)
+        .await;
 
     crate::watch::spawn(Arc::clone(&store), shutdown_rx.clone());
 
@@ -79,17 +92,24 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
             interval: args.decision_log_sample_interval,
         },
     ));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("cannot build the reflection service")?;
+    let flusher = tokio::spawn(flush_suppressed(
+        Arc::clone(&decision_log),
+        shutdown_rx.clone(),
+    ));
+    let (reflection, reflection_v1alpha) =
+        crate::grpc::admin::reflection_services().context("cannot build the reflection service")?;
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(AuthorizationServer::new(AuthzService::new(Arc::clone(&store), decision_log)))
-        .add_service(pb::admin_server::AdminServer::new(AdminService::new(Arc::clone(&store))))
+        .add_service(reflection_v1alpha)
+        .add_service(AuthorizationServer::new(AuthzService::new(
+            Arc::clone(&store),
+            Arc::clone(&decision_log),
+        )))
+        .add_service(pb::admin_server::AdminServer::new(AdminService::new(
+            Arc::clone(&store),
+        )))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
             wait_for(shutdown_rx.clone()),
@@ -102,7 +122,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
             shutting_down: Arc::clone(&shutting_down),
         }),
     )
-    .with_graceful_shutdown(wait_for(shutdown_rx.clone()));
+    .with_graceful_shutdown(wait_for(admin_stop_rx));
 
     let status = store.status();
     tracing::info!(
@@ -119,26 +139,53 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let admin_task = tokio::spawn(async move { admin.await });
 
     let signal = shutdown_signal().await;
+    let deadline = tokio::time::Instant::now() + args.shutdown_grace;
     tracing::info!(signal, grace = ?args.shutdown_grace, "Shutting down; draining in-flight checks");
+    // Not ready and NOT_SERVING first, then stop accepting and let in-flight RPCs finish (tonic sends
+    // each connection a GOAWAY), all within the grace period.
     shutting_down.store(true, Ordering::Release);
-    health.set_service_status("", ServingStatus::NotServing).await;
-    health.set_service_status(AUTHZ_SERVICE_NAME, ServingStatus::NotServing).await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(AUTHZ_SERVICE_NAME, ServingStatus::NotServing)
+        .await;
     let _ = shutdown_tx.send(true);
 
-    let drained = tokio::time::timeout(args.shutdown_grace, async {
-        let (grpc, admin) = tokio::join!(grpc_task, admin_task);
-        (grpc, admin)
-    })
-    .await;
-    match drained {
-        Ok((grpc, admin)) => {
-            grpc.context("gRPC server task failed")?.context("gRPC server failed")?;
-            admin.context("admin server task failed")?.context("admin server failed")?;
+    let grpc = tokio::time::timeout_at(deadline, grpc_task).await;
+    let _ = admin_stop_tx.send(true);
+    let admin = tokio::time::timeout_at(deadline, admin_task).await;
+    let _ = flusher.await;
+    decision_log.flush();
+    match (grpc, admin) {
+        (Ok(grpc), Ok(admin)) => {
+            grpc.context("gRPC server task failed")?
+                .context("gRPC server failed")?;
+            admin
+                .context("admin server task failed")?
+                .context("admin server failed")?;
             tracing::info!("Stopped");
         }
-        Err(_) => tracing::warn!(grace = ?args.shutdown_grace, "Grace period over; exiting with checks in flight"),
+        _ => tracing::warn!(
+            grace = ?args.shutdown_grace,
+            "Grace period over; exiting with requests in flight"
+        ),
     }
     Ok(())
+}
+
+/// Ends deny-sampling intervals on time, so what a flood suppressed is reported once it stops, not
+/// only when the next deny arrives.
+async fn flush_suppressed(log: Arc<DecisionLog>, mut shutdown: watch::Receiver<bool>) {
+    let interval = log.sampling().interval.max(MIN_FLUSH_INTERVAL);
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => log.flush_expired(),
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -156,7 +203,10 @@ async fn shutdown_signal() -> &'static str {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",

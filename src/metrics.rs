@@ -3,13 +3,18 @@
 //! rule names): never the host, principal or path of a request.
 #![allow(clippy::disallowed_macros)]
 
+use std::fmt::Write as _;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
+};
 use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandle};
 
-use crate::policy::{Decision, Protocol, Reason};
+use crate::policy::{Decision, Protocol, Reason, Verdict};
 
 /// Checks answered, by decision, reason code and protocol.
 pub const CHECKS_TOTAL: &str = "egress_authz_checks_total";
@@ -27,6 +32,7 @@ pub const RULES: &str = "egress_authz_rules";
 pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
     "egress_authz_config_last_reload_success_timestamp_seconds";
 /// Always 1, labelled with the live rule set's SHA-256, so a rollout can be seen to have landed.
+/// Written by [`render`], not through the recorder (see there).
 pub const CONFIG_INFO: &str = "egress_authz_config_info";
 
 const LABEL_DECISION: &str = "decision";
@@ -41,11 +47,33 @@ const LABEL_SHA256: &str = "sha256";
 
 /// Histogram buckets for a decision that takes microseconds, up to a slow 10 ms.
 const DURATION_BUCKETS: &[f64] = &[
-    0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
-    0.01,
+    0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001,
+    0.002_5, 0.005, 0.01,
 ];
 
 static RULE_METRICS: AtomicBool = AtomicBool::new(true);
+
+/// Handles for the series every check touches, resolved once per label set, so recording a check
+/// neither builds a key (a `Vec` of labels) nor looks it up in the recorder's registry (a sharded
+/// lock). Set by `install`; without it (unit tests with a local recorder) the macros are used.
+#[derive(Debug)]
+struct CheckHandles {
+    /// Indexed by `[verdict][reason][protocol]`; filled on first use, so combinations that never occur
+    /// do not show up as zero series.
+    checks: [[[OnceLock<Counter>; 2]; Reason::ALL.len()]; 2],
+    duration: Histogram,
+}
+
+static CHECK_HANDLES: OnceLock<CheckHandles> = OnceLock::new();
+
+fn checks_counter(verdict: Verdict, reason: Reason, protocol: Protocol) -> Counter {
+    counter!(
+        CHECKS_TOTAL,
+        LABEL_DECISION => verdict.as_str(),
+        LABEL_REASON => reason.as_str(),
+        LABEL_PROTOCOL => protocol.as_str()
+    )
+}
 
 /// Installs the global Prometheus recorder and describes every metric.
 pub fn install(rule_metrics: bool) -> Result<PrometheusHandle, BuildError> {
@@ -57,23 +85,48 @@ pub fn install(rule_metrics: bool) -> Result<PrometheusHandle, BuildError> {
         .install_recorder()?;
     RULE_METRICS.store(rule_metrics, Ordering::Relaxed);
     describe();
+    let _ = CHECK_HANDLES.set(CheckHandles {
+        checks: std::array::from_fn(|_| {
+            std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new()))
+        }),
+        duration: histogram!(CHECK_DURATION_SECONDS),
+    });
     Ok(handle)
 }
 
 /// Registers help text and units with the current recorder.
 pub fn describe() {
-    describe_counter!(CHECKS_TOTAL, Unit::Count, "Checks answered, by decision, reason code and protocol");
-    describe_histogram!(CHECK_DURATION_SECONDS, Unit::Seconds, "Server time spent deciding one Check");
-    describe_counter!(RULE_MATCHES_TOTAL, Unit::Count, "Checks decided by each rule (and dry-run rules reported)");
-    describe_counter!(DRY_RUN_TOTAL, Unit::Count, "Checks where dry-run rules would have decided differently");
-    describe_counter!(RELOADS_TOTAL, Unit::Count, "Rule reloads that applied a change or failed");
+    describe_counter!(
+        CHECKS_TOTAL,
+        Unit::Count,
+        "Checks answered, by decision, reason code and protocol"
+    );
+    describe_histogram!(
+        CHECK_DURATION_SECONDS,
+        Unit::Seconds,
+        "Server time spent deciding one Check"
+    );
+    describe_counter!(
+        RULE_MATCHES_TOTAL,
+        Unit::Count,
+        "Checks decided by each rule (and dry-run rules reported)"
+    );
+    describe_counter!(
+        DRY_RUN_TOTAL,
+        Unit::Count,
+        "Checks where dry-run rules would have decided differently"
+    );
+    describe_counter!(
+        RELOADS_TOTAL,
+        Unit::Count,
+        "Rule reloads that applied a change or failed"
+    );
     describe_gauge!(RULES, Unit::Count, "Rules in the live rule set");
     describe_gauge!(
         CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
         Unit::Seconds,
         "Unix time of the last successful rule load"
     );
-    describe_gauge!(CONFIG_INFO, "Always 1; the sha256 label identifies the live rule set");
     // Pre-register the check counters so dashboards see zeros, not gaps, before the first check.
     for protocol in [Protocol::Http, Protocol::Tcp] {
         for reason in Reason::ALL {
@@ -91,14 +144,17 @@ pub fn describe() {
 
 /// Records one answered check.
 pub fn record_check(decision: &Decision<'_>, protocol: Protocol, elapsed: Duration) {
-    counter!(
-        CHECKS_TOTAL,
-        LABEL_DECISION => decision.verdict.as_str(),
-        LABEL_REASON => decision.reason.as_str(),
-        LABEL_PROTOCOL => protocol.as_str()
-    )
-    .increment(1);
-    histogram!(CHECK_DURATION_SECONDS).record(elapsed.as_secs_f64());
+    let (verdict, reason) = (decision.verdict, decision.reason);
+    if let Some(handles) = CHECK_HANDLES.get() {
+        // Fieldless enums: the casts are their declaration indexes, within the arrays' bounds.
+        handles.checks[verdict as usize][reason as usize][protocol as usize]
+            .get_or_init(|| checks_counter(verdict, reason, protocol))
+            .increment(1);
+        handles.duration.record(elapsed.as_secs_f64());
+    } else {
+        checks_counter(verdict, reason, protocol).increment(1);
+        histogram!(CHECK_DURATION_SECONDS).record(elapsed.as_secs_f64());
+    }
     if RULE_METRICS.load(Ordering::Relaxed) {
         if let Some(rule) = decision.rule {
             counter!(
@@ -131,18 +187,30 @@ pub fn record_reload(success: bool) {
     counter!(RELOADS_TOTAL, LABEL_RESULT => result).increment(1);
 }
 
-/// Records the live rule set: its size, its digest and when it was loaded.
-pub fn record_rule_set(digest: &str, rules: usize, loaded_at: SystemTime) {
+/// Records the live rule set: its size and when it was loaded (its digest is rendered by [`render`]).
+pub fn record_rule_set(rules: usize, loaded_at: SystemTime) {
     gauge!(RULES).set(rules as f64);
-    let unix = loaded_at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let unix = loaded_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
     gauge!(CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS).set(unix.as_secs_f64());
-    // The metrics facade cannot delete a series, so the previous digest's series drops to 0 and the
-    // live one is 1: `egress_authz_config_info == 1` always names exactly the live rule set.
-    static LAST: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(previous) = last.take().filter(|p| p != digest) {
-        gauge!(CONFIG_INFO, LABEL_SHA256 => previous).set(0.0);
+}
+
+/// The Prometheus text for `/metrics`: the recorder's series plus `egress_authz_config_info` for the
+/// live rule set. The info series is written here rather than through the recorder because the
+/// `metrics` facade cannot delete a series: every past digest would linger (as a 0), one more per
+/// reload, and `egress_authz_config_info` must name exactly one rule set per process.
+pub fn render(handle: &PrometheusHandle, digest: &str) -> String {
+    let mut text = handle.render();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
     }
-    gauge!(CONFIG_INFO, LABEL_SHA256 => digest.to_owned()).set(1.0);
-    *last = Some(digest.to_owned());
+    // A hex digest needs no label escaping.
+    let _ = write!(
+        text,
+        "# HELP {CONFIG_INFO} Always 1; the {LABEL_SHA256} label identifies the live rule set\n\
+         # TYPE {CONFIG_INFO} gauge\n\
+         {CONFIG_INFO}{{{LABEL_SHA256}=\"{digest}\"}} 1\n"
+    );
+    text
 }

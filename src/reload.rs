@@ -25,6 +25,13 @@ pub enum LoadError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The path, or a `*.yaml`/`*.yml` entry of the directory, is neither a regular file nor a directory
+    /// (a FIFO, a socket, a device): reading it could block the reloader forever.
+    #[error("{}: not a regular file", path.display())]
+    NotAFile {
+        /// The offending path.
+        path: PathBuf,
+    },
     /// A directory without any `*.yaml`/`*.yml` file: almost certainly a wrong mount, not "no rules".
     #[error("{}: no *.yaml or *.yml rule files in this directory", path.display())]
     NoRuleFiles {
@@ -57,9 +64,16 @@ pub fn read_rule_files(path: &Path) -> Result<Vec<SourceFile>, LoadError> {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             let is_rule_file = name.ends_with(".yaml") || name.ends_with(".yml");
-            // Follows symlinks (ConfigMap keys are symlinks into `..data`), so ask the target's type.
-            if is_rule_file && !name.starts_with('.') && entry.path().is_file() {
-                paths.push(entry.path());
+            if !is_rule_file || name.starts_with('.') {
+                continue;
+            }
+            // Follows symlinks (ConfigMap keys are symlinks into `..data`), so this is the target's type.
+            match std::fs::metadata(entry.path()) {
+                Ok(target) if target.is_file() => paths.push(entry.path()),
+                Ok(_) => return Err(LoadError::NotAFile { path: entry.path() }),
+                // A dangling symlink is a removed file: its rules are gone, like a deleted ConfigMap key.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(io(&entry.path())(error)),
             }
         }
         paths.sort();
@@ -69,8 +83,12 @@ pub fn read_rule_files(path: &Path) -> Result<Vec<SourceFile>, LoadError> {
             });
         }
         paths
-    } else {
+    } else if metadata.is_file() {
         vec![path.to_path_buf()]
+    } else {
+        return Err(LoadError::NotAFile {
+            path: path.to_path_buf(),
+        });
     };
     paths
         .into_iter()
@@ -133,7 +151,7 @@ impl RuleStore {
             loaded_at: SystemTime::now(),
             last_error: None,
         };
-        metrics::record_rule_set(policy.digest(), policy.rules().len(), status.loaded_at);
+        metrics::record_rule_set(policy.rules().len(), status.loaded_at);
         Self {
             path,
             current: ArcSwap::from_pointee(policy),
@@ -153,18 +171,32 @@ impl RuleStore {
 
     /// A snapshot of the status for `/rules`.
     pub fn status(&self) -> StoreStatus {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Re-reads the rules path and swaps the result in if it is valid and different.
     pub fn reload(&self) -> ReloadOutcome {
         let outcome = match load_policy(&self.path) {
-            Ok(policy) if policy.digest() == self.current().digest() => ReloadOutcome::Unchanged,
+            Ok(policy) if policy.digest() == self.current().digest() => {
+                // The files are back to the live rules (a rejected edit was reverted): nothing is wrong now.
+                self.status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .last_error = None;
+                ReloadOutcome::Unchanged
+            }
             Ok(policy) => {
-                let (digest, rules, files) = (policy.digest().to_owned(), policy.rules().len(), policy.files().to_vec());
+                let (digest, rules, files) = (
+                    policy.digest().to_owned(),
+                    policy.rules().len(),
+                    policy.files().to_vec(),
+                );
                 self.current.store(Arc::new(policy));
                 let loaded_at = SystemTime::now();
-                metrics::record_rule_set(&digest, rules, loaded_at);
+                metrics::record_rule_set(rules, loaded_at);
                 *self.status.lock().unwrap_or_else(|p| p.into_inner()) = StoreStatus {
                     digest: digest.clone(),
                     rules,
@@ -175,7 +207,10 @@ impl RuleStore {
                 ReloadOutcome::Applied { digest, rules }
             }
             Err(error) => {
-                self.status.lock().unwrap_or_else(|p| p.into_inner()).last_error = Some(error.to_string());
+                self.status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .last_error = Some(error.to_string());
                 ReloadOutcome::Failed(error)
             }
         };
@@ -203,6 +238,8 @@ fn log_rejected(error: &LoadError, path: &Path) {
                 tracing::warn!(%error, path = %path.display(), "Rejected rule file; keeping previous rules");
             }
         }
-        error => tracing::warn!(%error, path = %path.display(), "Rejected rule file; keeping previous rules"),
+        error => {
+            tracing::warn!(%error, path = %path.display(), "Rejected rule file; keeping previous rules")
+        }
     }
 }
