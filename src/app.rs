@@ -177,7 +177,8 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// Ends deny-sampling intervals on time, so what a flood suppressed is reported once it stops, not
 /// only when the next deny arrives.
 async fn flush_suppressed(log: Arc<DecisionLog>, mut shutdown: watch::Receiver<bool>) {
-    let interval = log.sampling().interval.max(MIN_FLUSH_INTERVAL);
+    // Half the interval: a key's interval starts at its first deny, not on a tick.
+    let interval = (log.sampling().interval / 2).max(MIN_FLUSH_INTERVAL);
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -1,8 +1,9 @@
 //! One structured event per decision, with volume control for large gateways.
 //!
 //! `--decision-log all|deny|none` picks what is logged; denies are sampled per (namespace, host, reason):
-//! at most `limit` events per key per interval, and when an interval ends the number suppressed per key
-//! is logged once. A misbehaving workload retrying in a loop therefore costs a bounded number of lines.
+//! at most `limit` events per key per interval, the interval starting at the key's first deny, and when
+//! it ends the number suppressed is logged once for that key. A misbehaving workload retrying in a loop
+//! therefore costs a bounded number of lines, and what it cost is still visible.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher as _, RandomState};
@@ -41,21 +42,21 @@ pub struct Sampling {
     pub interval: Duration,
 }
 
-/// One (namespace, host, reason) key of the current interval. The map is keyed by a keyed hash of
-/// these, so counting a repeat deny allocates nothing; the strings are copied once, for the summary.
+/// One (namespace, host, reason) key and its interval. The map is keyed by a keyed hash of these, so
+/// counting a repeat deny allocates nothing; the strings are copied once, for the summary.
 #[derive(Debug)]
 struct SampleKey {
     namespace: String,
     host: String,
     reason: &'static str,
+    window_start: Instant,
     count: u32,
 }
 
 #[derive(Debug)]
 struct SamplerState {
-    window_start: Instant,
     keys: HashMap<u64, SampleKey>,
-    /// Denies of keys beyond `MAX_SAMPLING_KEYS`, suppressed without a key of their own.
+    /// Denies of new keys while `MAX_SAMPLING_KEYS` were tracked, suppressed without a key of their own.
     overflow: u64,
 }
 
@@ -92,7 +93,6 @@ impl DecisionLog {
             sampling,
             hasher: RandomState::new(),
             state: Mutex::new(SamplerState {
-                window_start: Instant::now(),
                 keys: HashMap::new(),
                 overflow: 0,
             }),
@@ -181,17 +181,21 @@ impl DecisionLog {
 
     /// True if this deny may be logged; counts it either way.
     fn sample(&self, namespace: &str, host: &str, reason: &'static str) -> bool {
-        if self.sampling.limit == 0 {
+        let (limit, interval) = (self.sampling.limit, self.sampling.interval);
+        if limit == 0 {
             return true;
         }
         let hash = self.hasher.hash_one((namespace, host, reason));
+        let now = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.window_start.elapsed() >= self.sampling.interval {
-            self.end_window(&mut state);
-        }
         if let Some(key) = state.keys.get_mut(&hash) {
+            if now.duration_since(key.window_start) >= interval {
+                self.report(key);
+                key.window_start = now;
+                key.count = 0;
+            }
             key.count = key.count.saturating_add(1);
-            return key.count <= self.sampling.limit;
+            return key.count <= limit;
         }
         if state.keys.len() >= MAX_SAMPLING_KEYS {
             state.overflow += 1;
@@ -203,30 +207,43 @@ impl DecisionLog {
                 namespace: namespace.to_owned(),
                 host: host.to_owned(),
                 reason,
+                window_start: now,
                 count: 1,
             },
         );
         true
     }
 
-    /// Ends the sampling interval if it is over, logging what it suppressed. Called on a timer so a
-    /// flood that stops is still summarised promptly, not only when the next deny arrives.
+    /// Ends the intervals that are over, logging what they suppressed, and forgets their keys. Called
+    /// on a timer, so a flood that stops is summarised promptly, not only when the key's next deny
+    /// arrives, and the key map only holds keys seen within the last interval.
     pub fn flush_expired(&self) {
+        let interval = self.sampling.interval;
+        let now = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.window_start.elapsed() >= self.sampling.interval {
-            self.end_window(&mut state);
-        }
+        state.keys.retain(|_, key| {
+            let expired = now.duration_since(key.window_start) >= interval;
+            if expired {
+                self.report(key);
+            }
+            !expired
+        });
+        self.report_overflow(&mut state);
     }
 
-    /// Ends the sampling interval now (at shutdown), logging what it suppressed.
+    /// Ends every interval now (at shutdown), logging what they suppressed.
     pub fn flush(&self) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        self.end_window(&mut state);
+        for key in state.keys.values() {
+            self.report(key);
+        }
+        state.keys.clear();
+        self.report_overflow(&mut state);
     }
 
-    fn end_window(&self, state: &mut SamplerState) {
+    fn report(&self, key: &SampleKey) {
         let limit = self.sampling.limit;
-        for key in state.keys.values().filter(|key| key.count > limit) {
+        if key.count > limit {
             event_at!(
                 self.level,
                 namespace = %key.namespace,
@@ -236,6 +253,9 @@ impl DecisionLog {
                 "Suppressed deny decision logs"
             );
         }
+    }
+
+    fn report_overflow(&self, state: &mut SamplerState) {
         if state.overflow > 0 {
             event_at!(
                 self.level,
@@ -243,9 +263,67 @@ impl DecisionLog {
                 keys = MAX_SAMPLING_KEYS,
                 "Suppressed deny decision logs beyond the sampling key limit"
             );
+            state.overflow = 0;
         }
-        state.keys.clear();
-        state.overflow = 0;
-        state.window_start = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk_log(limit: u32, interval: Duration) -> DecisionLog {
+        DecisionLog::new(
+            DecisionLogMode::Deny,
+            Level::INFO,
+            Sampling { limit, interval },
+        )
+    }
+
+    #[test]
+    fn each_key_gets_its_own_budget_per_interval() {
+        let log = mk_log(2, Duration::from_secs(3600));
+        let logged = |ns, host| {
+            (0..5)
+                .filter(|_| log.sample(ns, host, "no_matching_rule"))
+                .count()
+        };
+        assert_eq!(logged("a", "x.example.com"), 2);
+        assert_eq!(logged("a", "y.example.com"), 2);
+        assert_eq!(logged("b", "x.example.com"), 2);
+        assert!(!log.sample("a", "x.example.com", "no_matching_rule"));
+        assert!(log.sample("a", "x.example.com", "denied_by_rule"));
+    }
+
+    #[test]
+    fn a_key_starts_over_after_its_interval() {
+        let log = mk_log(1, Duration::ZERO);
+        assert!(log.sample("a", "x", "no_matching_rule"));
+        assert!(
+            log.sample("a", "x", "no_matching_rule"),
+            "a zero interval is always over"
+        );
+    }
+
+    #[test]
+    fn flushing_forgets_expired_keys_only() {
+        let log = mk_log(1, Duration::from_secs(3600));
+        assert!(log.sample("a", "x", "no_matching_rule"));
+        log.flush_expired();
+        assert!(
+            !log.sample("a", "x", "no_matching_rule"),
+            "still in its interval"
+        );
+        log.flush();
+        assert!(
+            log.sample("a", "x", "no_matching_rule"),
+            "flush ends every interval"
+        );
+    }
+
+    #[test]
+    fn no_sampling_logs_everything() {
+        let log = mk_log(0, Duration::from_secs(3600));
+        assert!((0..100).all(|_| log.sample("a", "x", "no_matching_rule")));
     }
 }
