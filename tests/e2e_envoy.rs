@@ -497,7 +497,8 @@ async fn server_killed_fails_closed() {
         )
         .await
         .unwrap();
-        assert_eq!(r.status, 403, "fail closed: {r:?}");
+        // statusOnError "503", as the deploy bundle sets it: an error, told apart from a deny (403).
+        assert_eq!(r.status, 503, "fail closed: {r:?}");
         assert!(
             r.header("x-egress-authz-reason").is_none(),
             "no server, no reason header: {r:?}"

@@ -3,7 +3,7 @@
 The bootstraps stand in for what istiod generates from deploy/istio/ at the egress gateway, so the parts
 that decide behaviour must agree: the ext_authz filter names (which the EnvoyFilter patches), fail-closed
 (failure_mode_allow false = failOpen false), the check timeout, an HTTP/2 cluster for the gRPC provider and
-its port. Known differences (loopback ephemeral ports, cluster host, status_on_error) are documented in
+its port. Known differences (loopback ephemeral ports, the omitted shadow RBAC filter) are documented in
 deploy/README.md ("Manifests and the end-to-end bootstraps").
 """
 
@@ -65,6 +65,11 @@ def test_bootstrap_matches_manifests(path, mesh_configs):
         # Failure mode and timeout: the provider's.
         assert cfg.get("failure_mode_allow", False) is False, f"{path.name}: fails open, the mesh fails closed"
         assert cfg["grpc_service"]["timeout"] in timeouts, f"{path.name}: timeout differs from the provider"
+        # HTTP errors answer with the provider's statusOnError (TCP has none: the connection closes).
+        if parent is not None:
+            codes = {"403": "Forbidden", "503": "ServiceUnavailable"}
+            wanted = {codes[p["statusOnError"]] for p in providers}
+            assert cfg.get("status_on_error", {}).get("code", "Forbidden") in wanted, f"{path.name}: status_on_error"
         if "include_tls_session" in cfg:
             assert cfg["include_tls_session"] is True  # what the EnvoyFilter merges in
         # The provider cluster: Istio's outbound|PORT||HOST naming, HTTP/2, the provider's port.
