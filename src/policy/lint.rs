@@ -63,5 +63,22 @@ pub fn lint(policy: &Policy) -> Vec<CompileWarning> {
             }
         }
     }
+    // A deny list (default ALLOW) cannot name callers without a trusted identity: they match no rule
+    // with `from`, so every DENY rule scoped by caller lets them through.
+    let identity_scoped_deny = policy
+        .rules()
+        .iter()
+        .find(|r| r.action == Action::Deny && !r.dry_run && r.from.is_some());
+    if let Some(deny) = identity_scoped_deny
+        && policy.settings().default_action == Action::Allow
+    {
+        warnings.push(CompileWarning {
+            location: location(deny),
+            message: format!(
+                "defaultAction is ALLOW: callers without a trusted identity (no client certificate, a malformed ID, another trust domain) match no rule with `from`, so DENY rules such as {:?} never apply to them and they are allowed; prefer defaultAction DENY with ALLOW rules",
+                deny.name
+            ),
+        });
+    }
     warnings
 }

@@ -846,4 +846,14 @@ rules:
         "{warnings:?}"
     );
     assert!(lint(&mk_policy(DEPLOY_RULES)).is_empty());
+    assert!(lint(&mk_policy(SERVICE_ACCOUNT_LEVEL)).is_empty());
+    let deny_list: Vec<String> = lint(&mk_policy(NAMESPACE_LEVEL))
+        .into_iter()
+        .map(|w| w.message)
+        .collect();
+    assert_eq!(deny_list.len(), 1, "{deny_list:?}");
+    assert!(
+        deny_list[0].contains("callers without a trusted identity"),
+        "{deny_list:?}"
+    );
 }
