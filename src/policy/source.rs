@@ -42,7 +42,7 @@ impl<'a> Locator<'a> {
     }
 
     pub(super) fn at(&self, offset: usize) -> Location {
-        let before = &self.file.text[..offset.min(self.file.text.len())];
+        let before = &self.file.text[..char_boundary(&self.file.text, offset)];
         let line = before.matches('\n').count() + 1;
         let column = before
             .rfind('\n')
@@ -58,7 +58,7 @@ impl<'a> Locator<'a> {
     /// The byte offset and location of the `name: <name>` of a rule, searching from `from`.
     pub(super) fn rule(&self, name: &str, from: usize) -> (usize, Location) {
         let text = &self.file.text;
-        let mut offset = from.min(text.len());
+        let mut offset = char_boundary(text, from);
         while let Some(found) = text[offset..].find("name:") {
             let start = offset + found;
             let line_end = text[start..].find('\n').map_or(text.len(), |e| start + e);
@@ -80,7 +80,7 @@ impl<'a> Locator<'a> {
     /// The location of the first occurrence of `value` at or after `from`.
     pub(super) fn value_after(&self, from: usize, value: &str) -> Option<Location> {
         let text = &self.file.text;
-        let from = from.min(text.len());
+        let from = char_boundary(text, from);
         text[from..].find(value).map(|i| self.at(from + i))
     }
 
@@ -120,4 +120,14 @@ pub(super) fn digest(files: &[SourceFile]) -> String {
             let _ = write!(hex, "{b:02x}");
             hex
         })
+}
+
+/// The largest char boundary at or before `offset`, so a search position can never split a UTF-8
+/// character (offsets advance byte by byte when a rule's written name differs from its parsed value).
+fn char_boundary(text: &str, offset: usize) -> usize {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    offset
 }

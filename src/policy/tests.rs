@@ -857,3 +857,18 @@ rules:
         "{deny_list:?}"
     );
 }
+
+#[test]
+fn locating_errors_never_splits_a_utf8_character() {
+    // Names written with escapes are not found verbatim, so the search position advances one byte per
+    // rule from the start of the file; a non-ASCII comment there must not make the locator panic.
+    let names: String = (b'a'..=b'f')
+        .map(|c| format!("- name: \"\\x{c:x}\"\n"))
+        .collect();
+    let yaml = format!("# ééé\nrules:\n{names}- name: bad\n  to: {{hosts: ['a.*.com']}}\n");
+    let errors = mk_errors_located(&yaml);
+    assert!(
+        errors.iter().any(|e| e.rule.as_deref() == Some("bad")),
+        "{errors:?}"
+    );
+}

@@ -1,0 +1,106 @@
+//! Bad input of every kind must give a decision or a located error, never a panic: arbitrary rule-file
+//! text through `compile`, and arbitrary CheckRequest fields through `decide`, `explain` and the gRPC
+//! adapter (which must always produce a response with an explicit status).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use egress_authz::grpc::convert::{egress_request, to_check_response};
+use egress_authz::policy::{EgressRequest, HttpRequest, SourceFile, Verdict, compile};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use proptest::prelude::*;
+use prost::Message as _;
+
+const RULES: &str = r#"
+defaultAction: DENY
+rules:
+- name: google
+  from: {namespaces: ["team-*"], notServiceAccounts: ["*/blocked"]}
+  to: {hosts: ["*.google.com", "**.googleapis.com", "exact.example"], ports: [8443], methods: [GET], paths: ["/api/*"]}
+- name: deny-yahoo
+  action: DENY
+  to: {hosts: [developer.yahoo.com], methods: [POST]}
+- name: shadow
+  dryRun: true
+  from: {principals: ["*"]}
+"#;
+
+/// Strings that hit the interesting edges: non-ASCII, separators, wildcards, very long labels.
+fn nasty() -> impl Strategy<Value = String> {
+    prop_oneof![
+        ".*",
+        "[a-zA-Z0-9.:/*_%@\\[\\]-]{0,40}",
+        Just("spiffe://cluster.local/ns/team-a/sa/sleep".to_owned()),
+        Just("spiffe://cluster.local/ns/ü/sa/ß".to_owned()),
+        Just("é.google.com:443".to_owned()),
+        Just("[::1]:x".to_owned()),
+        Just(format!("{}.google.com", "a".repeat(300))),
+        Just("outbound_.443_._.gw.istio-system.svc.cluster.local".to_owned()),
+    ]
+}
+
+fn policy() -> egress_authz::policy::Policy {
+    compile(&[SourceFile {
+        name: "rules.yaml".into(),
+        text: RULES.into(),
+    }])
+    .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_request_fields_get_a_decision(
+        principal in nasty(), authority in nasty(), sni in nasty(), service in nasty(),
+        method in nasty(), path in nasty(), port in proptest::option::of(any::<u16>()), is_http in any::<bool>(),
+    ) {
+        let policy = policy();
+        let request = EgressRequest {
+            http: is_http.then(|| HttpRequest { authority: &authority, method: &method, path: &path }),
+            principal: &principal,
+            destination_service: &service,
+            sni: &sni,
+            port,
+        };
+        let decision = policy.decide(&request);
+        let explanation = policy.explain(&request);
+        prop_assert_eq!(explanation.decision, decision);
+        let response = to_check_response(&decision, request.protocol());
+        let code = response.status.as_ref().map(|s| s.code);
+        prop_assert_eq!(code, Some(if decision.verdict == Verdict::Allow { 0 } else { 7 }));
+    }
+
+    #[test]
+    fn any_bytes_as_a_check_request_are_answered(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let policy = policy();
+        // Whatever prost accepts must convert and be decided; whatever it rejects never reaches us.
+        if let Ok(check) = CheckRequest::decode(bytes.as_slice()) {
+            let request = egress_request(&check);
+            let response = to_check_response(&policy.decide(&request), request.protocol());
+            prop_assert!(response.status.is_some());
+        }
+    }
+
+    #[test]
+    fn any_rule_file_text_compiles_or_reports_located_errors(text in ".{0,300}") {
+        let file = SourceFile { name: "fuzz.yaml".into(), text: text.clone() };
+        if let Err(errors) = compile(&[file]) {
+            prop_assert!(!errors.is_empty());
+            for error in errors {
+                prop_assert!(error.location.line >= 1 && error.location.column >= 1);
+                prop_assert!(error.to_string().starts_with("fuzz.yaml:"));
+            }
+        }
+    }
+
+    #[test]
+    fn mutated_valid_rule_files_never_panic(cut in 0usize..RULES.len(), insert in nasty()) {
+        // Splice arbitrary text into a valid file at every position: half-written and corrupted files.
+        let mut text = RULES.to_owned();
+        let at = (0..=cut).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        text.insert_str(at, &insert);
+        let _ = compile(&[SourceFile { name: "rules.yaml".into(), text: text.clone() }]);
+        text.truncate(at);
+        let _ = compile(&[SourceFile { name: "rules.yaml".into(), text }]);
+    }
+}
