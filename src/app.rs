@@ -26,6 +26,9 @@ pub const AUTHZ_SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
 /// The shortest period of the task that ends deny-sampling intervals.
 const MIN_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// Fallback drain deadline should adding the grace period to now overflow.
+const MAX_DEADLINE: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
 /// Runs the server; returns when it has shut down.
 pub fn serve(args: ServeArgs) -> ExitCode {
     telemetry::init(args.log_format);
@@ -103,13 +106,19 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
-        .add_service(AuthorizationServer::new(AuthzService::new(
-            Arc::clone(&store),
-            Arc::clone(&decision_log),
-        )))
-        .add_service(pb::admin_server::AdminServer::new(AdminService::new(
-            Arc::clone(&store),
-        )))
+        // A request over tonic's default 4 MiB decode limit would be answered with a gRPC error, which
+        // Envoy's failure_mode_allow would turn into an allow: accept whatever Envoy may send.
+        .add_service(
+            AuthorizationServer::new(AuthzService::new(
+                Arc::clone(&store),
+                Arc::clone(&decision_log),
+            ))
+            .max_decoding_message_size(args.max_request_bytes),
+        )
+        .add_service(
+            pb::admin_server::AdminServer::new(AdminService::new(Arc::clone(&store)))
+                .max_decoding_message_size(args.max_request_bytes),
+        )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
             wait_for(shutdown_rx.clone()),
@@ -139,10 +148,15 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let admin_task = tokio::spawn(async move { admin.await });
 
     let signal = shutdown_signal().await;
-    let deadline = tokio::time::Instant::now() + args.shutdown_grace;
-    tracing::info!(signal, grace = ?args.shutdown_grace, "Shutting down; draining in-flight checks");
-    // Not ready and NOT_SERVING first, then stop accepting and let in-flight RPCs finish (tonic sends
-    // each connection a GOAWAY), all within the grace period.
+    let started = tokio::time::Instant::now();
+    // `parse_duration` bounds both durations, so this cannot overflow; saturate anyway.
+    let deadline = started
+        .checked_add(args.shutdown_grace)
+        .unwrap_or_else(|| started + MAX_DEADLINE);
+    tracing::info!(signal, grace = ?args.shutdown_grace, delay = ?args.shutdown_delay, "Shutting down; draining in-flight checks");
+    // Not ready and NOT_SERVING first; then, after --shutdown-delay (time for Envoy's health checks and
+    // Kubernetes endpoints to notice), stop accepting and let in-flight RPCs finish (tonic sends each
+    // connection a GOAWAY), all within the grace period.
     shutting_down.store(true, Ordering::Release);
     health
         .set_service_status("", ServingStatus::NotServing)
@@ -150,6 +164,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     health
         .set_service_status(AUTHZ_SERVICE_NAME, ServingStatus::NotServing)
         .await;
+    tokio::time::sleep_until(deadline.min(started + args.shutdown_delay)).await;
     let _ = shutdown_tx.send(true);
 
     let grpc = tokio::time::timeout_at(deadline, grpc_task).await;

@@ -76,6 +76,14 @@ pub struct ServeArgs {
     /// How long in-flight checks may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "EGRESS_AUTHZ_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long to keep serving while reporting NOT_SERVING / not ready, so Envoy's health
+    /// checks and Kubernetes endpoints stop sending before the listeners close.
+    #[arg(long, env = "EGRESS_AUTHZ_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+    /// Largest CheckRequest accepted, in bytes. Must exceed what Envoy can send (request headers, plus the
+    /// body when Istio's includeRequestBodyInCheck is on): a larger request would be an RPC error.
+    #[arg(long, env = "EGRESS_AUTHZ_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
     /// Runtime worker threads (default: one per CPU).
     #[arg(long, env = "EGRESS_AUTHZ_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
@@ -100,7 +108,7 @@ pub struct ExplainArgs {
     /// The HTTP Host/:authority (HTTP check) or, with --tcp, the SNI.
     #[arg(long, required_unless_present = "sni")]
     pub host: Option<String>,
-    /// The TLS SNI (TCP check; with --host on HTTP, the SNI Envoy sends with include_tls_session).
+    /// The TLS SNI: alone, a TCP check; with --host, the SNI an HTTP check carries (include_tls_session).
     #[arg(long)]
     pub sni: Option<String>,
     /// The port the gateway received the request on.
@@ -120,7 +128,14 @@ pub struct ExplainArgs {
     pub json: bool,
 }
 
-/// Parses `10s`, `500ms`, `2m` or a bare number of seconds.
+/// Default for `--max-request-bytes`: 64 MiB, above Envoy's largest header limit (`max_request_headers_kb`
+/// tops out at 8 MiB) with room for a request body.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
+/// Durations longer than this are certainly a typo (and would overflow deadlines).
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Parses `10s`, `500ms`, `2m` or a bare number of seconds, at most a day.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
     let split = raw
@@ -136,7 +151,11 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         "m" => value * 60.0,
         _ => return Err(format!("{raw:?}: unknown unit {unit:?} (use ms, s or m)")),
     };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{raw:?}: {e}"))
+    let duration = Duration::try_from_secs_f64(seconds).map_err(|e| format!("{raw:?}: {e}"))?;
+    if duration > MAX_DURATION {
+        return Err(format!("{raw:?} is longer than a day"));
+    }
+    Ok(duration)
 }
 
 impl Cli {
@@ -163,5 +182,7 @@ mod tests {
         assert!(parse_duration("10h").is_err());
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("10000000000000000000s").is_err());
+        assert!(parse_duration("25h").is_err());
     }
 }

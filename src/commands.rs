@@ -68,14 +68,16 @@ pub fn explain(args: &ExplainArgs) -> ExitCode {
         }
     };
     let sni = args.sni.as_deref().unwrap_or_default();
+    // `--sni` alone describes a TCP (TLS passthrough) check: only HTTP checks have a Host.
+    let tcp = args.tcp || args.host.is_none();
     let request = EgressRequest {
-        http: (!args.tcp).then(|| HttpRequest {
+        http: (!tcp).then(|| HttpRequest {
             authority: args.host.as_deref().unwrap_or_default(),
             method: &args.method,
             path: &args.path,
         }),
         principal: &args.principal,
-        destination_service: if args.tcp {
+        destination_service: if tcp {
             args.host.as_deref().unwrap_or(sni)
         } else {
             ""

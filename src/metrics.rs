@@ -58,8 +58,8 @@ static RULE_METRICS: AtomicBool = AtomicBool::new(true);
 /// lock). Set by `install`; without it (unit tests with a local recorder) the macros are used.
 #[derive(Debug)]
 struct CheckHandles {
-    /// Indexed by `[verdict][reason][protocol]`; filled on first use, so combinations that never occur
-    /// do not show up as zero series.
+    /// Indexed by `[verdict][reason][protocol]`; each handle is resolved on first use (the series
+    /// themselves are pre-registered at zero by `describe`).
     checks: [[[OnceLock<Counter>; 2]; Reason::ALL.len()]; 2],
     duration: Histogram,
 }

@@ -83,7 +83,7 @@ proptest! {
 
     #[test]
     fn any_rule_file_text_compiles_or_reports_located_errors(text in ".{0,300}") {
-        let file = SourceFile { name: "fuzz.yaml".into(), text: text.clone() };
+        let file = SourceFile { name: "fuzz.yaml".into(), text };
         if let Err(errors) = compile(&[file]) {
             prop_assert!(!errors.is_empty());
             for error in errors {

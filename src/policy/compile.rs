@@ -131,7 +131,7 @@ pub fn compile(files: &[SourceFile]) -> Result<Policy, Vec<CompileError>> {
         }
     }
 
-    let settings = settings.finish(&mut errors);
+    let settings = settings.finish();
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -158,7 +158,9 @@ fn parse_file(file: &SourceFile, errors: &mut Vec<CompileError>) -> Option<RuleF
         });
         return None;
     }
-    match yaml_serde::from_str::<RuleFile>(&file.text) {
+    // Some editors on Windows start UTF-8 files with a byte-order mark; YAML allows it, the parser does not.
+    let text = file.text.strip_prefix('\u{feff}').unwrap_or(&file.text);
+    match yaml_serde::from_str::<RuleFile>(text) {
         Ok(parsed) => Some(parsed),
         Err(error) => {
             let (line, column) = error.location().map_or((1, 1), |l| (l.line(), l.column()));
@@ -402,7 +404,7 @@ impl SettingsBuilder {
         );
     }
 
-    fn finish(self, _errors: &mut [CompileError]) -> Settings {
+    fn finish(self) -> Settings {
         Settings {
             default_action: self.default_action.map_or(Action::Deny, |(a, _)| a),
             trust_domains: self

@@ -147,7 +147,7 @@ fn is_port(s: &str) -> bool {
 /// True for the SNI an Istio sidecar sends to a gateway when no DestinationRule sets one:
 /// `outbound_.<port>_.<subset>_.<host>`. It names a cluster, not the external destination.
 pub fn is_istio_cluster_sni(sni: &str) -> bool {
-    sni.starts_with("outbound_.") || sni.starts_with("inbound_.")
+    sni.starts_with("outbound_.")
 }
 
 #[cfg(test)]

@@ -169,6 +169,24 @@ fn any_match<T>(
     }
 }
 
+/// A condition on an attribute the check may lack. Present: any value matches (or the list is empty).
+/// Absent: an ALLOW rule that names values cannot match, a DENY rule ignores the condition; both fail
+/// closed, as Istio does for HTTP-only fields on TCP.
+fn attribute_match<T, V: Copy>(
+    patterns: &[T],
+    value: Option<V>,
+    action: Action,
+    matches: impl Fn(&T, V) -> bool,
+    failed: Condition,
+) -> Result<(), Condition> {
+    match value {
+        _ if patterns.is_empty() => Ok(()),
+        Some(v) if patterns.iter().any(|p| matches(p, v)) => Ok(()),
+        None if action == Action::Deny => Ok(()),
+        _ => Err(failed),
+    }
+}
+
 // === impl Rule ===
 
 impl Rule {
@@ -240,22 +258,36 @@ impl ToConditions {
             |p| p.matches(input.host),
             Condition::NotHosts,
         )?;
-        any_match(&self.ports, |p| input.port == Some(*p), Condition::Ports)?;
+        // On TCP there is no method or path. An ALLOW rule that needs them cannot be satisfied (fail
+        // closed); a DENY rule ignores them and so matches more widely (fail closed too).
         let has_http_conditions = !self.methods.is_empty() || !self.paths.is_empty();
-        match input.http {
-            Some(http) => {
-                any_match(
-                    &self.methods,
-                    |m| m.eq_ignore_ascii_case(http.method),
-                    Condition::Methods,
-                )?;
-                any_match(&self.paths, |p| p.matches(http.path), Condition::Paths)
-            }
-            // On TCP there is no method or path. An ALLOW rule that needs them cannot be satisfied
-            // (fail closed); a DENY rule ignores them and so matches more widely (fail closed too).
-            None if has_http_conditions && action == Action::Allow => Err(Condition::HttpOnlyOnTcp),
-            None => Ok(()),
+        if input.http.is_none() && has_http_conditions && action == Action::Allow {
+            return Err(Condition::HttpOnlyOnTcp);
         }
+        // The same rule for any attribute a check lacks (no port, an empty method or path).
+        let method = input.http.map(|h| h.method).filter(|m| !m.is_empty());
+        let path = input.http.map(|h| h.path).filter(|p| !p.is_empty());
+        attribute_match(
+            &self.ports,
+            input.port,
+            action,
+            |p, v| *p == v,
+            Condition::Ports,
+        )?;
+        attribute_match(
+            &self.methods,
+            method,
+            action,
+            |m, v| m.eq_ignore_ascii_case(v),
+            Condition::Methods,
+        )?;
+        attribute_match(
+            &self.paths,
+            path,
+            action,
+            |p, v| p.matches(v),
+            Condition::Paths,
+        )
     }
 
     /// True when no field constrains the destination.

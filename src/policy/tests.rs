@@ -872,3 +872,46 @@ fn locating_errors_never_splits_a_utf8_character() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn a_byte_order_mark_is_not_an_error() {
+    let policy = mk_policy("\u{feff}defaultAction: ALLOW\nrules: []\n");
+    assert_eq!(policy.settings().default_action, Action::Allow);
+}
+
+#[test]
+fn attributes_a_check_lacks_fail_closed() {
+    let policy = mk_policy(
+        r#"
+defaultAction: ALLOW
+rules:
+- name: deny-posts
+  action: DENY
+  to: {methods: [POST], ports: [8080]}
+"#,
+    );
+    let mut request = http(DEFAULT_SLEEP, GOOGLE);
+    request.http = Some(HttpRequest {
+        authority: GOOGLE,
+        method: "",
+        path: "/",
+    });
+    assert_eq!(
+        outcome(&policy, &request).1,
+        Reason::DeniedByRule,
+        "no method: DENY ignores the condition"
+    );
+    request.port = None;
+    assert_eq!(
+        outcome(&policy, &request).1,
+        Reason::DeniedByRule,
+        "no port: DENY ignores the condition"
+    );
+
+    let policy = mk_policy("rules:\n- name: gets\n  to: {methods: [GET], ports: [8080]}\n");
+    assert_eq!(
+        outcome(&policy, &request).1,
+        Reason::NoMatchingRule,
+        "ALLOW needs what it names"
+    );
+}
