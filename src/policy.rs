@@ -29,4 +29,5 @@ pub use identity::{Caller, Identity, parse_spiffe_id};
 pub use lint::{CompileWarning, lint};
 pub use matcher::{HostPattern, InvalidPattern, PathPattern, ServiceAccountPattern, StringPattern};
 pub use rule::{Condition, FromConditions, HttpInput, MatchInput, Rule, RuleOrigin, ToConditions};
+pub use source::digest;
 pub use spec::{Action, FromSpec, RuleFile, RuleSpec, ToSpec};

@@ -139,6 +139,9 @@ pub struct RuleStore {
     path: PathBuf,
     current: ArcSwap<Policy>,
     status: Mutex<StoreStatus>,
+    /// What the newest rejected reload read (content digest, or the I/O error), so the same bad files
+    /// seen again by a resync are not rejected, logged and counted once more: unchanged is not a reload.
+    last_rejected: Mutex<Option<String>>,
 }
 
 impl RuleStore {
@@ -156,6 +159,7 @@ impl RuleStore {
             path,
             current: ArcSwap::from_pointee(policy),
             status: Mutex::new(status),
+            last_rejected: Mutex::new(None),
         }
     }
 
@@ -179,16 +183,9 @@ impl RuleStore {
 
     /// Re-reads the rules path and swaps the result in if it is valid and different.
     pub fn reload(&self) -> ReloadOutcome {
-        let outcome = match load_policy(&self.path) {
-            Ok(policy) if policy.digest() == self.current().digest() => {
-                // The files are back to the live rules (a rejected edit was reverted): nothing is wrong now.
-                self.status
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .last_error = None;
-                ReloadOutcome::Unchanged
-            }
-            Ok(policy) => {
+        let outcome = match self.load_if_changed() {
+            Ok(None) => ReloadOutcome::Unchanged,
+            Ok(Some(policy)) => {
                 let (digest, rules, files) = (
                     policy.digest().to_owned(),
                     policy.rules().len(),
@@ -228,6 +225,44 @@ impl RuleStore {
             }
         }
         outcome
+    }
+}
+
+// === impl RuleStore (loading) ===
+
+impl RuleStore {
+    /// Reads the files and compiles them only if they differ from both the live rules and the newest
+    /// rejected files: hashing is cheap, compiling a large rule set is not.
+    fn load_if_changed(&self) -> Result<Option<Policy>, LoadError> {
+        let rejected = |fingerprint: String, error: LoadError| {
+            let mut last = self.last_rejected.lock().unwrap_or_else(|p| p.into_inner());
+            if last.as_deref() == Some(fingerprint.as_str()) {
+                return Ok(None);
+            }
+            *last = Some(fingerprint);
+            Err(error)
+        };
+        let files = match read_rule_files(&self.path) {
+            Ok(files) => files,
+            Err(error) => return rejected(error.to_string(), error),
+        };
+        let digest = crate::policy::digest(&files);
+        if digest == self.current().digest() {
+            // Back to the live rules (a rejected edit was reverted, or nothing changed): nothing is wrong.
+            *self.last_rejected.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .last_error = None;
+            return Ok(None);
+        }
+        match compile(&files) {
+            Ok(policy) => {
+                *self.last_rejected.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                Ok(Some(policy))
+            }
+            Err(errors) => rejected(digest, LoadError::Invalid(errors)),
+        }
     }
 }
 

@@ -707,3 +707,32 @@ async fn reloads_under_continuous_traffic_lose_no_check() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_bad_files_seen_again_are_not_another_failed_reload() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = rules_file(dir.path(), &rules_a());
+        let server = ServerBuilder::new(&path)
+            .env("RUST_LOG", "info,egress_authz::reload=debug")
+            .spawn()
+            .await;
+        let bad = "rules:\n- name: broken\n  to: {hosts: ['a.*.com']}\n";
+        assert_rejected(&server, || write_by_rename(&path, bad), "a.*.com").await;
+        assert_eq!(reloads(&server, "failure").await, 1.0);
+        // SIGHUP makes the server read the same bad bytes again: an attempt, not a new failure.
+        let seen = server.logs.with_message("Rules unchanged").len();
+        server.signal("HUP");
+        let attempted = poll_until(GIVE_UP, || async {
+            (server.logs.with_message("Rules unchanged").len() > seen).then_some(())
+        })
+        .await;
+        assert!(attempted.is_some(), "SIGHUP did not cause a reload attempt");
+        assert_eq!(reloads(&server, "failure").await, 1.0);
+        assert!(server.rules_status().await["last_reload_error"].is_string());
+        // A different bad edit is a new failure.
+        assert_rejected(&server, || write_by_rename(&path, "rules: [\n"), "").await;
+        assert_eq!(reloads(&server, "failure").await, 2.0);
+    })
+    .await;
+}

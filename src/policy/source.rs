@@ -99,7 +99,7 @@ impl<'a> Locator<'a> {
 }
 
 /// SHA-256 over each file's base name and content, hex-encoded.
-pub(super) fn digest(files: &[SourceFile]) -> String {
+pub fn digest(files: &[SourceFile]) -> String {
     let mut hasher = Sha256::new();
     for file in files {
         // The base name, not the path: the same ConfigMap mounted anywhere has the same digest.
