@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use tracing::Level;
 
-use crate::policy::{Decision, EgressRequest, Verdict, authority_host, parse_spiffe_id};
+use crate::policy::{
+    Decision, EgressRequest, NormalizedHost, Verdict, authority_host, parse_spiffe_id,
+};
 
 /// The `tracing` target of decision events and suppression summaries, for `RUST_LOG` filtering
 /// (`RUST_LOG=info,egress_authz::decision=off`).
@@ -33,6 +35,17 @@ pub enum DecisionLogMode {
 /// stays bounded whatever the traffic.
 const MAX_SAMPLING_KEYS: usize = 10_000;
 
+/// Most distinct hosts tracked per (namespace, reason); beyond it a namespace's denies share one key
+/// with host `*`, so a workload cycling through host names costs one budget, not one per name, and
+/// cannot use up the keys other namespaces need.
+const MAX_HOSTS_PER_NAMESPACE: u32 = 64;
+
+/// The host of the sampling key when a namespace has used up its distinct hosts.
+const ANY_HOST: &str = "*";
+
+/// The host of the sampling key for a host that is not a DNS name or IP literal.
+const INVALID_HOST: &str = "<invalid>";
+
 /// Deny sampling: at most `limit` events per key per `interval`. `limit == 0` disables sampling.
 #[derive(Clone, Copy, Debug)]
 pub struct Sampling {
@@ -46,6 +59,8 @@ pub struct Sampling {
 /// counting a repeat deny allocates nothing; the strings are copied once, for the summary.
 #[derive(Debug)]
 struct SampleKey {
+    /// Hash of (namespace, reason), to release the namespace's host budget when the key is forgotten.
+    scope: u64,
     namespace: String,
     host: String,
     reason: &'static str,
@@ -56,6 +71,8 @@ struct SampleKey {
 #[derive(Debug)]
 struct SamplerState {
     keys: HashMap<u64, SampleKey>,
+    /// Distinct hosts tracked per (namespace, reason) hash.
+    hosts_per_scope: HashMap<u64, u32>,
     /// Denies of new keys while `MAX_SAMPLING_KEYS` were tracked, suppressed without a key of their own.
     overflow: u64,
 }
@@ -94,6 +111,7 @@ impl DecisionLog {
             hasher: RandomState::new(),
             state: Mutex::new(SamplerState {
                 keys: HashMap::new(),
+                hosts_per_scope: HashMap::new(),
                 overflow: 0,
             }),
         }
@@ -149,8 +167,13 @@ impl DecisionLog {
             None if !request.destination_service.is_empty() => request.destination_service,
             None => request.sni,
         };
+        // Sample on the normalised host: `A.com`, `a.com.` and `a.com:443` are one destination.
+        let normalized = NormalizedHost::parse(host);
+        let sample_host = normalized
+            .as_ref()
+            .map_or(INVALID_HOST, NormalizedHost::as_str);
         if decision.verdict == Verdict::Deny
-            && !self.sample(namespace, host, decision.reason.as_str())
+            && !self.sample(namespace, sample_host, decision.reason.as_str())
         {
             return;
         }
@@ -185,9 +208,15 @@ impl DecisionLog {
         if limit == 0 {
             return true;
         }
-        let hash = self.hasher.hash_one((namespace, host, reason));
         let now = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let scope = self.hasher.hash_one((namespace, reason));
+        let (mut host, mut hash) = (host, self.hasher.hash_one((namespace, host, reason)));
+        let budget_used = state.hosts_per_scope.get(&scope).copied().unwrap_or(0);
+        if !state.keys.contains_key(&hash) && budget_used >= MAX_HOSTS_PER_NAMESPACE {
+            host = ANY_HOST;
+            hash = self.hasher.hash_one((namespace, host, reason));
+        }
         if let Some(key) = state.keys.get_mut(&hash) {
             if now.duration_since(key.window_start) >= interval {
                 self.report(key);
@@ -201,9 +230,11 @@ impl DecisionLog {
             state.overflow += 1;
             return false;
         }
+        *state.hosts_per_scope.entry(scope).or_insert(0) += 1;
         state.keys.insert(
             hash,
             SampleKey {
+                scope,
                 namespace: namespace.to_owned(),
                 host: host.to_owned(),
                 reason,
@@ -221,10 +252,16 @@ impl DecisionLog {
         let interval = self.sampling.interval;
         let now = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.keys.retain(|_, key| {
+        let SamplerState {
+            keys,
+            hosts_per_scope,
+            ..
+        } = &mut *state;
+        keys.retain(|_, key| {
             let expired = now.duration_since(key.window_start) >= interval;
             if expired {
                 self.report(key);
+                release(hosts_per_scope, key.scope);
             }
             !expired
         });
@@ -238,6 +275,7 @@ impl DecisionLog {
             self.report(key);
         }
         state.keys.clear();
+        state.hosts_per_scope.clear();
         self.report_overflow(&mut state);
     }
 
@@ -268,6 +306,16 @@ impl DecisionLog {
     }
 }
 
+/// Gives back one host of a (namespace, reason) budget.
+fn release(hosts_per_scope: &mut HashMap<u64, u32>, scope: u64) {
+    if let Some(count) = hosts_per_scope.get_mut(&scope) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            hosts_per_scope.remove(&scope);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +341,29 @@ mod tests {
         assert_eq!(logged("b", "x.example.com"), 2);
         assert!(!log.sample("a", "x.example.com", "no_matching_rule"));
         assert!(log.sample("a", "x.example.com", "denied_by_rule"));
+    }
+
+    #[test]
+    fn a_namespace_cycling_through_hosts_shares_one_budget_beyond_its_host_limit() {
+        let log = mk_log(2, Duration::from_secs(3600));
+        let hosts: Vec<String> = (0..MAX_HOSTS_PER_NAMESPACE + 50)
+            .map(|i| format!("h{i}.example.com"))
+            .collect();
+        let logged = hosts
+            .iter()
+            .filter(|h| log.sample("noisy", h, "no_matching_rule"))
+            .count();
+        // One event per distinct host up to the limit, then the shared `*` key's budget of 2.
+        assert_eq!(logged, MAX_HOSTS_PER_NAMESPACE as usize + 2);
+        // Other namespaces are unaffected.
+        assert!(log.sample("quiet", "h0.example.com", "no_matching_rule"));
+        // Forgetting expired keys gives the budget back.
+        let log = mk_log(1, Duration::ZERO);
+        for host in &hosts {
+            log.sample("noisy", host, "no_matching_rule");
+        }
+        log.flush_expired();
+        assert!(log.state.lock().unwrap().hosts_per_scope.is_empty());
     }
 
     #[test]
