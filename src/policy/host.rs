@@ -44,10 +44,10 @@ impl NormalizedHost {
         let unbracketed = raw.strip_prefix('[').and_then(|r| r.strip_suffix(']'));
         if let Some(inner) = unbracketed {
             let ip: Ipv6Addr = inner.parse().ok()?;
-            return Self::from_display(ip);
+            return Self::from_ip(IpAddr::V6(ip));
         }
         if let Ok(ip) = raw.parse::<IpAddr>() {
-            return Self::from_display(ip);
+            return Self::from_ip(ip);
         }
         let name = raw.strip_suffix('.').unwrap_or(raw);
         if !is_valid_dns_name(name) {
@@ -61,6 +61,18 @@ impl NormalizedHost {
             *dst = src.to_ascii_lowercase();
         }
         Some(host)
+    }
+
+    /// Canonical text of an IP literal; an IPv4-mapped IPv6 address (`::ffff:1.2.3.4`) is the IPv4
+    /// address it maps, so it cannot dodge a rule written for that address.
+    fn from_ip(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::from_display(v4),
+                None => Self::from_display(v6),
+            },
+            IpAddr::V4(v4) => Self::from_display(v4),
+        }
     }
 
     fn from_display(ip: impl std::fmt::Display) -> Option<Self> {
@@ -172,6 +184,7 @@ mod tests {
         assert_eq!(norm("10.0.0.1").as_deref(), Some("10.0.0.1"));
         assert_eq!(norm("[0:0::1]").as_deref(), Some("::1"));
         assert_eq!(norm("2001:DB8::1").as_deref(), Some("2001:db8::1"));
+        assert_eq!(norm("[::ffff:10.0.0.1]").as_deref(), Some("10.0.0.1"));
         assert_eq!(
             norm("010.0.0.1").as_deref(),
             None,
