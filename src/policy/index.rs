@@ -15,8 +15,10 @@
 //! that share a host pattern *and* admit any namespace (e.g. `namespaces: ["team-*"]`): those are checked
 //! one by one, as the linear evaluator would.
 //!
-//! Lookups hash request strings without allocating. The hasher is FxHash-like, not SipHash: keys come only
-//! from the operator's rule files, so a request cannot grow a chain, only probe the table it finds.
+//! Maps are keyed by 64-bit hashes of hosts, labels and namespaces, so lookups hash request strings
+//! without allocating and the index keeps no second copy of them. The hash is FxHash-like, not SipHash:
+//! keys come only from the operator's rule files, so a request cannot grow a chain, only probe the table
+//! it finds, and a collision only adds candidates that `Rule::check` then rejects.
 //! Like the rest of `policy`, this module must not depend on gRPC, files or async code.
 
 use std::collections::HashMap;
@@ -57,23 +59,30 @@ const LARGE_BUCKET: usize = 16;
 /// suffixes) has the rest scanned afterwards, bounded by the best match so far. Still exact.
 const MERGE_WIDTH: usize = 8;
 
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+/// Maps keyed by a 64-bit hash of a string ([`key`]) rather than a copy of it: half the memory at 100k
+/// rules. Two strings with one key only merge their candidate lists, and every candidate is still
+/// checked with [`Rule::check`], so a collision can cost work but never change an answer.
+/// Buckets a request's host reaches that are kept for all passes (exact, any-host, three suffix levels).
+const MAX_BUCKETS: usize = 8;
+
+type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
 /// A `Keyed` under construction: (any-namespace rules, rules by required namespace).
-type KeyedBuilder = (Vec<u32>, FastMap<Box<str>, Vec<u32>>);
+type KeyedBuilder = (Vec<u32>, KeyMap<Vec<u32>>);
 
 /// Rule indexes filed by host pattern. Built once per rule set; read-only afterwards.
 pub(super) struct RuleIndex {
     /// Each rule's kind bit, by rule index.
     kinds: Box<[u8]>,
-    exact: FastMap<Box<str>, Postings>,
+    exact: KeyMap<Postings>,
     /// Reversed-label tree of wildcard suffixes; node 0 is the root (the empty suffix).
     nodes: Vec<Node>,
+    /// The tree's edges: [`child_key`] of (parent node, label) → child node.
+    children: KeyMap<u32>,
     any_host: Postings,
 }
 
 #[derive(Default)]
 struct Node {
-    children: FastMap<Box<str>, u32>,
     /// `*.<suffix>`: hosts with exactly one label before the suffix.
     one_label: Postings,
     /// `**.<suffix>`: hosts with one or more labels before the suffix.
@@ -101,7 +110,15 @@ struct Keyed {
     /// Rules that may match callers of any namespace (or none, for rules without `from`).
     any_namespace: Box<[u32]>,
     /// Rules that only callers of this namespace can match.
-    by_namespace: FastMap<Box<str>, Box<[u32]>>,
+    by_namespace: KeyMap<Box<[u32]>>,
+}
+
+/// The buckets one request's host reaches, gathered without allocating.
+pub(super) struct Candidates<'i> {
+    buckets: [&'i Postings; MAX_BUCKETS],
+    len: usize,
+    /// More buckets than fit: passes walk the host again instead.
+    overflow: bool,
 }
 
 /// Sorted candidate lists for one request, gathered without allocating.
@@ -128,7 +145,7 @@ impl RuleIndex {
             for host in hosts {
                 let slot = match host {
                     HostPattern::Any => unreachable!("handled above"),
-                    HostPattern::Exact(h) => builder.exact.entry(h.as_str().into()).or_default(),
+                    HostPattern::Exact(h) => builder.exact.entry(key(h)).or_default(),
                     HostPattern::OneLabel(suffix) => &mut builder.node(suffix).0,
                     HostPattern::AnyLabels(suffix) => &mut builder.node(suffix).1,
                 };
@@ -141,9 +158,29 @@ impl RuleIndex {
         builder.finish(rules, kinds)
     }
 
-    /// The first rule, in rule order, of a kind in `mask` that matches `input`.
+    /// The buckets a host reaches, looked up once per request and shared by every pass over them.
+    pub(super) fn candidates(&self, host: &str) -> Candidates<'_> {
+        let mut candidates = Candidates {
+            buckets: [&Postings::Empty; MAX_BUCKETS],
+            len: 0,
+            overflow: false,
+        };
+        self.buckets(host, &mut |postings| {
+            if candidates.len < MAX_BUCKETS {
+                candidates.buckets[candidates.len] = postings;
+                candidates.len += 1;
+            } else {
+                candidates.overflow = true;
+            }
+        });
+        candidates
+    }
+
+    /// The first rule, in rule order, of a kind in `mask` that matches `input`, among `candidates`
+    /// (from [`RuleIndex::candidates`] for `input.host`).
     pub(super) fn first<'p>(
         &self,
+        candidates: &Candidates<'_>,
         rules: &'p [Rule],
         mask: u8,
         input: &MatchInput<'_>,
@@ -154,7 +191,9 @@ impl RuleIndex {
             len: 0,
             overflow: 0,
         };
-        self.visit(input.host, namespace, mask, &mut |list| sources.push(list));
+        self.lists(candidates, input.host, namespace, mask, &mut |list| {
+            sources.push(list)
+        });
         let matches = |i: u32| {
             let i = i as usize;
             self.kinds[i] & mask != 0 && rules[i].check(input).is_ok()
@@ -162,7 +201,7 @@ impl RuleIndex {
         let mut best = sources.merge(matches);
         if sources.overflow > 0 {
             let mut seen = 0;
-            self.visit(input.host, namespace, mask, &mut |list| {
+            self.lists(candidates, input.host, namespace, mask, &mut |list| {
                 seen += 1;
                 if seen > MERGE_WIDTH {
                     let bound = best.unwrap_or(u32::MAX);
@@ -179,31 +218,51 @@ impl RuleIndex {
         best.map(|i| &rules[i as usize])
     }
 
-    /// Calls `f` with every non-empty candidate list for a request: its host's buckets, narrowed to the
-    /// kinds in `mask` and the caller's namespace where a bucket is split.
-    fn visit<'i>(
+    /// Calls `f` with every non-empty candidate list: the candidate buckets (all of the host's, walked
+    /// again if they did not fit), narrowed to the kinds in `mask` and the caller's namespace where a
+    /// bucket is split.
+    fn lists<'i>(
         &'i self,
+        candidates: &Candidates<'i>,
         host: &str,
         namespace: Option<&str>,
         mask: u8,
         f: &mut impl FnMut(&'i [u32]),
     ) {
-        if let Some(postings) = self.exact.get(host) {
-            postings.visit(namespace, mask, f);
+        if candidates.overflow {
+            self.buckets(host, &mut |postings| postings.visit(namespace, mask, f));
+        } else {
+            for postings in &candidates.buckets[..candidates.len] {
+                postings.visit(namespace, mask, f);
+            }
         }
-        self.any_host.visit(namespace, mask, f);
+    }
+
+    /// Calls `f` with every non-empty bucket `host` reaches: its exact host, the any-host bucket, and
+    /// the `*.`/`**.` suffixes it falls under.
+    fn buckets<'i>(&'i self, host: &str, f: &mut impl FnMut(&'i Postings)) {
+        let mut visit = |postings: &'i Postings| {
+            if !postings.is_empty() {
+                f(postings);
+            }
+        };
+        if let Some(postings) = self.exact.get(&key(host)) {
+            visit(postings);
+        }
+        visit(&self.any_host);
         // Walk the host's labels from the right. Patterns always name at least one label, and need at
         // least one more in the host, so the host's leftmost label is never looked up.
-        let mut node = &self.nodes[0];
+        let mut parent = 0;
         let mut rest = host;
         while let Some((before, label)) = rest.rsplit_once('.') {
-            let Some(&child) = node.children.get(label) else {
+            let Some(&child) = self.children.get(&child_key(parent, label)) else {
                 return;
             };
-            node = &self.nodes[child as usize];
-            node.any_labels.visit(namespace, mask, f);
+            parent = child;
+            let node = &self.nodes[child as usize];
+            visit(&node.any_labels);
             if !before.contains('.') {
-                node.one_label.visit(namespace, mask, f);
+                visit(&node.one_label);
             }
             rest = before;
         }
@@ -253,7 +312,7 @@ impl Postings {
                         f(&keyed.any_namespace);
                     }
                     // Keyed rules all have `from`, so a caller without a trusted identity matches none.
-                    if let Some(list) = namespace.and_then(|ns| keyed.by_namespace.get(ns)) {
+                    if let Some(list) = namespace.and_then(|ns| keyed.by_namespace.get(&key(ns))) {
                         f(list);
                     }
                 }
@@ -277,7 +336,7 @@ impl Postings {
                     match required_namespaces(&rules[i as usize]) {
                         Some(namespaces) => {
                             for ns in namespaces {
-                                let list = keyed.entry(ns.into()).or_default();
+                                let list = keyed.entry(key(ns)).or_default();
                                 if list.last() != Some(&i) {
                                     list.push(i);
                                 }
@@ -387,45 +446,36 @@ impl<'i> Sources<'i> {
 
 #[derive(Default)]
 struct Builder {
-    exact: FastMap<Box<str>, Vec<u32>>,
-    /// Per node: (`*.` rules, `**.` rules), parallel to `nodes`.
+    exact: KeyMap<Vec<u32>>,
+    /// Per tree node, by id: (`*.` rules, `**.` rules).
     suffixes: Vec<(Vec<u32>, Vec<u32>)>,
-    nodes: Vec<FastMap<Box<str>, u32>>,
+    children: KeyMap<u32>,
     any_host: Vec<u32>,
 }
 
 impl Builder {
     /// The rule lists of the tree node for `suffix` (`.example.com`), created on first use.
     fn node(&mut self, suffix: &str) -> &mut (Vec<u32>, Vec<u32>) {
-        if self.nodes.is_empty() {
-            self.nodes.push(FastMap::default());
+        if self.suffixes.is_empty() {
             self.suffixes.push(Default::default());
         }
         let mut node = 0;
         for label in suffix.rsplit('.').filter(|l| !l.is_empty()) {
-            node = match self.nodes[node].get(label) {
-                Some(&child) => child as usize,
-                None => {
-                    let child = self.nodes.len();
-                    let id = u32::try_from(child).expect("fewer than 2^32 suffix labels");
-                    self.nodes[node].insert(label.into(), id);
-                    self.nodes.push(FastMap::default());
-                    self.suffixes.push(Default::default());
-                    child
-                }
-            };
+            let next = u32::try_from(self.suffixes.len()).expect("fewer than 2^32 suffix labels");
+            node = *self.children.entry(child_key(node, label)).or_insert(next);
+            if node == next {
+                self.suffixes.push(Default::default());
+            }
         }
-        &mut self.suffixes[node]
+        &mut self.suffixes[node as usize]
     }
 
     fn finish(self, rules: &[Rule], kinds: Box<[u8]>) -> RuleIndex {
         let build = |list| Postings::build(list, rules, &kinds);
         let mut nodes: Vec<Node> = self
-            .nodes
+            .suffixes
             .into_iter()
-            .zip(self.suffixes)
-            .map(|(children, (one, any))| Node {
-                children,
+            .map(|(one, any)| Node {
                 one_label: build(one),
                 any_labels: build(any),
             })
@@ -433,18 +483,59 @@ impl Builder {
         if nodes.is_empty() {
             nodes.push(Node::default());
         }
-        let exact = self
+        let mut children = self.children;
+        children.shrink_to_fit();
+        let mut exact: KeyMap<Postings> = self
             .exact
             .into_iter()
             .map(|(host, list)| (host, build(list)))
             .collect();
+        exact.shrink_to_fit();
         let any_host = build(self.any_host);
         RuleIndex {
             exact,
             nodes,
+            children,
             any_host,
             kinds,
         }
+    }
+}
+
+/// The map key of a string.
+fn key(s: &str) -> u64 {
+    let mut hasher = FxHasher::default();
+    hasher.write_usize(s.len());
+    hasher.write(s.as_bytes());
+    hasher.finish()
+}
+
+/// The map key of the tree edge from node `parent` by `label`.
+fn child_key(parent: u32, label: &str) -> u64 {
+    let mut hasher = FxHasher::default();
+    hasher.add(u64::from(parent));
+    hasher.write_usize(label.len());
+    hasher.write(label.as_bytes());
+    hasher.finish()
+}
+
+/// Keys are already hashes: pass them through.
+#[derive(Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.0 = i;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
