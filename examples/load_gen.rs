@@ -45,6 +45,8 @@ struct Args {
     concurrency: usize,
     threads: usize,
     write_bodies: Option<PathBuf>,
+    /// Open-loop target rate (requests/s over all streams); `None`: each stream sends as fast as it can.
+    rate: Option<f64>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -58,6 +60,7 @@ fn parse_args() -> anyhow::Result<Args> {
         concurrency: 64,
         threads: 1,
         write_bodies: None,
+        rate: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -72,6 +75,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--concurrency" => args.concurrency = value()?.parse()?,
             "--threads" => args.threads = value()?.parse()?,
             "--write-bodies" => args.write_bodies = Some(value()?.into()),
+            "--rate" => args.rate = Some(value()?.parse()?),
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -285,7 +289,13 @@ async fn run(
     let started = Instant::now();
     let deadline = started + args.duration;
     let mut tasks = Vec::new();
-    for worker in 0..args.concurrency.max(1) {
+    let streams = args.concurrency.max(1);
+    // Paced: each stream sends on a fixed schedule (tokio's timer has millisecond resolution, so latency
+    // counts from the actual send; a server stall still shows, in the requests in flight during it).
+    let interval = args
+        .rate
+        .map(|rate| Duration::from_secs_f64(streams as f64 / rate));
+    for worker in 0..streams {
         let mut client = AuthorizationClient::new(channels[worker % channels.len()].clone());
         let (requests, expected) = (Arc::clone(&requests), Arc::clone(&expected));
         tasks.push(tokio::spawn(async move {
@@ -294,9 +304,18 @@ async fn run(
                 ..Tally::default()
             };
             let mut i = worker;
+            // Spread the streams' schedules over one interval.
+            let mut next = started
+                + interval.map_or(Duration::ZERO, |d| {
+                    d.mul_f64(worker as f64 / streams as f64)
+                });
             while Instant::now() < deadline {
                 let which = i % requests.len();
                 i += 1;
+                if let Some(interval) = interval {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += interval;
+                }
                 let sent = Instant::now();
                 let answer = client.check(requests[which].clone()).await;
                 tally
