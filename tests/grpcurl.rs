@@ -32,10 +32,15 @@ fn grpcurl() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| Some(repo(".tools/grpcurl")))
         .filter(|p| p.is_file());
-    let required = std::env::var_os("CI").is_some() || std::env::var_os("EGRESS_AUTHZ_REQUIRE_TOOLS").is_some();
+    let required = std::env::var_os("CI").is_some()
+        || std::env::var_os("EGRESS_AUTHZ_REQUIRE_TOOLS").is_some();
     match (&found, required) {
-        (None, true) => panic!("grpcurl not found: run scripts/install-grpcurl.sh or set GRPCURL_BIN"),
-        (None, false) => eprintln!("skipping: grpcurl not found (scripts/install-grpcurl.sh installs it)"),
+        (None, true) => {
+            panic!("grpcurl not found: run scripts/install-grpcurl.sh or set GRPCURL_BIN")
+        }
+        (None, false) => {
+            eprintln!("skipping: grpcurl not found (scripts/install-grpcurl.sh installs it)")
+        }
         _ => {}
     }
     found
@@ -44,7 +49,15 @@ fn grpcurl() -> Option<PathBuf> {
 /// Starts `serve` on ephemeral ports and waits for its "Serving" line, which it prints once listening.
 fn start_server() -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_egress-authz"))
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json"])
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
         .arg("--rules")
         .arg(repo("deploy/rules"))
         .stderr(Stdio::piped())
@@ -54,21 +67,33 @@ fn start_server() -> Server {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+            let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
             if json["fields"]["message"] == "Serving" {
                 let _ = tx.send(json["fields"]["grpc_addr"].as_str().unwrap().to_owned());
             }
         }
     });
-    let grpc_addr = rx.recv_timeout(Duration::from_secs(20)).expect("server reports Serving");
+    let grpc_addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("server reports Serving");
     Server { child, grpc_addr }
 }
 
 fn run(grpcurl: &Path, args: &[&str]) -> String {
     let started = Instant::now();
-    let output = Command::new(grpcurl).args(["-plaintext", "-max-time", "10"]).args(args).output().unwrap();
+    let output = Command::new(grpcurl)
+        .args(["-plaintext", "-max-time", "10"])
+        .args(args)
+        .output()
+        .unwrap();
     assert!(started.elapsed() < Duration::from_secs(15));
-    assert!(output.status.success(), "grpcurl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "grpcurl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8(output.stdout).unwrap()
 }
 
@@ -77,9 +102,18 @@ fn reflection_lists_the_services_without_proto_files() {
     let Some(grpcurl) = grpcurl() else { return };
     let server = start_server();
     let services = run(&grpcurl, &[&server.grpc_addr, "list"]);
-    assert!(services.lines().any(|l| l == "egress_authz.admin.v1.Admin"), "{services}");
-    assert!(services.lines().any(|l| l == "grpc.health.v1.Health"), "{services}");
-    let described = run(&grpcurl, &[&server.grpc_addr, "describe", "egress_authz.admin.v1.Admin"]);
+    assert!(
+        services.lines().any(|l| l == "egress_authz.admin.v1.Admin"),
+        "{services}"
+    );
+    assert!(
+        services.lines().any(|l| l == "grpc.health.v1.Health"),
+        "{services}"
+    );
+    let described = run(
+        &grpcurl,
+        &[&server.grpc_addr, "describe", "egress_authz.admin.v1.Admin"],
+    );
     assert!(described.contains("rpc Explain"), "{described}");
 }
 
@@ -89,7 +123,15 @@ fn readme_explain_example_works() {
     let server = start_server();
     let request = r#"{"attributes":{"source":{"principal":"spiffe://cluster.local/ns/default/sa/sleep"},
         "request":{"http":{"host":"developer.yahoo.com","method":"GET","path":"/"}}}}"#;
-    let out = run(&grpcurl, &["-d", request, &server.grpc_addr, "egress_authz.admin.v1.Admin/Explain"]);
+    let out = run(
+        &grpcurl,
+        &[
+            "-d",
+            request,
+            &server.grpc_addr,
+            "egress_authz.admin.v1.Admin/Explain",
+        ],
+    );
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json["decision"], "deny");
     assert_eq!(json["reason"], "no_matching_rule");
@@ -103,7 +145,18 @@ fn health_is_serving_for_the_authorization_service() {
     let server = start_server();
     for service in ["", "envoy.service.auth.v3.Authorization"] {
         let request = format!(r#"{{"service":"{service}"}}"#);
-        let out = run(&grpcurl, &["-d", &request, &server.grpc_addr, "grpc.health.v1.Health/Check"]);
-        assert!(out.contains("SERVING") && !out.contains("NOT_SERVING"), "{service:?}: {out}");
+        let out = run(
+            &grpcurl,
+            &[
+                "-d",
+                &request,
+                &server.grpc_addr,
+                "grpc.health.v1.Health/Check",
+            ],
+        );
+        assert!(
+            out.contains("SERVING") && !out.contains("NOT_SERVING"),
+            "{service:?}: {out}"
+        );
     }
 }

@@ -107,7 +107,9 @@ pub fn to_explain_response(
 /// clients and `v1alpha` for older ones (grpcurl before 1.8.8 speaks only `v1alpha`).
 pub fn reflection_services() -> Result<
     (
-        tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
         tonic_reflection::server::v1alpha::ServerReflectionServer<
             impl tonic_reflection::server::v1alpha::ServerReflection,
         >,
