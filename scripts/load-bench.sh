@@ -13,7 +13,7 @@
 #
 # Usage: scripts/load-bench.sh            (env: DURATION=10 ROUNDS=3 CONCURRENCY=64 CONNECTIONS=2
 #                                                SERVER_THREADS=1 PIN=1 RELOADS=20 SKIP_RELOAD=0 SKIP_DIRECT=0
-#                                                RELOAD_LOAD=0.5 RELOAD_GAP=0)
+#                                                RELOAD_LOAD=0.5 RELOAD_GAP=0 SERVER_FLAGS=)
 # With PIN=1 and 2+ CPUs, servers run on CPU 0 and the generator on CPU 1, so the servers compare on
 # one core each and the generator does not steal from them.
 set -euo pipefail
@@ -79,7 +79,8 @@ load() { # load ADDR MIX EXPECT... -> JSON line
 mkdir -p "$WORK/rules10k" "$WORK/rules100k"
 "$BIN/examples/gen_rules" 10000 >"$WORK/rules10k/rules.yaml"
 failed=0
-SERVE=(serve --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --log-format json --worker-threads "$SERVER_THREADS")
+# shellcheck disable=SC2206 # SERVER_FLAGS is split on purpose: extra `serve` flags to try.
+SERVE=(serve --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --log-format json --worker-threads "$SERVER_THREADS" ${SERVER_FLAGS:-})
 if [[ $SKIP_DIRECT != 1 ]]; then
 start seeds "$WORK/seeds.log" "$BIN/egress-authz" "${SERVE[@]}" --rules deploy/rules/egress.yaml
 start 10k "$WORK/10k.log" "$BIN/egress-authz" "${SERVE[@]}" --rules "$WORK/rules10k"
