@@ -16,6 +16,7 @@ const HOSTS: &[&str] = &[
     "b.a.com",
     "c.b.a.com",
     "e.d.c.b.a.com",
+    "f.e.d.c.b.a.com",
     "x.org",
     "y.x.org",
     "api.svc.io",
@@ -287,15 +288,20 @@ proptest! {
     }
 }
 
-/// Deep wildcard patterns only, many rules: buckets exceed the split threshold, and a host under five
-/// suffixes gathers more candidate lists than the merge holds on the stack.
+/// Deep wildcard patterns only, many rules: buckets exceed the split threshold; `e.d.c.b.a.com` gathers
+/// more candidate lists than the merge holds on the stack, and `f.e.d.c.b.a.com` reaches more buckets
+/// than are kept per request (exact, any-host and seven suffix buckets), so both fallbacks run.
 const DEEP_PATTERNS: &[&str] = &[
     "e.d.c.b.a.com",
+    "f.e.d.c.b.a.com",
+    "**.com",
     "**.a.com",
     "**.b.a.com",
     "**.c.b.a.com",
     "*.d.c.b.a.com",
     "**.d.c.b.a.com",
+    "*.e.d.c.b.a.com",
+    "**.e.d.c.b.a.com",
     "*",
 ];
 
@@ -309,14 +315,16 @@ proptest! {
         requests in prop::collection::vec(request(), 1..48),
     ) {
         let policy = mk_policy(&rule_file(rules, default_allow, false));
-        let deep = Req {
-            http: None,
-            principal: "spiffe://cluster.local/ns/team-a/sa/sleep".into(),
-            host: "e.d.c.b.a.com".into(),
-            sni: String::new(),
-            port: Some(443),
-        };
-        assert_same(&policy, &[deep])?;
+        for host in ["e.d.c.b.a.com", "f.e.d.c.b.a.com"] {
+            let deep = Req {
+                http: None,
+                principal: "spiffe://cluster.local/ns/team-a/sa/sleep".into(),
+                host: host.into(),
+                sni: String::new(),
+                port: Some(443),
+            };
+            assert_same(&policy, &[deep])?;
+        }
         assert_same(&policy, &requests)?;
     }
 }
