@@ -21,10 +21,12 @@
 //! it finds, and a collision only adds candidates that `Rule::check` then rejects.
 //! Like the rest of `policy`, this module must not depend on gRPC, files or async code.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+mod build;
+mod hash;
 
-use super::matcher::{HostPattern, StringPattern};
+use self::build::Builder;
+use self::hash::{KeyMap, child_key, key};
+use super::matcher::HostPattern;
 use super::rule::{MatchInput, Rule};
 use super::spec::Action;
 
@@ -59,13 +61,9 @@ const LARGE_BUCKET: usize = 16;
 /// suffixes) has the rest scanned afterwards, bounded by the best match so far. Still exact.
 const MERGE_WIDTH: usize = 8;
 
-/// Maps keyed by a 64-bit hash of a string ([`key`]) rather than a copy of it: half the memory at 100k
-/// rules. Two strings with one key only merge their candidate lists, and every candidate is still
-/// checked with [`Rule::check`], so a collision can cost work but never change an answer.
 /// Buckets a request's host reaches that are kept for all passes (exact, any-host, three suffix levels).
 const MAX_BUCKETS: usize = 8;
 
-type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
 /// A `Keyed` under construction: (any-namespace rules, rules by required namespace).
 type KeyedBuilder = (Vec<u32>, KeyMap<Vec<u32>>);
 
@@ -319,90 +317,6 @@ impl Postings {
             }
         }
     }
-
-    fn build(list: Vec<u32>, rules: &[Rule], kinds: &[u8]) -> Self {
-        match list.as_slice() {
-            [] => Self::Empty,
-            [one] => Self::One(*one),
-            _ if list.len() <= LARGE_BUCKET => Self::Few(list.into_boxed_slice()),
-            _ => {
-                let mut by_kind: [KeyedBuilder; 4] = Default::default();
-                for i in list {
-                    let slot = kind::ALL
-                        .iter()
-                        .position(|&k| k == kinds[i as usize])
-                        .unwrap_or(0);
-                    let (any, keyed) = &mut by_kind[slot];
-                    match required_namespaces(&rules[i as usize]) {
-                        Some(namespaces) => {
-                            for ns in namespaces {
-                                let list = keyed.entry(key(ns)).or_default();
-                                if list.last() != Some(&i) {
-                                    list.push(i);
-                                }
-                            }
-                        }
-                        None => any.push(i),
-                    }
-                }
-                Self::Large(Box::new(LargePostings {
-                    by_kind: by_kind.map(|(any, keyed)| Keyed {
-                        any_namespace: any.into_boxed_slice(),
-                        by_namespace: keyed
-                            .into_iter()
-                            .map(|(k, v)| (k, v.into_boxed_slice()))
-                            .collect(),
-                    }),
-                }))
-            }
-        }
-    }
-}
-
-/// The namespaces a caller must be in for `rule` to match, when `from` pins them exactly; `None` when
-/// callers of any namespace might match. One condition is enough (they are ANDed): the first that is
-/// all exact values.
-fn required_namespaces(rule: &Rule) -> Option<Vec<&str>> {
-    fn exact(p: &StringPattern) -> Option<&str> {
-        match p {
-            StringPattern::Exact(s) => Some(s.as_str()),
-            _ => None,
-        }
-    }
-    fn non_empty(values: Option<Vec<&str>>) -> Option<Vec<&str>> {
-        values.filter(|v| !v.is_empty())
-    }
-    let from = rule.from.as_ref()?;
-    non_empty(from.namespaces.iter().map(exact).collect())
-        .or_else(|| {
-            non_empty(
-                from.service_accounts
-                    .iter()
-                    .map(|sa| exact(&sa.namespace))
-                    .collect(),
-            )
-        })
-        .or_else(|| {
-            non_empty(
-                from.principals
-                    .iter()
-                    .map(|p| exact(p).and_then(principal_namespace))
-                    .collect(),
-            )
-        })
-}
-
-/// `<td>/ns/<ns>/sa/<sa>` → `<ns>`; `None` for any other shape (left unkeyed: the index stays exact).
-fn principal_namespace(principal: &str) -> Option<&str> {
-    let mut parts = principal.split('/');
-    let (_td, ns_key, ns, sa_key, _sa) = (
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-    );
-    (ns_key == "ns" && sa_key == "sa" && parts.next().is_none()).then_some(ns)
 }
 
 // === impl Sources ===
@@ -439,148 +353,5 @@ impl<'i> Sources<'i> {
                 }
             }
         }
-    }
-}
-
-// === Builder ===
-
-#[derive(Default)]
-struct Builder {
-    exact: KeyMap<Vec<u32>>,
-    /// Per tree node, by id: (`*.` rules, `**.` rules).
-    suffixes: Vec<(Vec<u32>, Vec<u32>)>,
-    children: KeyMap<u32>,
-    any_host: Vec<u32>,
-}
-
-impl Builder {
-    /// The rule lists of the tree node for `suffix` (`.example.com`), created on first use.
-    fn node(&mut self, suffix: &str) -> &mut (Vec<u32>, Vec<u32>) {
-        if self.suffixes.is_empty() {
-            self.suffixes.push(Default::default());
-        }
-        let mut node = 0;
-        for label in suffix.rsplit('.').filter(|l| !l.is_empty()) {
-            let next = u32::try_from(self.suffixes.len()).expect("fewer than 2^32 suffix labels");
-            node = *self.children.entry(child_key(node, label)).or_insert(next);
-            if node == next {
-                self.suffixes.push(Default::default());
-            }
-        }
-        &mut self.suffixes[node as usize]
-    }
-
-    fn finish(self, rules: &[Rule], kinds: Box<[u8]>) -> RuleIndex {
-        let build = |list| Postings::build(list, rules, &kinds);
-        let mut nodes: Vec<Node> = self
-            .suffixes
-            .into_iter()
-            .map(|(one, any)| Node {
-                one_label: build(one),
-                any_labels: build(any),
-            })
-            .collect();
-        if nodes.is_empty() {
-            nodes.push(Node::default());
-        }
-        let mut children = self.children;
-        children.shrink_to_fit();
-        let mut exact: KeyMap<Postings> = self
-            .exact
-            .into_iter()
-            .map(|(host, list)| (host, build(list)))
-            .collect();
-        exact.shrink_to_fit();
-        let any_host = build(self.any_host);
-        RuleIndex {
-            exact,
-            nodes,
-            children,
-            any_host,
-            kinds,
-        }
-    }
-}
-
-/// The map key of a string.
-fn key(s: &str) -> u64 {
-    let mut hasher = FxHasher::default();
-    hasher.write_usize(s.len());
-    hasher.write(s.as_bytes());
-    hasher.finish()
-}
-
-/// The map key of the tree edge from node `parent` by `label`.
-fn child_key(parent: u32, label: &str) -> u64 {
-    let mut hasher = FxHasher::default();
-    hasher.add(u64::from(parent));
-    hasher.write_usize(label.len());
-    hasher.write(label.as_bytes());
-    hasher.finish()
-}
-
-/// Keys are already hashes: pass them through.
-#[derive(Default, Clone, Copy)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, i: u64) {
-        self.0 = i;
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-// === FxHasher ===
-
-/// The multiply-rotate hash rustc uses (rustc-hash 2): a few cycles per 8 bytes, no allocation.
-#[derive(Default, Clone, Copy)]
-struct FxHasher {
-    hash: u64,
-}
-
-const FX_SEED: u64 = 0xf135_7aea_2e62_a9c5;
-
-impl FxHasher {
-    fn add(&mut self, word: u64) {
-        self.hash = self.hash.wrapping_add(word).wrapping_mul(FX_SEED);
-    }
-}
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0; 8];
-            word.copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        // The multiply leaves the low bits weak; hashbrown picks buckets from them.
-        self.hash.rotate_left(26)
     }
 }
