@@ -28,6 +28,8 @@ pub use host::{NormalizedHost, authority_host, is_istio_cluster_sni, is_valid_dn
 pub use identity::{Caller, Identity, parse_spiffe_id};
 pub use lint::{CompileWarning, lint};
 pub use matcher::{HostPattern, InvalidPattern, PathPattern, ServiceAccountPattern, StringPattern};
-pub use rule::{Condition, FromConditions, HttpInput, MatchInput, Rule, RuleOrigin, ToConditions};
+pub use rule::{
+    Condition, FromConditions, HttpInput, MatchInput, Rule, RuleMetadata, RuleOrigin, ToConditions,
+};
 pub use source::digest;
 pub use spec::{Action, FromSpec, RuleFile, RuleSpec, ToSpec};

@@ -10,7 +10,7 @@ use super::identity::is_valid_trust_domain;
 use super::matcher::{
     HostPattern, InvalidPattern, PathPattern, ServiceAccountPattern, StringPattern, parse_method,
 };
-use super::rule::{FromConditions, Rule, RuleOrigin, ToConditions};
+use super::rule::{FromConditions, Rule, RuleMetadata, RuleOrigin, ToConditions};
 pub use super::source::{Location, SourceFile};
 use super::source::{Locator, digest};
 use super::spec::{Action, FromSpec, RuleFile, RuleSpec, ToSpec};
@@ -113,7 +113,8 @@ pub fn compile(files: &[SourceFile]) -> Result<Policy, Vec<CompileError>> {
                 file: file_index,
                 line: location.line,
             };
-            match compile_rule(spec.clone(), origin) {
+            let name = spec.name.clone();
+            match compile_rule(spec, origin) {
                 Ok(rule) => rules.push(rule),
                 Err(kinds) => {
                     for (kind, value) in kinds {
@@ -122,7 +123,7 @@ pub fn compile(files: &[SourceFile]) -> Result<Policy, Vec<CompileError>> {
                             .unwrap_or_else(|| location.clone());
                         errors.push(CompileError {
                             location: at,
-                            rule: Some(spec.name.clone()),
+                            rule: Some(name.clone()),
                             kind,
                         });
                     }
@@ -223,8 +224,8 @@ fn compile_rule(spec: RuleSpec, origin: RuleOrigin) -> Result<Rule, RuleErrors> 
         dry_run: dry_run.unwrap_or(false),
         from,
         to,
-        description,
-        owner,
+        metadata: (description.is_some() || owner.is_some())
+            .then(|| Box::new(RuleMetadata { description, owner })),
         origin,
     })
 }
@@ -234,7 +235,7 @@ fn compile_list<T>(
     values: Vec<String>,
     parse: impl Fn(&str) -> Result<T, InvalidPattern>,
     errors: &mut RuleErrors,
-) -> Vec<T> {
+) -> Box<[T]> {
     let mut out = Vec::with_capacity(values.len());
     for value in values {
         match parse(&value) {
@@ -249,7 +250,7 @@ fn compile_list<T>(
             )),
         }
     }
-    out
+    out.into_boxed_slice()
 }
 
 fn parse_principal(raw: &str) -> Result<StringPattern, InvalidPattern> {
@@ -316,7 +317,7 @@ fn compile_to(spec: ToSpec, errors: &mut RuleErrors) -> ToConditions {
     ToConditions {
         hosts: compile_list("to.hosts", hosts, HostPattern::parse, errors),
         not_hosts: compile_list("to.notHosts", not_hosts, HostPattern::parse, errors),
-        ports,
+        ports: ports.into_boxed_slice(),
         methods: compile_list("to.methods", methods, parse_method, errors),
         paths: compile_list("to.paths", paths, PathPattern::parse, errors),
     }

@@ -135,7 +135,7 @@ impl RuleIndex {
         let mut builder = Builder::default();
         for (i, rule) in rules.iter().enumerate() {
             let i = u32::try_from(i).expect("a rule set has fewer than 2^32 rules");
-            let hosts = rule.to.as_ref().map_or(&[][..], |to| to.hosts.as_slice());
+            let hosts = rule.to.as_ref().map_or(&[][..], |to| &to.hosts[..]);
             if hosts.is_empty() || hosts.contains(&HostPattern::Any) {
                 builder.any_host.push(i);
                 continue;

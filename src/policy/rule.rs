@@ -20,12 +20,20 @@ pub struct Rule {
     pub from: Option<FromConditions>,
     /// Conditions on the destination; `None` matches anywhere.
     pub to: Option<ToConditions>,
+    /// Description and owner from the file, kept and reported, never matched. Boxed: most rules have
+    /// none, and an absent box costs one word instead of two strings' worth.
+    pub metadata: Option<Box<RuleMetadata>>,
+    /// Where the rule was written: file index into `Policy::files`, and 1-based line.
+    pub origin: RuleOrigin,
+}
+
+/// Free-text fields of a rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleMetadata {
     /// Free-text description from the file.
     pub description: Option<String>,
     /// Owner from the file.
     pub owner: Option<String>,
-    /// Where the rule was written: file index into `Policy::files`, and 1-based line.
-    pub origin: RuleOrigin,
 }
 
 /// Where a rule was written.
@@ -37,36 +45,37 @@ pub struct RuleOrigin {
     pub line: usize,
 }
 
-/// Compiled caller conditions. Empty vectors mean "no condition".
+/// Compiled caller conditions. Empty lists mean "no condition". Boxed slices, not `Vec`s: a rule set
+/// is built once and never grows, and at 100k rules the spare capacity and length words add up.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FromConditions {
     /// See `FromSpec::namespaces`.
-    pub namespaces: Vec<StringPattern>,
+    pub namespaces: Box<[StringPattern]>,
     /// See `FromSpec::service_accounts`.
-    pub service_accounts: Vec<ServiceAccountPattern>,
+    pub service_accounts: Box<[ServiceAccountPattern]>,
     /// See `FromSpec::principals`; stored without the `spiffe://` scheme.
-    pub principals: Vec<StringPattern>,
+    pub principals: Box<[StringPattern]>,
     /// See `FromSpec::not_namespaces`.
-    pub not_namespaces: Vec<StringPattern>,
+    pub not_namespaces: Box<[StringPattern]>,
     /// See `FromSpec::not_service_accounts`.
-    pub not_service_accounts: Vec<ServiceAccountPattern>,
+    pub not_service_accounts: Box<[ServiceAccountPattern]>,
     /// See `FromSpec::not_principals`.
-    pub not_principals: Vec<StringPattern>,
+    pub not_principals: Box<[StringPattern]>,
 }
 
-/// Compiled destination conditions. Empty vectors mean "no condition".
+/// Compiled destination conditions. Empty lists mean "no condition".
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ToConditions {
     /// See `ToSpec::hosts`.
-    pub hosts: Vec<HostPattern>,
+    pub hosts: Box<[HostPattern]>,
     /// See `ToSpec::not_hosts`.
-    pub not_hosts: Vec<HostPattern>,
+    pub not_hosts: Box<[HostPattern]>,
     /// See `ToSpec::ports`.
-    pub ports: Vec<u16>,
+    pub ports: Box<[u16]>,
     /// See `ToSpec::methods`; upper-case.
-    pub methods: Vec<String>,
+    pub methods: Box<[String]>,
     /// See `ToSpec::paths`.
-    pub paths: Vec<PathPattern>,
+    pub paths: Box<[PathPattern]>,
 }
 
 /// The request as the matcher sees it: already validated and normalised.
