@@ -11,6 +11,8 @@ mod identity;
 mod index;
 mod lint;
 mod matcher;
+mod outcome;
+mod request;
 mod rule;
 mod source;
 mod spec;

@@ -1,0 +1,155 @@
+//! The domain output of a decision: allow or deny, why, which rule, and how it was reached.
+
+use super::rule::{Condition, Rule};
+use super::spec::Action;
+
+/// Allow or deny.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// The request may proceed.
+    Allow,
+    /// The request is refused.
+    Deny,
+}
+
+impl Verdict {
+    /// `allow` / `deny`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
+}
+
+impl From<Action> for Verdict {
+    fn from(action: Action) -> Self {
+        match action {
+            Action::Allow => Self::Allow,
+            Action::Deny => Self::Deny,
+        }
+    }
+}
+
+/// Why a decision was made. A fixed set: these codes appear in metrics, headers and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// An enforced ALLOW rule matched.
+    AllowedByRule,
+    /// No rule matched and `defaultAction` is ALLOW.
+    DefaultAllow,
+    /// An enforced DENY rule matched.
+    DeniedByRule,
+    /// No rule matched and `defaultAction` is DENY.
+    NoMatchingRule,
+    /// No rule matched, the default is DENY, and the caller had no usable identity (none, malformed, or
+    /// from an untrusted trust domain): says why rules with `from` could not match.
+    InvalidPrincipal,
+    /// The check names no destination host (no `:authority`; no SNI on TCP).
+    NoDestinationHost,
+    /// The destination is neither a DNS name nor an IP literal.
+    InvalidHost,
+    /// The TLS SNI names a different host than the HTTP `:authority` (domain fronting).
+    SniHostMismatch,
+}
+
+impl Reason {
+    /// Every reason, for documentation and for pre-registering metrics.
+    pub const ALL: [Self; 8] = [
+        Self::AllowedByRule,
+        Self::DefaultAllow,
+        Self::DeniedByRule,
+        Self::NoMatchingRule,
+        Self::InvalidPrincipal,
+        Self::NoDestinationHost,
+        Self::InvalidHost,
+        Self::SniHostMismatch,
+    ];
+
+    /// The stable reason code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AllowedByRule => "allowed_by_rule",
+            Self::DefaultAllow => "default_allow",
+            Self::DeniedByRule => "denied_by_rule",
+            Self::NoMatchingRule => "no_matching_rule",
+            Self::InvalidPrincipal => "invalid_principal",
+            Self::NoDestinationHost => "no_destination_host",
+            Self::InvalidHost => "invalid_host",
+            Self::SniHostMismatch => "sni_host_mismatch",
+        }
+    }
+}
+
+/// What dry-run rules would have decided had they been enforced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DryRunVerdict<'p> {
+    /// The dry-run rule that would have decided, or else the first dry-run rule that matched.
+    pub rule: &'p Rule,
+    /// The outcome with dry-run rules enforced.
+    pub verdict: Verdict,
+}
+
+/// The outcome of a check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision<'p> {
+    /// Allow or deny.
+    pub verdict: Verdict,
+    /// Why.
+    pub reason: Reason,
+    /// The deciding rule, if one decided.
+    pub rule: Option<&'p Rule>,
+    /// Present when at least one dry-run rule matched.
+    pub dry_run: Option<DryRunVerdict<'p>>,
+}
+
+impl Decision<'_> {
+    pub(super) fn refused(reason: Reason) -> Self {
+        Self {
+            verdict: Verdict::Deny,
+            reason,
+            rule: None,
+            dry_run: None,
+        }
+    }
+
+    /// True when the dry-run verdict differs from the enforced one.
+    pub fn dry_run_disagrees(&self) -> bool {
+        self.dry_run.is_some_and(|d| d.verdict != self.verdict)
+    }
+}
+
+/// A trusted caller identity, owned so an explanation outlives its request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedIdentity {
+    /// Trust domain.
+    pub trust_domain: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service account.
+    pub service_account: String,
+}
+
+/// Per-rule result in an explanation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleTrace<'p> {
+    /// The rule.
+    pub rule: &'p Rule,
+    /// `Ok` if it matched, else the first condition it failed.
+    pub outcome: Result<(), Condition>,
+}
+
+/// A decision with how it was reached.
+#[derive(Clone, Debug)]
+pub struct Explanation<'p> {
+    /// The decision, exactly as `decide` returns it.
+    pub decision: Decision<'p>,
+    /// The caller, when it had a trusted identity.
+    pub identity: Option<OwnedIdentity>,
+    /// Why the caller has no trusted identity, when it has none.
+    pub identity_problem: Option<&'static str>,
+    /// The normalised destination host, when there was a valid one.
+    pub host: Option<String>,
+    /// Every rule in evaluation order; empty when the request was refused before rules were consulted.
+    pub rules: Vec<RuleTrace<'p>>,
+}
