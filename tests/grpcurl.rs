@@ -6,21 +6,17 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct Server {
-    child: Child,
-    grpc_addr: String,
-}
+use support::{Server, ServerBuilder};
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `serve` on the shipped rules; the shared support waits for its "Serving" line.
+async fn start_server() -> Server {
+    ServerBuilder::new(&repo("deploy/rules")).spawn().await
 }
 
 fn repo(path: &str) -> PathBuf {
@@ -46,41 +42,6 @@ fn grpcurl() -> Option<PathBuf> {
     found
 }
 
-/// Starts `serve` on ephemeral ports and waits for its "Serving" line, which it prints once listening.
-fn start_server() -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_egress-authz"))
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .arg("--rules")
-        .arg(repo("deploy/rules"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if json["fields"]["message"] == "Serving" {
-                let _ = tx.send(json["fields"]["grpc_addr"].as_str().unwrap().to_owned());
-            }
-        }
-    });
-    let grpc_addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("server reports Serving");
-    Server { child, grpc_addr }
-}
-
 fn run(grpcurl: &Path, args: &[&str]) -> String {
     let started = Instant::now();
     let output = Command::new(grpcurl)
@@ -97,11 +58,11 @@ fn run(grpcurl: &Path, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-#[test]
-fn reflection_lists_the_services_without_proto_files() {
+#[tokio::test]
+async fn reflection_lists_the_services_without_proto_files() {
     let Some(grpcurl) = grpcurl() else { return };
-    let server = start_server();
-    let services = run(&grpcurl, &[&server.grpc_addr, "list"]);
+    let server = start_server().await;
+    let services = run(&grpcurl, &[&server.grpc_addr.to_string(), "list"]);
     assert!(
         services.lines().any(|l| l == "egress_authz.admin.v1.Admin"),
         "{services}"
@@ -112,15 +73,19 @@ fn reflection_lists_the_services_without_proto_files() {
     );
     let described = run(
         &grpcurl,
-        &[&server.grpc_addr, "describe", "egress_authz.admin.v1.Admin"],
+        &[
+            &server.grpc_addr.to_string(),
+            "describe",
+            "egress_authz.admin.v1.Admin",
+        ],
     );
     assert!(described.contains("rpc Explain"), "{described}");
 }
 
-#[test]
-fn readme_explain_example_works() {
+#[tokio::test]
+async fn readme_explain_example_works() {
     let Some(grpcurl) = grpcurl() else { return };
-    let server = start_server();
+    let server = start_server().await;
     let request = r#"{"attributes":{"source":{"principal":"spiffe://cluster.local/ns/default/sa/sleep"},
         "request":{"http":{"host":"developer.yahoo.com","method":"GET","path":"/"}}}}"#;
     let out = run(
@@ -128,7 +93,7 @@ fn readme_explain_example_works() {
         &[
             "-d",
             request,
-            &server.grpc_addr,
+            &server.grpc_addr.to_string(),
             "egress_authz.admin.v1.Admin/Explain",
         ],
     );
@@ -139,10 +104,10 @@ fn readme_explain_example_works() {
     assert_eq!(json["rules"][0]["failedCondition"], "to.hosts");
 }
 
-#[test]
-fn health_is_serving_for_the_authorization_service() {
+#[tokio::test]
+async fn health_is_serving_for_the_authorization_service() {
     let Some(grpcurl) = grpcurl() else { return };
-    let server = start_server();
+    let server = start_server().await;
     for service in ["", "envoy.service.auth.v3.Authorization"] {
         let request = format!(r#"{{"service":"{service}"}}"#);
         let out = run(
@@ -150,7 +115,7 @@ fn health_is_serving_for_the_authorization_service() {
             &[
                 "-d",
                 &request,
-                &server.grpc_addr,
+                &server.grpc_addr.to_string(),
                 "grpc.health.v1.Health/Check",
             ],
         );
