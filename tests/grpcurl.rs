@@ -16,7 +16,7 @@ use support::{Server, ServerBuilder};
 
 /// Starts `serve` on the shipped rules; the shared support waits for its "Serving" line.
 async fn start_server() -> Server {
-    ServerBuilder::new(&repo("deploy/rules")).spawn().await
+    ServerBuilder::new(repo("deploy/rules")).spawn().await
 }
 
 fn repo(path: &str) -> PathBuf {
