@@ -21,6 +21,7 @@ mod tests;
 
 pub use compile::{
     CompileError, CompileErrorKind, DEFAULT_TRUST_DOMAIN, Location, SourceFile, compile,
+    compile_with_digest,
 };
 pub use decision::{
     Decision, DryRunVerdict, EgressRequest, Explanation, HttpRequest, OwnedIdentity, Policy,

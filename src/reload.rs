@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 
 use crate::metrics;
-use crate::policy::{CompileError, Policy, SourceFile, compile};
+use crate::policy::{CompileError, Policy, SourceFile, compile, compile_with_digest};
 
 /// Why a rule path could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -257,7 +257,7 @@ impl RuleStore {
                 .last_error = None;
             return Ok(None);
         }
-        match compile(&files) {
+        match compile_with_digest(&files, digest.clone()) {
             Ok(policy) => {
                 *self.last_rejected.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 Ok(Some(policy))

@@ -76,6 +76,15 @@ pub enum CompileErrorKind {
 
 /// Compiles rule files, in the order given, into one policy; or returns every error found.
 pub fn compile(files: &[SourceFile]) -> Result<Policy, Vec<CompileError>> {
+    compile_with_digest(files, digest(files))
+}
+
+/// [`compile`] for a caller that already hashed the files (to skip unchanged content): hashing a large
+/// rule set is not free, so it is not done twice.
+pub fn compile_with_digest(
+    files: &[SourceFile],
+    digest: String,
+) -> Result<Policy, Vec<CompileError>> {
     let mut errors = Vec::new();
     let mut settings = SettingsBuilder::default();
     let mut rules = Vec::new();
@@ -137,7 +146,7 @@ pub fn compile(files: &[SourceFile]) -> Result<Policy, Vec<CompileError>> {
         return Err(errors);
     }
     let file_names = files.iter().map(|f| f.name.clone()).collect();
-    Ok(Policy::new(settings, rules, file_names, digest(files)))
+    Ok(Policy::new(settings, rules, file_names, digest))
 }
 
 fn parse_file(file: &SourceFile, errors: &mut Vec<CompileError>) -> Option<RuleFile> {
