@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tracing::Level;
 
 use crate::policy::{
-    Decision, EgressRequest, NormalizedHost, Verdict, authority_host, parse_spiffe_id,
+    Decision, EgressRequest, Verdict, authority_host, normalize_host, parse_spiffe_id,
 };
 
 /// The `tracing` target of decision events and suppression summaries, for `RUST_LOG` filtering
@@ -168,10 +168,8 @@ impl DecisionLog {
             None => request.sni,
         };
         // Sample on the normalised host: `A.com`, `a.com.` and `a.com:443` are one destination.
-        let normalized = NormalizedHost::parse(host);
-        let sample_host = normalized
-            .as_ref()
-            .map_or(INVALID_HOST, NormalizedHost::as_str);
+        let mut scratch = None;
+        let sample_host = normalize_host(host, &mut scratch).unwrap_or(INVALID_HOST);
         if decision.verdict == Verdict::Deny
             && !self.sample(namespace, sample_host, decision.reason.as_str())
         {

@@ -27,7 +27,9 @@ pub use decision::{
     Decision, DryRunVerdict, EgressRequest, Explanation, HttpRequest, OwnedIdentity, Policy,
     Protocol, Reason, RuleTrace, Settings, Verdict,
 };
-pub use host::{NormalizedHost, authority_host, is_istio_cluster_sni, is_valid_dns_name};
+pub use host::{
+    NormalizedHost, authority_host, is_istio_cluster_sni, is_valid_dns_name, normalize_host,
+};
 pub use identity::{Caller, Identity, parse_spiffe_id};
 pub use lint::{CompileWarning, lint};
 pub use matcher::{HostPattern, InvalidPattern, PathPattern, ServiceAccountPattern, StringPattern};

@@ -5,7 +5,10 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use egress_authz::grpc::convert::{egress_request, to_check_response};
-use egress_authz::policy::{EgressRequest, HttpRequest, SourceFile, Verdict, compile};
+use egress_authz::policy::{
+    EgressRequest, HttpRequest, NormalizedHost, SourceFile, Verdict, compile, is_valid_dns_name,
+    normalize_host, parse_spiffe_id,
+};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use proptest::prelude::*;
 use prost::Message as _;
@@ -102,5 +105,111 @@ proptest! {
         let _ = compile(&[SourceFile { name: "rules.yaml".into(), text: text.clone() }]);
         text.truncate(at);
         let _ = compile(&[SourceFile { name: "rules.yaml".into(), text }]);
+    }
+}
+
+// The request-path parsers are hand-rolled single passes, for speed. These straightforward versions
+// (split, parse, compare) state the rules plainly; the fast ones must agree with them on every input.
+
+fn reference_dns_name(name: &str) -> bool {
+    let labels_ok = name.split('.').all(|label| {
+        (1..=63).contains(&label.len())
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    let last_numeric = name
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    !name.is_empty() && name.len() <= 253 && labels_ok && !last_numeric
+}
+
+fn reference_normalize_host(raw: &str) -> Option<String> {
+    use std::net::{IpAddr, Ipv6Addr};
+    let canonical = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or_else(|| v6.to_string(), |v4| v4.to_string()),
+        IpAddr::V4(v4) => v4.to_string(),
+    };
+    if let Some(inner) = raw.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        return inner
+            .parse::<Ipv6Addr>()
+            .ok()
+            .map(|ip| canonical(IpAddr::V6(ip)));
+    }
+    if let Ok(ip) = raw.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    let name = raw.strip_suffix('.').unwrap_or(raw);
+    reference_dns_name(name).then(|| name.to_ascii_lowercase())
+}
+
+fn reference_spiffe(id: &str) -> Option<(String, String, String)> {
+    let segments: Vec<&str> = id.strip_prefix("spiffe://")?.split('/').collect();
+    let [td, "ns", ns, "sa", sa] = segments[..] else {
+        return None;
+    };
+    let td_ok = !td.is_empty()
+        && td.len() <= 255
+        && td
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-_".contains(&b));
+    let segment_ok = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-_".contains(&b))
+    };
+    (td_ok && segment_ok(ns) && segment_ok(sa)).then(|| (td.into(), ns.into(), sa.into()))
+}
+
+/// Hosts built from the characters that matter to the parsers, plus some near-miss shapes.
+fn host_like() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-zA-Z0-9._-]{0,30}",
+        "[0-9.]{0,20}",
+        "\\[?[0-9a-fA-F:.]{0,30}\\]?",
+        "([a-z]{1,3}\\.){0,4}[a-zA-Z0-9-]{0,70}\\.?",
+        nasty(),
+    ]
+}
+
+fn spiffe_like() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "spiffe://[a-z0-9.:@_-]{0,12}/(ns|sa|x)/[a-zA-Z0-9.%_-]{0,8}/(sa|ns)/[a-zA-Z0-9./_-]{0,8}",
+        "spiffe://[a-zA-Z.]{0,5}(/[a-z.]{0,3}){0,6}",
+        nasty(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 5000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn fast_host_normalisation_agrees_with_the_reference(raw in host_like()) {
+        let mut scratch = None;
+        let fast = normalize_host(&raw, &mut scratch).map(str::to_owned);
+        prop_assert_eq!(&fast, &reference_normalize_host(&raw), "{:?}", raw);
+        prop_assert_eq!(
+            NormalizedHost::parse(&raw).map(|h| h.as_str().to_owned()),
+            fast
+        );
+        let name = raw.strip_suffix('.').unwrap_or(&raw);
+        prop_assert_eq!(is_valid_dns_name(name), reference_dns_name(name), "{:?}", name);
+    }
+
+    #[test]
+    fn fast_spiffe_parsing_agrees_with_the_reference(id in spiffe_like()) {
+        let fast = parse_spiffe_id(&id).map(|i| {
+            prop_assert_eq!(Some(i.principal), id.strip_prefix("spiffe://"));
+            Ok((i.trust_domain.to_owned(), i.namespace.to_owned(), i.service_account.to_owned()))
+        });
+        let fast = fast.transpose()?;
+        prop_assert_eq!(fast, reference_spiffe(&id), "{:?}", id);
     }
 }

@@ -5,7 +5,7 @@
 //! Dry-run rules are evaluated as if they were enforced too, and what that would have decided is reported
 //! beside the real outcome, never instead of it.
 
-use super::host::{NormalizedHost, authority_host, is_istio_cluster_sni};
+use super::host::{NormalizedHost, authority_host, is_istio_cluster_sni, normalize_host};
 use super::identity::{Caller, Identity};
 use super::index::{RuleIndex, kind, kind_of};
 use super::matcher::path_without_query;
@@ -117,11 +117,12 @@ impl Policy {
         F: Fn(u8, &MatchInput<'_>) -> Option<&'p Rule>,
     {
         let caller = Caller::parse(request.principal);
-        let host = match self.destination(request) {
+        let mut scratch = None;
+        let host = match self.destination(request, &mut scratch) {
             Ok(host) => host,
             Err(reason) => return Decision::refused(reason),
         };
-        let input = self.match_input(request, caller, host.as_str());
+        let input = self.match_input(request, caller, host);
         let first = finder(&input);
 
         let mut decision = if let Some(rule) = first(kind::DENY, &input) {
@@ -167,7 +168,8 @@ impl Policy {
             namespace: id.namespace.to_owned(),
             service_account: id.service_account.to_owned(),
         });
-        let Ok(host) = self.destination(request) else {
+        let mut scratch = None;
+        let Ok(host) = self.destination(request, &mut scratch) else {
             return Explanation {
                 decision,
                 identity: owned_identity,
@@ -176,7 +178,7 @@ impl Policy {
                 rules: Vec::new(),
             };
         };
-        let input = self.match_input(request, caller, host.as_str());
+        let input = self.match_input(request, caller, host);
         let rules = self
             .rules
             .iter()
@@ -189,7 +191,7 @@ impl Policy {
             decision,
             identity: owned_identity,
             identity_problem,
-            host: Some(host.as_str().to_owned()),
+            host: Some(host.to_owned()),
             rules,
         }
     }
@@ -265,8 +267,13 @@ impl Policy {
         }
     }
 
-    /// The normalised destination host, or the reason the request cannot be decided on it.
-    fn destination(&self, request: &EgressRequest<'_>) -> Result<NormalizedHost, Reason> {
+    /// The normalised destination host, or the reason the request cannot be decided on it. The host
+    /// borrows from the request, or from `scratch` when normalising had to rewrite it.
+    fn destination<'a>(
+        &self,
+        request: &EgressRequest<'a>,
+        scratch: &'a mut Option<NormalizedHost>,
+    ) -> Result<&'a str, Reason> {
         // Istio's auto-generated SNI names the gateway's cluster, not where the caller is going.
         let real_sni = |sni: &str| !sni.is_empty() && !is_istio_cluster_sni(sni);
         let Some(http) = request.http else {
@@ -274,17 +281,17 @@ impl Policy {
                 .into_iter()
                 .find(|s| real_sni(s))
                 .ok_or(Reason::NoDestinationHost)?;
-            return NormalizedHost::parse(sni).ok_or(Reason::InvalidHost);
+            return normalize_host(sni, scratch).ok_or(Reason::InvalidHost);
         };
         if http.authority.is_empty() {
             return Err(Reason::NoDestinationHost);
         }
         let host = authority_host(http.authority)
-            .and_then(NormalizedHost::parse)
+            .and_then(|host| normalize_host(host, scratch))
             .ok_or(Reason::InvalidHost)?;
         if self.settings.require_sni_matches_host && real_sni(request.sni) {
-            let sni = NormalizedHost::parse(request.sni);
-            if sni != Some(host) {
+            let mut sni_scratch = None;
+            if normalize_host(request.sni, &mut sni_scratch) != Some(host) {
                 return Err(Reason::SniHostMismatch);
             }
         }

@@ -5,7 +5,7 @@
 //! DNS name nor an IP literal is rejected, so odd encodings cannot slip past an exact DENY rule.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 
 /// Longest DNS name in presentation form (RFC 1035), and long enough for any IP literal.
 pub(super) const MAX_HOST_LEN: usize = 253;
@@ -41,23 +41,17 @@ impl NormalizedHost {
 
     /// Normalises a host without port: a DNS name or an IPv4/IPv6 literal (IPv6 with or without brackets).
     pub fn parse(raw: &str) -> Option<Self> {
-        let unbracketed = raw.strip_prefix('[').and_then(|r| r.strip_suffix(']'));
-        if let Some(inner) = unbracketed {
-            let ip: Ipv6Addr = inner.parse().ok()?;
-            return Self::from_ip(IpAddr::V6(ip));
-        }
-        if let Ok(ip) = raw.parse::<IpAddr>() {
-            return Self::from_ip(ip);
-        }
-        let name = raw.strip_suffix('.').unwrap_or(raw);
-        if !is_valid_dns_name(name) {
-            return None;
-        }
+        let mut scratch = None;
+        Self::from_ascii(normalize_host(raw, &mut scratch)?.as_bytes())
+    }
+
+    /// Copies ASCII bytes, folding upper case.
+    fn from_ascii(name: &[u8]) -> Option<Self> {
         let mut host = Self {
             buf: [0; MAX_HOST_LEN],
             len: u8::try_from(name.len()).ok()?,
         };
-        for (dst, src) in host.buf.iter_mut().zip(name.bytes()) {
+        for (dst, src) in host.buf.iter_mut().zip(name) {
             *dst = src.to_ascii_lowercase();
         }
         Some(host)
@@ -87,6 +81,90 @@ impl NormalizedHost {
     }
 }
 
+/// Normalises a host without port, as [`NormalizedHost::parse`] does, without copying it in the
+/// common case: a DNS name already in lower case is returned as a slice of `raw` (minus one trailing
+/// dot). Only a name with upper case or an IP literal is written into `scratch`, which the caller keeps
+/// on its stack; so the decision path neither allocates nor fills a 253-byte buffer per request.
+pub fn normalize_host<'a>(
+    raw: &'a str,
+    scratch: &'a mut Option<NormalizedHost>,
+) -> Option<&'a str> {
+    let name = raw.strip_suffix('.').unwrap_or(raw);
+    match scan_dns_name(name.as_bytes()) {
+        DnsName::LowerCase => Some(name),
+        DnsName::MixedCase => Some(
+            scratch
+                .insert(NormalizedHost::from_ascii(name.as_bytes())?)
+                .as_str(),
+        ),
+        // A valid DNS name is never an IP literal (its last label is not all digits, it has no `:`),
+        // so IP parsing is only tried for what is not a DNS name.
+        DnsName::Invalid => {
+            let ip = match raw.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+                Some(inner) => IpAddr::V6(inner.parse().ok()?),
+                None => raw.parse().ok()?,
+            };
+            Some(scratch.insert(NormalizedHost::from_ip(ip)?).as_str())
+        }
+    }
+}
+
+/// What [`scan_dns_name`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum DnsName {
+    /// A valid name with no upper-case letter: already normalised.
+    LowerCase,
+    /// A valid name that needs folding to lower case.
+    MixedCase,
+    Invalid,
+}
+
+/// Validates a DNS name (see [`is_valid_dns_name`]) in one pass over its bytes.
+fn scan_dns_name(name: &[u8]) -> DnsName {
+    if name.is_empty() || name.len() > MAX_HOST_LEN {
+        return DnsName::Invalid;
+    }
+    let mut upper_case = false;
+    let mut label_start = 0;
+    let mut label_all_digits = true;
+    for (i, &b) in name.iter().enumerate() {
+        match b {
+            b'.' => {
+                if !is_valid_label(&name[label_start..i]) {
+                    return DnsName::Invalid;
+                }
+                label_start = i + 1;
+                label_all_digits = true;
+            }
+            b'0'..=b'9' => {}
+            b'a'..=b'z' | b'-' | b'_' => label_all_digits = false,
+            b'A'..=b'Z' => {
+                upper_case = true;
+                label_all_digits = false;
+            }
+            _ => return DnsName::Invalid,
+        }
+    }
+    // The last label all digits would be a mangled IPv4 address.
+    if !is_valid_label(&name[label_start..]) || label_all_digits {
+        DnsName::Invalid
+    } else if upper_case {
+        DnsName::MixedCase
+    } else {
+        DnsName::LowerCase
+    }
+}
+
+/// Length and hyphen rules of one label whose bytes were already checked.
+fn is_valid_label(label: &[u8]) -> bool {
+    match (label.first(), label.last()) {
+        (Some(&first), Some(&last)) => {
+            label.len() <= MAX_LABEL_LEN && first != b'-' && last != b'-'
+        }
+        _ => false,
+    }
+}
+
 struct InlineWriter {
     host: NormalizedHost,
 }
@@ -107,32 +185,24 @@ impl std::fmt::Write for InlineWriter {
 /// A DNS name in presentation form without trailing dot: labels of 1–63 letters, digits, `-` or `_`,
 /// not starting or ending with `-`; the last label not all digits (that would be a mangled IPv4).
 pub fn is_valid_dns_name(name: &str) -> bool {
-    if name.is_empty() || name.len() > MAX_HOST_LEN {
-        return false;
-    }
-    let mut last_label = "";
-    for label in name.split('.') {
-        let bytes = label.as_bytes();
-        if bytes.is_empty()
-            || bytes.len() > MAX_LABEL_LEN
-            || bytes[0] == b'-'
-            || bytes[bytes.len() - 1] == b'-'
-            || !bytes
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
-        {
-            return false;
-        }
-        last_label = label;
-    }
-    !last_label.bytes().all(|b| b.is_ascii_digit())
+    scan_dns_name(name.as_bytes()) != DnsName::Invalid
 }
 
 /// Splits an HTTP `:authority` into its host, dropping a port. `None` when the authority is malformed
 /// (user info, a non-numeric port, an unbracketed IPv6 address with a port).
 pub fn authority_host(authority: &str) -> Option<&str> {
-    if authority.contains('@') {
-        return None;
+    // One pass over the bytes: this runs on every HTTP check.
+    let mut colons = 0_usize;
+    let mut last_colon = 0;
+    for (i, &b) in authority.as_bytes().iter().enumerate() {
+        match b {
+            b'@' => return None,
+            b':' => {
+                colons += 1;
+                last_colon = i;
+            }
+            _ => {}
+        }
     }
     if authority.starts_with('[') {
         let close = authority.find(']')?;
@@ -143,12 +213,13 @@ pub fn authority_host(authority: &str) -> Option<&str> {
             _ => None,
         };
     }
-    match authority.rsplit_once(':') {
+    match colons {
+        0 => Some(authority),
+        // A single colon separates the port.
+        1 if is_port(&authority[last_colon + 1..]) => Some(&authority[..last_colon]),
+        1 => None,
         // More than one colon without brackets: a bare IPv6 literal, which has no port to strip.
-        Some((host, _)) if host.contains(':') => Some(authority),
-        Some((host, port)) if is_port(port) => Some(host),
-        Some(_) => None,
-        None => Some(authority),
+        _ => Some(authority),
     }
 }
 

@@ -45,48 +45,53 @@ impl<'a> Caller<'a> {
 }
 
 /// Parses `spiffe://<td>/ns/<ns>/sa/<sa>` exactly; anything else is `None`.
+///
+/// Each byte is looked at once (this runs on every check): a segment ends at the first byte that is not
+/// allowed in it, and that byte must be the `/` before the next segment.
 pub fn parse_spiffe_id(id: &str) -> Option<Identity<'_>> {
-    let rest = id.strip_prefix(SCHEME)?;
-    let mut segments = rest.split('/');
-    let trust_domain = segments.next()?;
-    let ns_key = segments.next()?;
-    let namespace = segments.next()?;
-    let sa_key = segments.next()?;
-    let service_account = segments.next()?;
-    if segments.next().is_some() || ns_key != "ns" || sa_key != "sa" {
-        return None;
-    }
-    if !is_valid_trust_domain(trust_domain)
-        || !is_valid_path_segment(namespace)
-        || !is_valid_path_segment(service_account)
-    {
-        return None;
-    }
-    Some(Identity {
+    let principal = id.strip_prefix(SCHEME)?;
+    let (trust_domain, rest) = split_segment(principal, is_trust_domain_byte)?;
+    let (namespace, rest) = split_segment(rest.strip_prefix("ns/")?, is_path_byte)?;
+    let service_account = rest.strip_prefix("sa/")?;
+    let valid = trust_domain.len() <= MAX_TRUST_DOMAIN_LEN
+        && !trust_domain.is_empty()
+        && is_path_segment(namespace)
+        && is_path_segment(service_account)
+        && service_account.bytes().all(is_path_byte);
+    valid.then_some(Identity {
         trust_domain,
         namespace,
         service_account,
-        principal: rest,
+        principal,
     })
+}
+
+/// SPIFFE caps trust domains at 255 bytes.
+const MAX_TRUST_DOMAIN_LEN: usize = 255;
+
+/// Splits `s` at its first `/` when every byte before it satisfies `allowed`.
+fn split_segment(s: &str, allowed: impl Fn(u8) -> bool) -> Option<(&str, &str)> {
+    let end = s.bytes().position(|b| !allowed(b))?;
+    (s.as_bytes()[end] == b'/').then(|| (&s[..end], &s[end + 1..]))
 }
 
 /// SPIFFE trust domain: lower-case letters, digits, `.`, `-`, `_`; no port, no user info.
 pub(super) fn is_valid_trust_domain(td: &str) -> bool {
-    !td.is_empty()
-        && td.len() <= 255
-        && td.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
-        })
+    !td.is_empty() && td.len() <= MAX_TRUST_DOMAIN_LEN && td.bytes().all(is_trust_domain_byte)
 }
 
-/// SPIFFE path segment: non-empty, not `.` or `..`, only `[A-Za-z0-9._-]` (so no percent-encoding).
-fn is_valid_path_segment(segment: &str) -> bool {
-    !segment.is_empty()
-        && segment != "."
-        && segment != ".."
-        && segment
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+fn is_trust_domain_byte(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+}
+
+/// A byte of a SPIFFE path segment: `[A-Za-z0-9._-]` (so no percent-encoding).
+fn is_path_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')
+}
+
+/// A SPIFFE path segment whose bytes were checked: non-empty, not `.` or `..`.
+fn is_path_segment(segment: &str) -> bool {
+    !matches!(segment, "" | "." | "..")
 }
 
 #[cfg(test)]

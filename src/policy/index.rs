@@ -251,18 +251,25 @@ impl RuleIndex {
         // Walk the host's labels from the right. Patterns always name at least one label, and need at
         // least one more in the host, so the host's leftmost label is never looked up.
         let mut parent = 0;
-        let mut rest = host;
-        while let Some((before, label)) = rest.rsplit_once('.') {
+        let mut rest = host.as_bytes();
+        let mut dots_left = rest.iter().filter(|&&b| b == b'.').count();
+        while dots_left > 0 {
+            let Some(dot) = rest.iter().rposition(|&b| b == b'.') else {
+                return;
+            };
+            let label = &rest[dot + 1..];
             let Some(&child) = self.children.get(&child_key(parent, label)) else {
                 return;
             };
+            dots_left -= 1;
             parent = child;
             let node = &self.nodes[child as usize];
             visit(&node.any_labels);
-            if !before.contains('.') {
+            // `*.<suffix>` needs exactly one label left before the suffix.
+            if dots_left == 0 {
                 visit(&node.one_label);
             }
-            rest = before;
+            rest = &rest[..dot];
         }
     }
 

@@ -206,7 +206,11 @@ pub(super) fn parse_method(raw: &str) -> Result<String, InvalidPattern> {
 
 /// Strips the query string and fragment from a request path.
 pub(super) fn path_without_query(path: &str) -> &str {
-    let end = path.find(['?', '#']).unwrap_or(path.len());
+    // A byte scan: cheaper than a two-char `str::find` on every HTTP check.
+    let end = path
+        .bytes()
+        .position(|b| matches!(b, b'?' | b'#'))
+        .unwrap_or(path.len());
     &path[..end]
 }
 

@@ -114,7 +114,10 @@ impl Builder {
         let mut node = 0;
         for label in suffix.rsplit('.').filter(|l| !l.is_empty()) {
             let next = u32::try_from(self.suffixes.len()).expect("fewer than 2^32 suffix labels");
-            node = *self.children.entry(child_key(node, label)).or_insert(next);
+            node = *self
+                .children
+                .entry(child_key(node, label.as_bytes()))
+                .or_insert(next);
             if node == next {
                 self.suffixes.push(Default::default());
             }

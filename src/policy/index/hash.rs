@@ -18,11 +18,11 @@ pub(super) fn key(s: &str) -> u64 {
 }
 
 /// The map key of the tree edge from node `parent` by `label`.
-pub(super) fn child_key(parent: u32, label: &str) -> u64 {
+pub(super) fn child_key(parent: u32, label: &[u8]) -> u64 {
     let mut hasher = FxHasher::default();
     hasher.add(u64::from(parent));
     hasher.write_usize(label.len());
-    hasher.write(label.as_bytes());
+    hasher.write(label);
     hasher.finish()
 }
 
