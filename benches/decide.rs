@@ -9,8 +9,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use egress_authz::policy::{EgressRequest, HttpRequest, Policy, SourceFile, compile};
-use rules::{SampleRequest, generate_rules, sample_requests};
+use egress_authz::policy::{Policy, SourceFile, compile};
+use rules::{generate_rules, sample_requests};
 
 const SIZES: [usize; 4] = [10, 1_000, 10_000, 100_000];
 /// The linear evaluator is timed up to this size; beyond, it is just proportionally slower.
@@ -24,20 +24,6 @@ fn mk_policy(n: usize) -> Policy {
     compile(&files).unwrap_or_else(|e| panic!("generated rules compile: {e:?}"))
 }
 
-fn egress(req: &SampleRequest) -> EgressRequest<'_> {
-    EgressRequest {
-        http: req.http.as_ref().map(|(method, path)| HttpRequest {
-            authority: &req.host,
-            method,
-            path,
-        }),
-        principal: &req.principal,
-        destination_service: if req.http.is_none() { &req.host } else { "" },
-        sni: "",
-        port: Some(req.port),
-    }
-}
-
 fn decide(c: &mut Criterion) {
     for n in SIZES {
         let policy = mk_policy(n);
@@ -48,7 +34,7 @@ fn decide(c: &mut Criterion) {
             .warm_up_time(Duration::from_millis(300))
             .measurement_time(Duration::from_secs(1));
         for req in &requests {
-            let request = egress(req);
+            let request = req.egress();
             let expected = policy.decide_linear(&request);
             assert_eq!(policy.decide(&request), expected, "{}", req.kind);
             assert_eq!(

@@ -4,6 +4,7 @@
 //! metrics are adapters around it (CI greps for such paths). The semantics are documented in the README,
 //! "Decision semantics", and tested next to the code and in `policy/tests.rs`.
 
+mod bytes;
 mod compile;
 mod decision;
 mod host;

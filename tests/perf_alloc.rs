@@ -27,19 +27,7 @@ fn decide_does_not_allocate() {
     .unwrap();
     let mut requests: Vec<EgressRequest<'_>> = Vec::new();
     let samples = rules::sample_requests(2_000);
-    for s in &samples {
-        requests.push(EgressRequest {
-            http: s.http.as_ref().map(|(method, path)| HttpRequest {
-                authority: &s.host,
-                method,
-                path,
-            }),
-            principal: &s.principal,
-            destination_service: if s.http.is_none() { &s.host } else { "" },
-            sni: "",
-            port: Some(s.port),
-        });
-    }
+    requests.extend(samples.iter().map(rules::SampleRequest::egress));
     // The uncommon paths too: IP literals (formatted into an inline buffer), refused requests.
     let odd = [
         EgressRequest {

@@ -11,6 +11,8 @@
 
 use std::fmt::Write as _;
 
+use egress_authz::policy::{EgressRequest, HttpRequest};
+
 /// The YAML rule file with `n` generated rules after the 2 fixed ones (`n >= 10` for every request kind to
 /// have a target).
 pub fn generate_rules(n: usize) -> String {
@@ -84,6 +86,23 @@ fn last(n: usize, rem: usize) -> usize {
 
 fn principal(ns: &str, sa: &str) -> String {
     format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")
+}
+
+impl SampleRequest {
+    /// The request as `Policy::decide` takes it: HTTP with `:authority`, or TCP with the host as SNI.
+    pub fn egress(&self) -> EgressRequest<'_> {
+        EgressRequest {
+            http: self.http.as_ref().map(|(method, path)| HttpRequest {
+                authority: &self.host,
+                method,
+                path,
+            }),
+            principal: &self.principal,
+            destination_service: if self.http.is_none() { &self.host } else { "" },
+            sni: "",
+            port: Some(self.port),
+        }
+    }
 }
 
 /// Requests aimed at rules near the end of a generated set of `n` rules, plus one that matches nothing.

@@ -7,6 +7,8 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use super::bytes;
+
 /// Longest DNS name in presentation form (RFC 1035), and long enough for any IP literal.
 pub(super) const MAX_HOST_LEN: usize = 253;
 const MAX_LABEL_LEN: usize = 63;
@@ -124,31 +126,28 @@ fn scan_dns_name(name: &[u8]) -> DnsName {
     if name.is_empty() || name.len() > MAX_HOST_LEN {
         return DnsName::Invalid;
     }
-    let mut upper_case = false;
+    // Classes seen in the whole name, and in the current label.
+    let mut seen = 0;
+    let mut label_seen = 0;
     let mut label_start = 0;
-    let mut label_all_digits = true;
     for (i, &b) in name.iter().enumerate() {
-        match b {
-            b'.' => {
-                if !is_valid_label(&name[label_start..i]) {
-                    return DnsName::Invalid;
-                }
-                label_start = i + 1;
-                label_all_digits = true;
-            }
-            b'0'..=b'9' => {}
-            b'a'..=b'z' | b'-' | b'_' => label_all_digits = false,
-            b'A'..=b'Z' => {
-                upper_case = true;
-                label_all_digits = false;
-            }
-            _ => return DnsName::Invalid,
+        let class = bytes::class(b);
+        if class & bytes::LABEL != 0 {
+            label_seen |= class;
+            continue;
         }
+        if class != bytes::DOT || !is_valid_label(&name[label_start..i]) {
+            return DnsName::Invalid;
+        }
+        seen |= label_seen;
+        label_seen = 0;
+        label_start = i + 1;
     }
+    seen |= label_seen;
     // The last label all digits would be a mangled IPv4 address.
-    if !is_valid_label(&name[label_start..]) || label_all_digits {
+    if !is_valid_label(&name[label_start..]) || label_seen & !bytes::DIGIT == 0 {
         DnsName::Invalid
-    } else if upper_case {
+    } else if seen & bytes::UPPER != 0 {
         DnsName::MixedCase
     } else {
         DnsName::LowerCase

@@ -29,6 +29,8 @@ pub enum Caller<'a> {
     Spiffe(Identity<'a>),
 }
 
+use super::bytes;
+
 const SCHEME: &str = "spiffe://";
 
 impl<'a> Caller<'a> {
@@ -50,14 +52,14 @@ impl<'a> Caller<'a> {
 /// allowed in it, and that byte must be the `/` before the next segment.
 pub fn parse_spiffe_id(id: &str) -> Option<Identity<'_>> {
     let principal = id.strip_prefix(SCHEME)?;
-    let (trust_domain, rest) = split_segment(principal, is_trust_domain_byte)?;
-    let (namespace, rest) = split_segment(rest.strip_prefix("ns/")?, is_path_byte)?;
+    let (trust_domain, rest) = split_segment(principal, TRUST_DOMAIN)?;
+    let (namespace, rest) = split_segment(rest.strip_prefix("ns/")?, PATH_SEGMENT)?;
     let service_account = rest.strip_prefix("sa/")?;
     let valid = trust_domain.len() <= MAX_TRUST_DOMAIN_LEN
         && !trust_domain.is_empty()
         && is_path_segment(namespace)
         && is_path_segment(service_account)
-        && service_account.bytes().all(is_path_byte);
+        && bytes::all_in(service_account.as_bytes(), PATH_SEGMENT);
     valid.then_some(Identity {
         trust_domain,
         namespace,
@@ -69,24 +71,20 @@ pub fn parse_spiffe_id(id: &str) -> Option<Identity<'_>> {
 /// SPIFFE caps trust domains at 255 bytes.
 const MAX_TRUST_DOMAIN_LEN: usize = 255;
 
-/// Splits `s` at its first `/` when every byte before it satisfies `allowed`.
-fn split_segment(s: &str, allowed: impl Fn(u8) -> bool) -> Option<(&str, &str)> {
-    let end = s.bytes().position(|b| !allowed(b))?;
+/// Bytes of a SPIFFE trust domain: lower-case letters, digits, `.`, `-`, `_` (no port, no user info).
+const TRUST_DOMAIN: u8 = bytes::LOWER | bytes::DIGIT | bytes::DOT | bytes::DASH;
+/// Bytes of a SPIFFE path segment: `[A-Za-z0-9._-]` (so no percent-encoding).
+const PATH_SEGMENT: u8 = TRUST_DOMAIN | bytes::UPPER;
+
+/// Splits `s` at its first `/` when every byte before it has a class in `allowed`.
+fn split_segment(s: &str, allowed: u8) -> Option<(&str, &str)> {
+    let end = s.bytes().position(|b| bytes::class(b) & allowed == 0)?;
     (s.as_bytes()[end] == b'/').then(|| (&s[..end], &s[end + 1..]))
 }
 
 /// SPIFFE trust domain: lower-case letters, digits, `.`, `-`, `_`; no port, no user info.
 pub(super) fn is_valid_trust_domain(td: &str) -> bool {
-    !td.is_empty() && td.len() <= MAX_TRUST_DOMAIN_LEN && td.bytes().all(is_trust_domain_byte)
-}
-
-fn is_trust_domain_byte(b: u8) -> bool {
-    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
-}
-
-/// A byte of a SPIFFE path segment: `[A-Za-z0-9._-]` (so no percent-encoding).
-fn is_path_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')
+    !td.is_empty() && td.len() <= MAX_TRUST_DOMAIN_LEN && bytes::all_in(td.as_bytes(), TRUST_DOMAIN)
 }
 
 /// A SPIFFE path segment whose bytes were checked: non-empty, not `.` or `..`.
