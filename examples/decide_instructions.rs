@@ -6,6 +6,7 @@
 //!
 //! `cargo run --release --example decide_instructions -- RULES ITERATIONS` prints the request kinds in the
 //! order they are measured.
+#![allow(clippy::print_stdout)]
 
 #[path = "../benches/support/rules.rs"]
 mod rules;
