@@ -6,6 +6,9 @@
 #   seeds  egress-authz with the seeds' rules (deploy/rules/egress.yaml) + the bench rule below
 #   10k    egress-authz with 10,000 generated rules (benches/support/rules.rs) + the bench rule below
 #   empty  examples/empty_check_server.rs: answers OK at once (the ceiling)
+#   shaped the same server answering with egress-authz's precomputed responses for the two hosts (metadata,
+#          403 with header and body): the ceiling for egress-authz's response shape, which issue 2 requires;
+#          egress-authz vs shaped is egress-authz's own work, shaped vs empty is Envoy handling that response
 # Load: h2load (nghttp2-client), two invocations at once per measurement, one with :authority
 # developers.google.com (expected 200 everywhere) and one with developer.yahoo.com (expected 403 from
 # egress-authz, 200 from the empty server). Plaintext means no peer certificate, so the CheckRequests carry no
@@ -140,23 +143,25 @@ SERVE=(serve --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --log-format json 
 start seeds "$BIN/egress-authz" "${SERVE[@]}" --rules "$WORK/seeds"
 start 10k "$BIN/egress-authz" "${SERVE[@]}" --rules "$WORK/10k"
 start empty "$BIN/examples/empty_check_server" --grpc-addr 127.0.0.1:0 --worker-threads "$SERVER_THREADS"
+start shaped "$BIN/examples/empty_check_server" --grpc-addr 127.0.0.1:0 --worker-threads "$SERVER_THREADS" \
+  --shaped-rules "$WORK/seeds" --host "$ALLOW_HOST" --host "$DENY_HOST"
 
 echo "# $(date -u +%FT%TZ) $(nproc) CPUs, $("$ENVOY" --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*/[A-Za-z]*/[A-Z]*' | head -1), $(h2load --version | head -1)," \
   "duration ${DURATION}s x ${ROUNDS} rounds, 2 h2load x ${CLIENTS} connections x ${STREAMS} streams, server threads ${SERVER_THREADS}," \
   "pinned: $([[ ${#server_cpu[@]} -gt 0 ]] && echo "Envoy + Check server CPU 0, h2load CPU 1" || echo no)" >&2
 
 # Warm-up (not measured): connections, Envoy's gRPC client, the servers' caches.
-for target in seeds 10k empty; do
+TARGETS=(seeds 10k empty shaped)
+for target in "${TARGETS[@]}"; do
   v="LISTEN_$target"; h2 "$WORK/warm" "${!v}" "$ALLOW_HOST" 1 || true
 done
 
 RESULTS="$WORK/results.jsonl"
 failed=0
-ORDER=(seeds 10k empty)
 for round in $(seq 1 "$ROUNDS"); do
   # The order rotates each round, so no target always follows the same one.
-  for i in 0 1 2; do
-    target=${ORDER[$(( (i + round - 1) % 3 ))]}
+  for i in "${!TARGETS[@]}"; do
+    target=${TARGETS[$(( (i + round - 1) % ${#TARGETS[@]} ))]}
     lv="LISTEN_$target" av="ADMIN_$target"
     listen=${!lv} admin=${!av:-}
     sv="SPID_$target" ev="EPID_$target"
@@ -172,7 +177,7 @@ for round in $(seq 1 "$ROUNDS"); do
     if [[ -n $admin ]]; then
       metrics=$(jq -nc --argjson a "$(( $(checks allow "$admin") - a0 ))" --argjson d "$(( $(checks deny "$admin") - d0 ))" '{allow: $a, deny: $d}')
     fi
-    # Expected: allow host all 2xx; deny host all 403 from egress-authz, all 2xx from the empty server.
+    # Expected: allow host all 2xx; deny host all 403 from egress-authz (and shaped), all 2xx from empty.
     line=$(jq -nc --arg t "$target" --argjson r "$round" --argjson a "$A" --argjson d "$D" --argjson m "$metrics" \
       --argjson sc "$(( (s1 - s0) * TICK_US ))" --argjson ec "$(( (e1 - e0) * TICK_US ))" '
       ($a.done + $d.done) as $n
@@ -197,16 +202,20 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 echo "## Through Envoy: medians over $ROUNDS rounds; ratio = value / empty server's (req/s: higher is better; time: lower)"
+echo "## rps/ceil_rounds: median of the same-round ratios (robust to drift between rounds); rps/shaped: vs the shaped ceiling"
 jq -rs '
   def med: sort | if length % 2 == 1 then .[length/2|floor] else (.[length/2-1] + .[length/2]) / 2 end;
   def stat(t; k): [ .[] | select(.target == t) | .[k] ] | med;
   def r2: . * 100 | round / 100;
   . as $all
-  | ["target","req/s","min_ms","max_ms","mean_ms","sd_ms","rps/ceil","mean/ceil","server_cpu_us/req","envoy_cpu_us/req","requests","answers_ok","metrics_match"],
-    ( ["seeds","10k","empty"][] as $t
+  | def round_ratio(t; base): [ $all[] | select(.target == t) | . as $x
+        | ($all[] | select(.target == base and .round == $x.round) | .rps) as $b | $x.rps / $b ] | med;
+  ["target","req/s","min_ms","max_ms","mean_ms","sd_ms","rps/ceil","rps/ceil_rounds","rps/shaped_rounds","mean/ceil","server_cpu_us/req","envoy_cpu_us/req","requests","answers_ok","metrics_match"],
+    ( ["seeds","10k","empty","shaped"][] as $t
       | [ $t, (stat($t;"rps")|round), (stat($t;"min_us")/1000|r2), (stat($t;"max_us")/1000|r2),
           (stat($t;"mean_us")/1000|r2), (stat($t;"sd_us")/1000|r2),
           (stat($t;"rps") / ($all|stat("empty";"rps")) | r2),
+          (round_ratio($t; "empty") | r2), (round_ratio($t; "shaped") | r2),
           (stat($t;"mean_us") / ($all|stat("empty";"mean_us")) | r2),
           (stat($t;"server_cpu_us_per_req") * 10 | round / 10), (stat($t;"envoy_cpu_us_per_req") * 10 | round / 10),
           ([ $all[] | select(.target == $t) | .requests ] | add),
