@@ -61,6 +61,9 @@ const LARGE_BUCKET: usize = 16;
 /// suffixes) has the rest scanned afterwards, bounded by the best match so far. Still exact.
 const MERGE_WIDTH: usize = 8;
 
+/// Up to this many candidates in all, lists are scanned one by one rather than merged.
+const SHORT_MERGE: usize = 16;
+
 /// Buckets a request's host reaches that are kept for all passes (exact, any-host, three suffix levels).
 const MAX_BUCKETS: usize = 8;
 
@@ -248,28 +251,28 @@ impl RuleIndex {
             visit(postings);
         }
         visit(&self.any_host);
-        // Walk the host's labels from the right. Patterns always name at least one label, and need at
-        // least one more in the host, so the host's leftmost label is never looked up.
+        // Walk the host's labels from the right, in one pass. Patterns always name at least one label,
+        // and need at least one more in the host, so the host's leftmost label is never looked up.
+        let bytes = host.as_bytes();
         let mut parent = 0;
-        let mut rest = host.as_bytes();
-        let mut dots_left = rest.iter().filter(|&&b| b == b'.').count();
-        while dots_left > 0 {
-            let Some(dot) = rest.iter().rposition(|&b| b == b'.') else {
+        let mut label_end = bytes.len();
+        // The node of the suffix just looked up: its `*.` rules match only if no dot is left.
+        let mut last = None;
+        for dot in (0..bytes.len()).rev().filter(|&i| bytes[i] == b'.') {
+            let Some(&child) = self
+                .children
+                .get(&child_key(parent, &bytes[dot + 1..label_end]))
+            else {
                 return;
             };
-            let label = &rest[dot + 1..];
-            let Some(&child) = self.children.get(&child_key(parent, label)) else {
-                return;
-            };
-            dots_left -= 1;
             parent = child;
             let node = &self.nodes[child as usize];
             visit(&node.any_labels);
-            // `*.<suffix>` needs exactly one label left before the suffix.
-            if dots_left == 0 {
-                visit(&node.one_label);
-            }
-            rest = &rest[..dot];
+            last = Some(node);
+            label_end = dot;
+        }
+        if let Some(node) = last {
+            visit(&node.one_label);
         }
     }
 
@@ -344,6 +347,18 @@ impl<'i> Sources<'i> {
             return only.iter().copied().find(|&i| matches(i));
         }
         let lists = &mut self.lists[..self.len];
+        if lists.iter().map(|list| list.len()).sum::<usize>() <= SHORT_MERGE {
+            // Few candidates: scanning each list up to the best match so far costs less than merging.
+            // A rule in two lists may be checked twice; the answer is the same.
+            return lists.iter().fold(None, |best, list| {
+                let bound = best.unwrap_or(u32::MAX);
+                let found = list
+                    .iter()
+                    .take_while(|&&i| i < bound)
+                    .find(|&&i| matches(i));
+                found.copied().or(best)
+            });
+        }
         let mut last = None;
         loop {
             let (slot, head) = lists

@@ -87,7 +87,14 @@ impl Hasher for FxHasher {
     }
 
     fn finish(&self) -> u64 {
-        // The multiply leaves the low bits weak; hashbrown picks buckets from them.
-        self.hash.rotate_left(26)
+        // The multiply leaves the low bits weak, and hashbrown takes the bucket from the low bits and
+        // its 7-bit tag from the top ones: a final xor-shift-multiply (MurmurHash3's fmix64) mixes every
+        // input bit into both, so similar keys (`svc-1.partner-1.com`, `svc-2…`) do not share probe runs.
+        let mut h = self.hash;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
 }
