@@ -7,7 +7,7 @@
 
 use super::host::{NormalizedHost, authority_host, is_istio_cluster_sni, normalize_host};
 use super::identity::{Caller, Identity};
-use super::index::{RuleIndex, kind, kind_of};
+use super::index::{RuleIndex, Wanted, kind, kind_of};
 use super::matcher::path_without_query;
 use super::rule::{HttpInput, MatchInput, Rule};
 use super::spec::Action;
@@ -86,8 +86,8 @@ impl Policy {
     pub fn decide<'p>(&'p self, request: &EgressRequest<'_>) -> Decision<'p> {
         self.decide_with(request, |input| {
             let candidates = self.index.candidates(input.host);
-            move |mask, input: &MatchInput<'_>| {
-                self.index.first(&candidates, &self.rules, mask, input)
+            move |wanted, input: &MatchInput<'_>| {
+                self.index.first(&candidates, &self.rules, wanted, input)
             }
         })
     }
@@ -97,24 +97,28 @@ impl Policy {
     #[doc(hidden)]
     pub fn decide_linear<'p>(&'p self, request: &EgressRequest<'_>) -> Decision<'p> {
         self.decide_with(request, |_| {
-            |mask, input: &MatchInput<'_>| {
-                self.rules
-                    .iter()
-                    .find(|r| kind_of(r) & mask != 0 && r.check(input).is_ok())
+            |wanted: Wanted, input: &MatchInput<'_>| {
+                let first = |mask: u8| {
+                    self.rules
+                        .iter()
+                        .find(|r| kind_of(r) & mask != 0 && r.check(input).is_ok())
+                };
+                first(wanted.primary).or_else(|| first(wanted.fallback))
             }
         })
     }
 
     /// The decision procedure, given `finder(input)`, which prepares for a request (the index looks up
-    /// its host's buckets once) and returns `first(kinds, input)`: the first rule in rule order of one
-    /// of `kinds` (a mask of `index::kind` bits) that matches `input`.
+    /// its host's buckets once) and returns `first(wanted, input)`: the first rule in rule order of a
+    /// kind in `wanted.primary` (a mask of `index::kind` bits) that matches `input`, or failing that the
+    /// first of a kind in `wanted.fallback`.
     fn decide_with<'p, F>(
         &'p self,
         request: &EgressRequest<'_>,
         finder: impl FnOnce(&MatchInput<'_>) -> F,
     ) -> Decision<'p>
     where
-        F: Fn(u8, &MatchInput<'_>) -> Option<&'p Rule>,
+        F: Fn(Wanted, &MatchInput<'_>) -> Option<&'p Rule>,
     {
         let caller = Caller::parse(request.principal);
         let mut scratch = None;
@@ -125,22 +129,25 @@ impl Policy {
         let input = self.match_input(request, caller, host);
         let first = finder(&input);
 
-        let mut decision = if let Some(rule) = first(kind::DENY, &input) {
-            Decision {
-                verdict: Verdict::Deny,
-                reason: Reason::DeniedByRule,
-                rule: Some(rule),
-                dry_run: None,
+        // Any matching DENY decides; else the first matching ALLOW.
+        let enforced = Wanted {
+            primary: kind::DENY,
+            fallback: kind::ALLOW,
+        };
+        let mut decision = match first(enforced, &input) {
+            Some(rule) => {
+                let (verdict, reason) = match rule.action {
+                    Action::Deny => (Verdict::Deny, Reason::DeniedByRule),
+                    Action::Allow => (Verdict::Allow, Reason::AllowedByRule),
+                };
+                Decision {
+                    verdict,
+                    reason,
+                    rule: Some(rule),
+                    dry_run: None,
+                }
             }
-        } else if let Some(rule) = first(kind::ALLOW, &input) {
-            Decision {
-                verdict: Verdict::Allow,
-                reason: Reason::AllowedByRule,
-                rule: Some(rule),
-                dry_run: None,
-            }
-        } else {
-            self.default_decision(input.identity.is_some())
+            None => self.default_decision(input.identity.is_some()),
         };
         if self.has_dry_run {
             decision.dry_run = self.dry_run(&input, first);
@@ -214,11 +221,14 @@ impl Policy {
     fn dry_run<'p>(
         &'p self,
         input: &MatchInput<'_>,
-        first: impl Fn(u8, &MatchInput<'_>) -> Option<&'p Rule>,
+        first: impl Fn(Wanted, &MatchInput<'_>) -> Option<&'p Rule>,
     ) -> Option<DryRunVerdict<'p>> {
-        let first_dry_run = first(kind::DRY_DENY | kind::DRY_ALLOW, input)?;
-        let decider = first(kind::DENY | kind::DRY_DENY, input)
-            .or_else(|| first(kind::ALLOW | kind::DRY_ALLOW, input));
+        let first_dry_run = first(Wanted::first_of(kind::DRY_DENY | kind::DRY_ALLOW), input)?;
+        let with_dry_run_enforced = Wanted {
+            primary: kind::DENY | kind::DRY_DENY,
+            fallback: kind::ALLOW | kind::DRY_ALLOW,
+        };
+        let decider = first(with_dry_run_enforced, input);
         Some(match decider {
             Some(rule) if rule.dry_run => DryRunVerdict {
                 rule,

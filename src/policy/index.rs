@@ -177,16 +177,19 @@ impl RuleIndex {
         candidates
     }
 
-    /// The first rule, in rule order, of a kind in `mask` that matches `input`, among `candidates`
-    /// (from [`RuleIndex::candidates`] for `input.host`).
+    /// The first rule, in rule order, of a kind in `wanted.primary` that matches `input`, or if none
+    /// does, the first of a kind in `wanted.fallback`; among `candidates` (from
+    /// [`RuleIndex::candidates`] for `input.host`). One pass serves both, so "first DENY, else first
+    /// ALLOW" gathers and walks the candidates once.
     pub(super) fn first<'p>(
         &self,
         candidates: &Candidates<'_>,
         rules: &'p [Rule],
-        mask: u8,
+        wanted: Wanted,
         input: &MatchInput<'_>,
     ) -> Option<&'p Rule> {
         let namespace = input.identity.map(|id| id.namespace);
+        let mask = wanted.primary | wanted.fallback;
         let mut sources = Sources {
             lists: [&[]; MERGE_WIDTH],
             len: 0,
@@ -195,28 +198,24 @@ impl RuleIndex {
         self.lists(candidates, input.host, namespace, mask, &mut |list| {
             sources.push(list)
         });
-        let matches = |i: u32| {
-            let i = i as usize;
-            self.kinds[i] & mask != 0 && rules[i].check(input).is_ok()
+        let mut found = Found {
+            wanted,
+            kinds: &self.kinds,
+            matches: |i: u32| rules[i as usize].check(input).is_ok(),
+            primary: None,
+            fallback: None,
         };
-        let mut best = sources.merge(matches);
+        sources.search(&mut found);
         if sources.overflow > 0 {
             let mut seen = 0;
             self.lists(candidates, input.host, namespace, mask, &mut |list| {
                 seen += 1;
                 if seen > MERGE_WIDTH {
-                    let bound = best.unwrap_or(u32::MAX);
-                    if let Some(&i) = list
-                        .iter()
-                        .take_while(|&&i| i < bound)
-                        .find(|&&i| matches(i))
-                    {
-                        best = Some(i);
-                    }
+                    found.scan(list);
                 }
             });
         }
-        best.map(|i| &rules[i as usize])
+        found.primary.or(found.fallback).map(|i| &rules[i as usize])
     }
 
     /// Calls `f` with every non-empty candidate list: the candidate buckets (all of the host's, walked
@@ -341,38 +340,97 @@ impl<'i> Sources<'i> {
         }
     }
 
-    /// Visits the union of the lists in ascending order (each index once) until `matches` accepts one.
-    fn merge(&mut self, matches: impl Fn(u32) -> bool) -> Option<u32> {
-        if let [only] = &self.lists[..self.len] {
-            return only.iter().copied().find(|&i| matches(i));
-        }
+    /// Feeds every candidate to `found`, in ascending order with each index once, until it has its
+    /// answer.
+    fn search<F: Fn(u32) -> bool>(&mut self, found: &mut Found<'_, F>) {
         let lists = &mut self.lists[..self.len];
+        if let [only] = lists {
+            found.scan(only);
+            return;
+        }
         if lists.iter().map(|list| list.len()).sum::<usize>() <= SHORT_MERGE {
             // Few candidates: scanning each list up to the best match so far costs less than merging.
             // A rule in two lists may be checked twice; the answer is the same.
-            return lists.iter().fold(None, |best, list| {
-                let bound = best.unwrap_or(u32::MAX);
-                let found = list
-                    .iter()
-                    .take_while(|&&i| i < bound)
-                    .find(|&&i| matches(i));
-                found.copied().or(best)
-            });
+            for list in lists.iter() {
+                found.scan(list);
+            }
+            return;
         }
         let mut last = None;
         loop {
-            let (slot, head) = lists
+            let Some((slot, head)) = lists
                 .iter()
                 .enumerate()
                 .filter_map(|(slot, list)| list.first().map(|&head| (slot, head)))
-                .min_by_key(|&(_, head)| head)?;
+                .min_by_key(|&(_, head)| head)
+            else {
+                return;
+            };
             lists[slot] = &lists[slot][1..];
             // The same rule reached through two of its host patterns is checked once.
             if last != Some(head) {
                 last = Some(head);
-                if matches(head) {
-                    return Some(head);
+                if !found.consider(head) {
+                    return;
                 }
+            }
+        }
+    }
+}
+
+/// The kinds a search wants: the first match of `primary` kinds, else the first of `fallback` kinds.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Wanted {
+    pub(super) primary: u8,
+    pub(super) fallback: u8,
+}
+
+impl Wanted {
+    /// Just the first match of the kinds in `mask`.
+    pub(super) fn first_of(mask: u8) -> Self {
+        Self {
+            primary: mask,
+            fallback: 0,
+        }
+    }
+}
+
+/// The state of a search: the lowest matching rule index of each wanted class seen so far.
+struct Found<'k, F> {
+    wanted: Wanted,
+    kinds: &'k [u8],
+    matches: F,
+    primary: Option<u32>,
+    fallback: Option<u32>,
+}
+
+impl<F: Fn(u32) -> bool> Found<'_, F> {
+    /// Considers candidate `i`. `false` when no candidate from `i` on can change the answer (a primary
+    /// match at or before `i` is known), so a walk in ascending order can stop.
+    fn consider(&mut self, i: u32) -> bool {
+        if self.primary.is_some_and(|p| i >= p) {
+            return false;
+        }
+        let kind = self.kinds[i as usize];
+        if kind & self.wanted.primary != 0 {
+            if (self.matches)(i) {
+                self.primary = Some(i);
+                return false;
+            }
+        } else if kind & self.wanted.fallback != 0
+            && self.fallback.is_none_or(|f| i < f)
+            && (self.matches)(i)
+        {
+            self.fallback = Some(i);
+        }
+        true
+    }
+
+    /// Considers one sorted list, stopping where it can no longer change the answer.
+    fn scan(&mut self, list: &[u32]) {
+        for &i in list {
+            if !self.consider(i) {
+                return;
             }
         }
     }
