@@ -29,7 +29,8 @@ pub use decision::{
     Protocol, Reason, RuleTrace, Settings, Verdict,
 };
 pub use host::{
-    NormalizedHost, authority_host, is_istio_cluster_sni, is_valid_dns_name, normalize_host,
+    NormalizedHost, authority_host, is_istio_cluster_sni, is_valid_dns_name, normalize_authority,
+    normalize_host,
 };
 pub use identity::{Caller, Identity, parse_spiffe_id};
 pub use lint::{CompileWarning, lint};

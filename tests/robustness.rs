@@ -6,8 +6,8 @@
 
 use egress_authz::grpc::convert::{egress_request, to_check_response};
 use egress_authz::policy::{
-    EgressRequest, HttpRequest, NormalizedHost, SourceFile, Verdict, compile, is_valid_dns_name,
-    normalize_host, parse_spiffe_id,
+    EgressRequest, HttpRequest, NormalizedHost, SourceFile, Verdict, authority_host, compile,
+    is_valid_dns_name, normalize_authority, normalize_host, parse_spiffe_id,
 };
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use proptest::prelude::*;
@@ -201,6 +201,26 @@ proptest! {
         );
         let name = raw.strip_suffix('.').unwrap_or(&raw);
         prop_assert_eq!(is_valid_dns_name(name), reference_dns_name(name), "{:?}", name);
+    }
+
+    #[test]
+    fn authority_shortcut_agrees_with_the_general_path(
+        host in host_like(),
+        port in prop_oneof![Just(String::new()), "[0-9]{0,6}", "[a-z0-9:@]{0,4}"],
+        with_port in any::<bool>(),
+    ) {
+        let authority = if with_port { format!("{host}:{port}") } else { host };
+        let mut general_scratch = None;
+        let general = authority_host(&authority)
+            .and_then(|h| normalize_host(h, &mut general_scratch))
+            .map(str::to_owned);
+        let mut scratch = None;
+        prop_assert_eq!(
+            normalize_authority(&authority, &mut scratch).map(str::to_owned),
+            general,
+            "{:?}",
+            authority
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! Dry-run rules are evaluated as if they were enforced too, and what that would have decided is reported
 //! beside the real outcome, never instead of it.
 
-use super::host::{NormalizedHost, authority_host, is_istio_cluster_sni, normalize_host};
+use super::host::{NormalizedHost, is_istio_cluster_sni, normalize_authority, normalize_host};
 use super::identity::{Caller, Identity};
 use super::index::{RuleIndex, Wanted, kind, kind_of};
 use super::matcher::path_without_query;
@@ -296,9 +296,7 @@ impl Policy {
         if http.authority.is_empty() {
             return Err(Reason::NoDestinationHost);
         }
-        let host = authority_host(http.authority)
-            .and_then(|host| normalize_host(host, scratch))
-            .ok_or(Reason::InvalidHost)?;
+        let host = normalize_authority(http.authority, scratch).ok_or(Reason::InvalidHost)?;
         if self.settings.require_sni_matches_host && real_sni(request.sni) {
             let mut sni_scratch = None;
             if normalize_host(request.sni, &mut sni_scratch) != Some(host) {

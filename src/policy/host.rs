@@ -111,6 +111,36 @@ pub fn normalize_host<'a>(
     }
 }
 
+/// The normalised host of an HTTP `:authority`, port dropped: exactly what [`authority_host`] then
+/// [`normalize_host`] give, with a shortcut for the common case (a DNS name, maybe a port) that skips
+/// `authority_host`'s own pass over the bytes. Anything else takes the general path.
+pub fn normalize_authority<'a>(
+    authority: &'a str,
+    scratch: &'a mut Option<NormalizedHost>,
+) -> Option<&'a str> {
+    let (host, port) = match authority.bytes().position(|b| b == b':') {
+        Some(colon) => (&authority[..colon], &authority[colon + 1..]),
+        None => (authority, "0"),
+    };
+    // A valid DNS name has no `@`, `[` or `:`, so with a numeric port `authority_host` would return
+    // `host` itself, and `normalize_host` would scan it just as here (a trailing dot is not valid for
+    // `scan_dns_name` and goes the general way).
+    if is_port(port) {
+        match scan_dns_name(host.as_bytes()) {
+            DnsName::LowerCase => return Some(host),
+            DnsName::MixedCase => {
+                return Some(
+                    scratch
+                        .insert(NormalizedHost::from_ascii(host.as_bytes())?)
+                        .as_str(),
+                );
+            }
+            DnsName::Invalid => {}
+        }
+    }
+    authority_host(authority).and_then(|host| normalize_host(host, scratch))
+}
+
 /// What [`scan_dns_name`] found.
 #[derive(Debug, PartialEq, Eq)]
 enum DnsName {
