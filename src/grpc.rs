@@ -41,7 +41,7 @@ impl AuthzService {
         let decision = policy.decide(&request);
         let response = convert::to_check_response(&decision, request.protocol());
         let elapsed = started.elapsed();
-        metrics::record_check(&decision, request.protocol(), elapsed);
+        metrics::record_check(&policy, &decision, request.protocol(), elapsed);
         self.log
             .record(&decision, &request, convert::request_id(check), elapsed);
         response

@@ -3,6 +3,8 @@
 //! rule names): never the host, principal or path of a request.
 #![allow(clippy::disallowed_macros)]
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +16,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandle};
 
-use crate::policy::{Decision, Protocol, Reason, Verdict};
+use crate::policy::{Decision, Policy, Protocol, Reason, Rule, Verdict};
 
 /// Checks answered, by decision, reason code and protocol.
 pub const CHECKS_TOTAL: &str = "egress_authz_checks_total";
@@ -142,8 +144,13 @@ pub fn describe() {
     }
 }
 
-/// Records one answered check.
-pub fn record_check(decision: &Decision<'_>, protocol: Protocol, elapsed: Duration) {
+/// Records one answered check; `decision` is `policy`'s.
+pub fn record_check(
+    policy: &Policy,
+    decision: &Decision<'_>,
+    protocol: Protocol,
+    elapsed: Duration,
+) {
     let (verdict, reason) = (decision.verdict, decision.reason);
     if let Some(handles) = CHECK_HANDLES.get() {
         // Fieldless enums: the casts are their declaration indexes, within the arrays' bounds.
@@ -157,28 +164,64 @@ pub fn record_check(decision: &Decision<'_>, protocol: Protocol, elapsed: Durati
     }
     if RULE_METRICS.load(Ordering::Relaxed) {
         if let Some(rule) = decision.rule {
-            counter!(
-                RULE_MATCHES_TOTAL,
-                LABEL_RULE => rule.name.clone(),
-                LABEL_ACTION => rule.action.as_str(),
-                LABEL_DRY_RUN => "false"
-            )
-            .increment(1);
+            record_rule_match(policy, rule, false);
         }
         if let Some(dry_run) = decision.dry_run {
-            counter!(
-                RULE_MATCHES_TOTAL,
-                LABEL_RULE => dry_run.rule.name.clone(),
-                LABEL_ACTION => dry_run.rule.action.as_str(),
-                LABEL_DRY_RUN => "true"
-            )
-            .increment(1);
+            record_rule_match(policy, dry_run.rule, true);
         }
     }
     if let Some(dry_run) = decision.dry_run.filter(|_| decision.dry_run_disagrees()) {
         counter!(DRY_RUN_TOTAL, LABEL_RULE => dry_run.rule.name.clone(), LABEL_WOULD => dry_run.verdict.as_str())
             .increment(1);
     }
+}
+
+fn rule_match_counter(rule: &Rule, dry_run: bool) -> Counter {
+    counter!(
+        RULE_MATCHES_TOTAL,
+        LABEL_RULE => rule.name.clone(),
+        LABEL_ACTION => rule.action.as_str(),
+        LABEL_DRY_RUN => if dry_run { "true" } else { "false" }
+    )
+}
+
+/// This thread's `egress_authz_rule_matches_total` handles for one rule set, by rule position and dry-run
+/// flag. Resolving a labelled counter copies the rule name into a key and looks the key up in the
+/// recorder's registry; a handle is resolved once per rule, thread and rule set instead. Thread-local, so
+/// recording takes no lock; it holds at most two handles per rule that decided a check on this thread.
+#[derive(Default)]
+struct RuleMatchHandles {
+    /// The rule set the handles belong to. Equal digests mean equal rules in equal order, so a position
+    /// names the same rule; any other rule set starts afresh.
+    digest: String,
+    by_position: HashMap<(usize, bool), Counter>,
+}
+
+thread_local! {
+    static RULE_MATCH_HANDLES: RefCell<RuleMatchHandles> = RefCell::default();
+}
+
+fn record_rule_match(policy: &Policy, rule: &Rule, dry_run: bool) {
+    // Without the installed recorder (unit tests with a local one), handles must not outlive it.
+    let position = policy
+        .rule_position(rule)
+        .filter(|_| CHECK_HANDLES.get().is_some());
+    let Some(position) = position else {
+        rule_match_counter(rule, dry_run).increment(1);
+        return;
+    };
+    RULE_MATCH_HANDLES.with_borrow_mut(|handles| {
+        if handles.digest != policy.digest() {
+            handles.digest.clear();
+            handles.digest.push_str(policy.digest());
+            handles.by_position.clear();
+        }
+        handles
+            .by_position
+            .entry((position, dry_run))
+            .or_insert_with(|| rule_match_counter(rule, dry_run))
+            .increment(1);
+    });
 }
 
 /// Records the outcome of a reload that was not a no-op.

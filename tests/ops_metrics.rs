@@ -329,3 +329,50 @@ async fn rule_set_gauges_and_config_info_follow_reloads() {
     })
     .await;
 }
+
+/// Rule series are counted through handles cached per rule position; a reload that moves rules must not
+/// leave a position counting for the rule that used to be there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_series_follow_rules_that_a_reload_moved() {
+    bounded(async {
+        let rules = |first: (&str, &str), second: (&str, &str)| {
+            format!(
+                "defaultAction: DENY\nrules:\n- name: {}\n  to: {{hosts: [{}]}}\n- name: {}\n  to: {{hosts: [{}]}}\n",
+                first.0, first.1, second.0, second.1
+            )
+        };
+        let alpha = ("alpha", "a.example.com");
+        let beta = ("beta", "b.example.com");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.yaml");
+        std::fs::write(&path, rules(alpha, beta)).unwrap();
+        // One worker thread: every check goes through the same thread's cache of handles.
+        let server = ServerBuilder::new(&path)
+            .args(["--worker-threads", "1"])
+            .spawn()
+            .await;
+        let mut client = server.authz().await;
+        let caller = spiffe("default", "sleep");
+        let to_a = mk_http_check(&caller, "a.example.com", 443, "GET", "/");
+        let to_b = mk_http_check(&caller, "b.example.com", 443, "GET", "/");
+        assert!(is_allowed(&check(&mut client, to_a.clone()).await));
+
+        let before = server.rules_status().await["sha256"].clone();
+        write_by_rename(&path, &rules(beta, alpha));
+        poll_until(GIVE_UP, || async {
+            (server.rules_status().await["sha256"] != before).then_some(())
+        })
+        .await
+        .expect("the reordered rules are loaded");
+        for _ in 0..2 {
+            assert!(is_allowed(&check(&mut client, to_b.clone()).await));
+        }
+        assert!(is_allowed(&check(&mut client, to_a).await));
+
+        let metrics = server.metrics().await;
+        let matches = |rule| metrics.get(RULE_MATCHES, &[("rule", rule), ("dry_run", "false")]);
+        assert_eq!(matches("alpha"), Some(2.0), "alpha: once before, once after");
+        assert_eq!(matches("beta"), Some(2.0), "beta: twice, now at alpha's old position");
+    })
+    .await;
+}

@@ -72,6 +72,19 @@ impl Policy {
         &self.rules
     }
 
+    /// The position of `rule` in [`Policy::rules`], when it is one of this policy's rules (a decision's
+    /// rules are): found from its address, so it costs no search and rules need not store it.
+    pub fn rule_position(&self, rule: &Rule) -> Option<usize> {
+        let offset = std::ptr::from_ref(rule)
+            .addr()
+            .checked_sub(self.rules.as_ptr().addr())?;
+        let position = offset / std::mem::size_of::<Rule>();
+        self.rules
+            .get(position)
+            .filter(|candidate| std::ptr::eq(*candidate, rule))
+            .map(|_| position)
+    }
+
     /// The files the policy was compiled from.
     pub fn files(&self) -> &[String] {
         &self.files

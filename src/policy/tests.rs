@@ -915,3 +915,20 @@ rules:
         "ALLOW needs what it names"
     );
 }
+
+#[test]
+fn rule_position_finds_a_decisions_rule_and_nothing_else() {
+    let policy = mk_policy(
+        "defaultAction: DENY\nrules:\n- name: a\n  to: {hosts: [a.example.com]}\n- name: b\n  to: {hosts: [b.example.com]}\n",
+    );
+    for (host, position) in [("a.example.com", 0), ("b.example.com", 1)] {
+        let decision = policy.decide(&http("", host));
+        let rule = decision.rule.expect("a rule decides");
+        assert_eq!(policy.rule_position(rule), Some(position), "{host}");
+    }
+    // An equal rule that is not this policy's own has no position in it.
+    let copy = policy.rules()[1].clone();
+    assert_eq!(policy.rule_position(&copy), None);
+    let other = mk_policy("rules:\n- name: a\n  to: {hosts: [a.example.com]}\n");
+    assert_eq!(policy.rule_position(&other.rules()[0]), None);
+}
