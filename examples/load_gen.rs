@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use egress_authz::policy::{EgressRequest, HttpRequest as PolicyHttp, Verdict};
+use egress_authz::policy::Verdict;
 use egress_authz::reload::load_policy;
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
@@ -212,17 +212,9 @@ fn expectations(args: &Args, mix: &[SampleRequest]) -> anyhow::Result<Vec<i32>> 
     Ok(mix
         .iter()
         .map(|s| {
-            let request = EgressRequest {
-                http: s.http.as_ref().map(|(method, path)| PolicyHttp {
-                    authority: &s.host,
-                    method,
-                    path,
-                }),
-                principal: &s.principal,
-                destination_service: if s.http.is_none() { &s.host } else { "" },
-                sni: if s.http.is_none() { &s.host } else { "" },
-                port: Some(s.port),
-            };
+            // The request also carries the host as TLS SNI on TCP; the policy reads destination.service
+            // first, which holds the same host, so the decision is the same.
+            let request = s.egress();
             match policy.decide(&request).verdict {
                 Verdict::Allow => OK,
                 Verdict::Deny => PERMISSION_DENIED,
