@@ -4,9 +4,10 @@
 //! exact hosts in a hash map, `*.`/`**.` suffixes in a tree of reversed labels, and rules without a host
 //! condition (no `to.hosts`, or `*`) in one "any host" bucket. A request gathers the few buckets its host
 //! reaches (one exact bucket, one or two per matching suffix, the any-host bucket), merges their sorted rule
-//! indexes and runs the existing [`Rule::check`] on each candidate in rule order, stopping at the first
-//! match. So "the first matching rule in file order" and every condition's semantics are exactly those of
-//! the linear evaluator: the index only skips rules that cannot match the host.
+//! indexes (or, when they are few, scans each list up to the best match so far) and runs the existing
+//! [`Rule::check`] on the candidates, keeping the lowest rule index that matches. So "the first matching rule
+//! in file order" and every condition's semantics are exactly those of the linear evaluator: the index only
+//! skips rules that cannot match the host.
 //!
 //! Buckets grow with the number of rules sharing one host pattern. A large bucket is split further by rule
 //! kind (enforced/dry-run × DENY/ALLOW) and by the namespace a rule requires of its caller (when `from`
@@ -340,8 +341,8 @@ impl<'i> Sources<'i> {
         }
     }
 
-    /// Feeds every candidate to `found`, in ascending order with each index once, until it has its
-    /// answer.
+    /// Feeds the candidates to `found` until it has its answer: merged into ascending order (each index
+    /// once), or, when there are only a few, list by list (each up to the best match so far).
     fn search<F: Fn(u32) -> bool>(&mut self, found: &mut Found<'_, F>) {
         let lists = &mut self.lists[..self.len];
         if let [only] = lists {
