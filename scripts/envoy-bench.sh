@@ -37,27 +37,12 @@ SERVER_THREADS=${SERVER_THREADS:-1}
 ALLOW_HOST=developers.google.com
 DENY_HOST=developer.yahoo.com
 
-command -v jq >/dev/null || { apt-get update -qq && apt-get install -y -qq jq >/dev/null; }
-command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
-command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
+# shellcheck source=scripts/loadbench/common.sh
+source scripts/loadbench/common.sh
+need h2load nghttp2-client
 ENVOY=${ENVOY_BIN:-$(scripts/install-envoy.sh)}
 
 cargo build --release --quiet --bin egress-authz --example empty_check_server --example gen_rules
-BIN=target/release
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-server_cpu=() client_cpu=()
-if [[ $PIN == 1 && $(nproc) -ge 2 ]] && command -v taskset >/dev/null; then
-  server_cpu=(taskset -c 0) client_cpu=(taskset -c 1)
-fi
 
 # wait_for FILE PID WHAT: until FILE is non-empty (30 s at most).
 wait_for() {
@@ -73,22 +58,12 @@ wait_for() {
 # (egress-authz's admin address, empty for the empty server).
 start() {
   local name=$1; shift
-  local log="$WORK/$name.log"
-  "${server_cpu[@]}" "$@" >"$log" 2>&1 &
-  local pid=$!; PIDS+=("$pid")
-  printf -v "SPID_$name" '%s' "$pid"
-  for _ in $(seq 1 600); do
-    grep -q '"Serving"' "$log" 2>/dev/null && break
-    kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; echo "$name exited" >&2; exit 1; }
-    sleep 0.1
-  done
-  local line; line=$(grep -m1 '"Serving"' "$log") || { echo "$name did not start" >&2; exit 1; }
-  local grpc; grpc=$(jq -r '.grpc_addr // .fields.grpc_addr' <<<"$line")
-  printf -v "ADMIN_$name" '%s' "$(jq -r '.admin_addr // .fields.admin_addr // empty' <<<"$line")"
+  start_server "$name" "$WORK/$name.log" "$@"
+  local grpc_var="GRPC_$name"; local grpc=${!grpc_var}
   sed "s/{{AUTHZ_PORT}}/${grpc##*:}/" scripts/loadbench/envoy-ext-authz-bench.yaml >"$WORK/envoy-$name.yaml"
   "${server_cpu[@]}" "$ENVOY" -c "$WORK/envoy-$name.yaml" --concurrency 1 --disable-hot-restart \
     --admin-address-path "$WORK/envoy-$name.admin" -l warning >"$WORK/envoy-$name.log" 2>&1 &
-  pid=$!; PIDS+=("$pid")
+  local pid=$!; PIDS+=("$pid")
   printf -v "EPID_$name" '%s' "$pid"
   wait_for "$WORK/envoy-$name.admin" "$pid" "envoy ($name)" || { cat "$WORK/envoy-$name.log" >&2; exit 1; }
   local port=""
@@ -99,11 +74,6 @@ start() {
   done
   [[ -n $port && $port != 0 ]] || { echo "envoy ($name): no listener port" >&2; exit 1; }
   printf -v "LISTEN_$name" '%s' "127.0.0.1:$port"
-}
-
-# checks DECISION ADMIN: sum of egress_authz_checks_total{decision=…}.
-checks() {
-  curl -fsS "http://$2/metrics" | awk -v d="decision=\"$1\"" '/^egress_authz_checks_total\{/ && index($0, d) { s += $NF } END { printf "%d\n", s }'
 }
 
 # cpu PID: user + system CPU time of a process (all threads), in clock ticks.
@@ -167,7 +137,7 @@ for round in $(seq 1 "$ROUNDS"); do
     target=${TARGETS[$(( (i + round - 1) % ${#TARGETS[@]} ))]}
     lv="LISTEN_$target" av="ADMIN_$target"
     listen=${!lv} admin=${!av:-}
-    sv="SPID_$target" ev="EPID_$target"
+    sv="SERVER_PID_$target" ev="EPID_$target"
     if [[ -n $admin ]]; then a0=$(checks allow "$admin"); d0=$(checks deny "$admin"); fi
     s0=$(cpu "${!sv}") e0=$(cpu "${!ev}")
     h2 "$WORK/allow.out" "$listen" "$ALLOW_HOST" "$DURATION" & ha=$!

@@ -29,46 +29,9 @@ RELOADS=${RELOADS:-20}
 SKIP_RELOAD=${SKIP_RELOAD:-0}
 SKIP_DIRECT=${SKIP_DIRECT:-0}
 
-command -v jq >/dev/null || { apt-get update -qq && apt-get install -y -qq jq >/dev/null; }
-command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
-
 cargo build --release --quiet --bin egress-authz --example empty_check_server --example load_gen --example gen_rules
-BIN=target/release
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-server_cpu=() client_cpu=()
-if [[ $PIN == 1 && $(nproc) -ge 2 ]] && command -v taskset >/dev/null; then
-  server_cpu=(taskset -c 0) client_cpu=(taskset -c 1)
-fi
-
-# start NAME LOGFILE CMD...: runs a server, waits for its JSON "Serving" line, sets ADDR_<NAME>/ADMIN_<NAME>.
-start() {
-  local name=$1 log=$2; shift 2
-  "${server_cpu[@]}" "$@" >"$log" 2>&1 &
-  PIDS+=($!)
-  local pid=$!
-  for _ in $(seq 1 600); do
-    if grep -q '"Serving"' "$log" 2>/dev/null; then break; fi
-    kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; echo "$name exited" >&2; exit 1; }
-    sleep 0.1
-  done
-  local line; line=$(grep -m1 '"Serving"' "$log")
-  printf -v "ADDR_$name" '%s' "$(jq -r '.grpc_addr // .fields.grpc_addr' <<<"$line")"
-  printf -v "ADMIN_$name" '%s' "$(jq -r '.admin_addr // .fields.admin_addr // empty' <<<"$line")"
-  printf -v "PID_$name" '%s' "$pid"
-}
-
-# checks DECISION ADMIN: sum of egress_authz_checks_total{decision=…}.
-checks() {
-  curl -fsS "http://$2/metrics" | awk -v d="decision=\"$1\"" '/^egress_authz_checks_total\{/ && index($0, d) { s += $NF } END { printf "%d\n", s }'
-}
+# shellcheck source=scripts/loadbench/common.sh
+source scripts/loadbench/common.sh
 
 load() { # load ADDR MIX EXPECT... -> JSON line
   local addr=$1 mix=$2; shift 2
@@ -82,9 +45,9 @@ failed=0
 # shellcheck disable=SC2206 # SERVER_FLAGS is split on purpose: extra `serve` flags to try.
 SERVE=(serve --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --log-format json --worker-threads "$SERVER_THREADS" ${SERVER_FLAGS:-})
 if [[ $SKIP_DIRECT != 1 ]]; then
-start seeds "$WORK/seeds.log" "$BIN/egress-authz" "${SERVE[@]}" --rules deploy/rules/egress.yaml
-start 10k "$WORK/10k.log" "$BIN/egress-authz" "${SERVE[@]}" --rules "$WORK/rules10k"
-start empty "$WORK/empty.log" "$BIN/examples/empty_check_server" --grpc-addr 127.0.0.1:0 --worker-threads "$SERVER_THREADS"
+start_server seeds "$WORK/seeds.log" "$BIN/egress-authz" "${SERVE[@]}" --rules deploy/rules/egress.yaml
+start_server 10k "$WORK/10k.log" "$BIN/egress-authz" "${SERVE[@]}" --rules "$WORK/rules10k"
+start_server empty "$WORK/empty.log" "$BIN/examples/empty_check_server" --grpc-addr 127.0.0.1:0 --worker-threads "$SERVER_THREADS"
 
 declare -A ARGS=(
   [seeds]="seeds --rules deploy/rules/egress.yaml"
@@ -95,7 +58,7 @@ RESULTS="$WORK/results.jsonl"
 echo "# $(date -u +%FT%TZ) $(nproc) CPUs, duration ${DURATION}s x ${ROUNDS} rounds, ${CONNECTIONS} connections, ${CONCURRENCY} streams, server threads ${SERVER_THREADS}, pinned: $([[ ${#server_cpu[@]} -gt 0 ]] && echo "servers CPU 0, generator CPU 1" || echo no)" >&2
 for round in $(seq 1 "$ROUNDS"); do
   for target in seeds 10k empty; do
-    addr_var="ADDR_$target" admin_var="ADMIN_$target"
+    addr_var="GRPC_$target" admin_var="ADMIN_$target"
     admin=${!admin_var:-}
     if [[ -n $admin ]]; then a0=$(checks allow "$admin"); d0=$(checks deny "$admin"); fi
     # shellcheck disable=SC2086
@@ -127,22 +90,22 @@ jq -rs '
           ([ $all[] | select(.target == $t) | .metrics_match ] | map(tostring) | unique | join(",")) ] )
   | @tsv' "$RESULTS" | column -t
 
-for pid in "$PID_seeds" "$PID_10k" "$PID_empty"; do kill "$pid" 2>/dev/null || true; done
+for pid in "$SERVER_PID_seeds" "$SERVER_PID_10k" "$SERVER_PID_empty"; do kill "$pid" 2>/dev/null || true; done
 fi
 
 if [[ $SKIP_RELOAD != 1 ]]; then
   "$BIN/examples/gen_rules" 100000 >"$WORK/gen100k.yaml"
   cp "$WORK/gen100k.yaml" "$WORK/rules100k/rules.yaml"
-  start 100k "$WORK/100k.log" "$BIN/egress-authz" "${SERVE[@]}" --rules "$WORK/rules100k"
-  rss() { awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$PID_100k/status"; }
+  start_server 100k "$WORK/100k.log" "$BIN/egress-authz" "${SERVE[@]}" --rules "$WORK/rules100k"
+  rss() { awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$SERVER_PID_100k/status"; }
   reloads() { curl -fsS "http://$ADMIN_100k/metrics" | awk '/^egress_authz_reloads_total\{/ && /result="success"/ { s += $NF } END { printf "%d\n", s }'; }
   echo "## Reload under load (100k rules; server RSS after start: $(rss) MiB)"
   # Saturated (closed loop) the p99 is queueing behind whatever else uses the CPU, so a reload's
   # compile shows up one-for-one. The latency comparison runs paced at RELOAD_LOAD of that capacity.
-  capacity=$(load "$ADDR_100k" generated:100000 --rules "$WORK/rules100k")
+  capacity=$(load "$GRPC_100k" generated:100000 --rules "$WORK/rules100k")
   echo "capacity (closed loop): $capacity"
   rate=$(jq -r --argjson f "${RELOAD_LOAD:-0.5}" '.rps * $f | floor' <<<"$capacity")
-  steady=$(load "$ADDR_100k" generated:100000 --rules "$WORK/rules100k" --rate "$rate")
+  steady=$(load "$GRPC_100k" generated:100000 --rules "$WORK/rules100k" --rate "$rate")
   echo "steady at $rate/s:  $steady"
   r0=$(reloads)
   # Rewrite the file RELOADS times while the load runs; each version differs (a comment), so each reload
@@ -159,7 +122,7 @@ if [[ $SKIP_RELOAD != 1 ]]; then
   DURATION_SAVED=$DURATION
   # Long enough to cover every rewrite (compiling 100k rules takes about a second).
   DURATION=$(( RELOADS * 3 / 2 + RELOADS * ${RELOAD_GAP:-0} ))
-  during=$(load "$ADDR_100k" generated:100000 --rules "$WORK/rules100k" --rate "$rate") || failed=1
+  during=$(load "$GRPC_100k" generated:100000 --rules "$WORK/rules100k" --rate "$rate") || failed=1
   DURATION=$DURATION_SAVED
   wait "$writer"
   applied=$(( $(reloads) - r0 ))

@@ -1,0 +1,49 @@
+# Shared by scripts/load-bench.sh and scripts/envoy-bench.sh (sourced, not run): tool installs, the
+# scratch directory and process cleanup, CPU pinning, starting a Check server, and reading its counters.
+# Expects PIN (1 to pin) and `set -euo pipefail` from the caller.
+
+# need COMMAND PACKAGE: installs the Debian package when the command is missing.
+need() {
+  command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }
+}
+need jq jq
+need curl curl
+
+BIN=target/release
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# With PIN=1 and 2+ CPUs: servers (and Envoy) on CPU 0, the load generator on CPU 1.
+server_cpu=() client_cpu=()
+if [[ $PIN == 1 && $(nproc) -ge 2 ]] && command -v taskset >/dev/null; then
+  server_cpu=(taskset -c 0) client_cpu=(taskset -c 1)
+fi
+
+# start_server NAME LOG CMD...: runs a Check server on the server CPU, waits for its JSON "Serving" line
+# and sets SERVER_PID_<NAME>, GRPC_<NAME> and ADMIN_<NAME> (empty for the empty server, which has none).
+start_server() {
+  local name=$1 log=$2; shift 2
+  "${server_cpu[@]}" "$@" >"$log" 2>&1 &
+  local pid=$!; PIDS+=("$pid")
+  for _ in $(seq 1 600); do
+    grep -q '"Serving"' "$log" 2>/dev/null && break
+    kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; echo "$name exited" >&2; exit 1; }
+    sleep 0.1
+  done
+  local line; line=$(grep -m1 '"Serving"' "$log") || { echo "$name did not start" >&2; exit 1; }
+  printf -v "SERVER_PID_$name" '%s' "$pid"
+  printf -v "GRPC_$name" '%s' "$(jq -r '.grpc_addr // .fields.grpc_addr' <<<"$line")"
+  printf -v "ADMIN_$name" '%s' "$(jq -r '.admin_addr // .fields.admin_addr // empty' <<<"$line")"
+}
+
+# checks DECISION ADMIN: sum of egress_authz_checks_total{decision=…}.
+checks() {
+  curl -fsS "http://$2/metrics" | awk -v d="decision=\"$1\"" '/^egress_authz_checks_total\{/ && index($0, d) { s += $NF } END { printf "%d\n", s }'
+}
