@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
@@ -17,8 +16,10 @@ use crate::cli::ServeArgs;
 use crate::decision_log::{DecisionLog, Sampling};
 use crate::grpc::AuthzService;
 use crate::grpc::admin::{AdminService, pb};
+use crate::grpc::endpoint::{CheckEndpoint, Limits};
 use crate::reload::{LoadError, RuleStore, load_policy};
 use crate::{metrics, telemetry};
+use tonic::transport::server::Router;
 
 /// The gRPC service name Envoy's health checks and Kubernetes gRPC probes ask about.
 pub const AUTHZ_SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
@@ -79,12 +80,6 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let shutting_down = Arc::new(AtomicBool::new(false));
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("", ServingStatus::Serving).await;
-    health
-        .set_service_status(AUTHZ_SERVICE_NAME, ServingStatus::Serving)
-        .await;
-
     crate::watch::spawn(Arc::clone(&store), shutdown_rx.clone());
 
     let decision_log = Arc::new(DecisionLog::new(
@@ -99,30 +94,19 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Arc::clone(&decision_log),
         shutdown_rx.clone(),
     ));
-    let (reflection, reflection_v1alpha) =
-        crate::grpc::admin::reflection_services().context("cannot build the reflection service")?;
-    let grpc = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(reflection_v1alpha)
-        // A request over tonic's default 4 MiB decode limit would be answered with a gRPC error, which
-        // Envoy's failure_mode_allow would turn into an allow: accept whatever Envoy may send.
-        .add_service(
-            AuthorizationServer::new(AuthzService::new(
-                Arc::clone(&store),
-                Arc::clone(&decision_log),
-            ))
-            .max_decoding_message_size(args.max_request_bytes),
-        )
-        .add_service(
-            pb::admin_server::AdminServer::new(AdminService::new(Arc::clone(&store)))
-                .max_decoding_message_size(args.max_request_bytes),
-        )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-            wait_for(shutdown_rx.clone()),
-        );
+    let (health, router) = grpc_router(
+        Arc::clone(&store),
+        Arc::clone(&decision_log),
+        &GrpcLimits::from(&args),
+    )?;
+    health.set_service_status("", ServingStatus::Serving).await;
+    health
+        .set_service_status(AUTHZ_SERVICE_NAME, ServingStatus::Serving)
+        .await;
+    let grpc = router.serve_with_incoming_shutdown(
+        crate::listener::incoming(grpc_listener, args.max_connections as usize),
+        wait_for(shutdown_rx.clone()),
+    );
     let admin = axum::serve(
         admin_listener,
         admin_http::router(AdminState {
@@ -187,6 +171,59 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Limits of the gRPC server, from `serve`'s flags.
+#[derive(Clone, Copy, Debug)]
+pub struct GrpcLimits {
+    /// Largest CheckRequest (and Explain request) read.
+    pub max_request_bytes: usize,
+    /// Checks in flight past which new ones are shed.
+    pub max_checks_in_flight: usize,
+    /// HTTP/2 streams per connection.
+    pub max_streams_per_connection: u32,
+}
+
+impl From<&ServeArgs> for GrpcLimits {
+    fn from(args: &ServeArgs) -> Self {
+        Self {
+            max_request_bytes: args.max_request_bytes,
+            max_checks_in_flight: args.max_checks_in_flight as usize,
+            max_streams_per_connection: args.max_streams_per_connection,
+        }
+    }
+}
+
+/// Everything the gRPC port serves (Check, health, reflection, the admin Explain), built in one place
+/// for `serve` and for tests. Returns the health reporter, which starts out with no status set.
+pub fn grpc_router(
+    store: Arc<RuleStore>,
+    decision_log: Arc<DecisionLog>,
+    limits: &GrpcLimits,
+) -> anyhow::Result<(tonic_health::server::HealthReporter, Router)> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let (reflection, reflection_v1alpha) =
+        crate::grpc::admin::reflection_services().context("cannot build the reflection service")?;
+    let check = CheckEndpoint::new(
+        AuthzService::new(Arc::clone(&store), decision_log),
+        Limits {
+            max_message_bytes: limits.max_request_bytes,
+            max_in_flight: limits.max_checks_in_flight,
+        },
+    );
+    let router = tonic::transport::Server::builder()
+        // Bounds per connection; `listener::incoming` bounds the connections (and sets TCP_NODELAY,
+        // which tonic's own option would not do on an incoming stream).
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_v1alpha)
+        .add_service(check)
+        .add_service(
+            pb::admin_server::AdminServer::new(AdminService::new(store))
+                .max_decoding_message_size(limits.max_request_bytes),
+        );
+    Ok((health, router))
 }
 
 /// Ends deny-sampling intervals on time, so what a flood suppressed is reported once it stops, not

@@ -80,10 +80,20 @@ pub struct ServeArgs {
     /// checks and Kubernetes endpoints stop sending before the listeners close.
     #[arg(long, env = "EGRESS_AUTHZ_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
-    /// Largest CheckRequest accepted, in bytes. Must exceed what Envoy can send (request headers, plus the
-    /// body when Istio's includeRequestBodyInCheck is on): a larger request would be an RPC error.
+    /// Largest CheckRequest read, in bytes; a larger one is denied (reason invalid_request). Must exceed
+    /// what Envoy sends (request headers, plus the body when Istio's includeRequestBodyInCheck is on).
     #[arg(long, env = "EGRESS_AUTHZ_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
+    /// Checks in flight past which new ones are answered at once with a deny carrying HTTP 503 and
+    /// reason overloaded, instead of queueing without bound.
+    #[arg(long, env = "EGRESS_AUTHZ_MAX_CHECKS_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_checks_in_flight: u32,
+    /// gRPC connections served at once; more wait in the kernel's accept queue.
+    #[arg(long, env = "EGRESS_AUTHZ_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// HTTP/2 streams (concurrent checks) per gRPC connection.
+    #[arg(long, env = "EGRESS_AUTHZ_MAX_STREAMS_PER_CONNECTION", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
     /// Runtime worker threads (default: one per CPU).
     #[arg(long, env = "EGRESS_AUTHZ_WORKER_THREADS")]
     pub worker_threads: Option<usize>,

@@ -1,22 +1,26 @@
 //! The gRPC adapter: Envoy's `envoy.service.auth.v3.Authorization/Check` and the project's admin
-//! `Explain`. Convert, decide, record, respond, in that order; no policy logic lives here.
+//! `Explain`. Read, decide, record, respond, in that order; no policy logic lives here.
 //!
 //! Every Check RPC succeeds. A request the server cannot authorise is a *deny with a reason*, never a
 //! gRPC error: Envoy treats a failed RPC as an error, and `failure_mode_allow` (Istio `failOpen`) would
-//! then let the request through. The service stays fail-closed whatever Envoy's settings are.
+//! then let the request through. The service stays fail-closed whatever Envoy's settings are, and
+//! whatever bytes it is sent: see `wire` for how a check is read and `endpoint` for the gRPC framing.
 
 pub mod admin;
 pub mod convert;
+pub mod endpoint;
+pub mod wire;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
-use tonic::{Request, Response, Status};
+use prost::Message as _;
 
 use crate::decision_log::DecisionLog;
 use crate::metrics;
+use crate::policy::{Decision, EgressRequest, HttpRequest, Protocol, Reason};
 use crate::reload::RuleStore;
 
 /// Serves Check from the current rule set.
@@ -32,28 +36,107 @@ impl AuthzService {
         Self { store, log }
     }
 
-    /// Decides one check. Synchronous and infallible; `check` only wraps it.
+    /// Decides one check given as its protobuf encoding. Synchronous and infallible: any bytes get
+    /// an answer, counted and logged like every decision.
+    pub fn decide_message(&self, message: &[u8]) -> CheckResponse {
+        match wire::read_check_request(message) {
+            Ok(fields) => self.decide_fields(&fields),
+            Err(malformed) => {
+                tracing::debug!(
+                    problem = malformed.what,
+                    "A check that is not a well-formed CheckRequest"
+                );
+                let protocol = if malformed.saw_http {
+                    Protocol::Http
+                } else {
+                    Protocol::Tcp
+                };
+                self.refuse(Reason::InvalidRequest, protocol)
+            }
+        }
+    }
+
+    /// Decides one decoded check (the admin and test path; Envoy's checks go through
+    /// [`Self::decide_message`]).
     pub fn decide(&self, check: &CheckRequest) -> CheckResponse {
+        self.decide_message(&check.encode_to_vec())
+    }
+
+    /// The answer to a check refused before the rules are consulted: a deny with `reason`, counted
+    /// and logged like a decision.
+    fn refuse(&self, reason: Reason, protocol: Protocol) -> CheckResponse {
         let started = Instant::now();
+        let decision = Decision::refused(reason);
+        let request = EgressRequest {
+            http: (protocol == Protocol::Http).then(HttpRequest::default),
+            ..EgressRequest::default()
+        };
+        let response = convert::to_check_response(&decision, protocol);
+        let elapsed = started.elapsed();
+        let policy = self.store.current();
+        metrics::record_check(&policy, &decision, protocol, elapsed);
+        self.log.record(&decision, &request, None, elapsed);
+        response
+    }
+
+    fn decide_fields(&self, fields: &wire::CheckFields<'_>) -> CheckResponse {
+        let started = Instant::now();
+        let text = CheckText::from_fields(fields);
+        let request = text.request();
         // A guard, not a clone: the rule set cannot be freed under us, and no `.await` happens while held.
         let policy = self.store.current();
-        let request = convert::egress_request(check);
         let decision = policy.decide(&request);
         let response = convert::to_check_response(&decision, request.protocol());
         let elapsed = started.elapsed();
         metrics::record_check(&policy, &decision, request.protocol(), elapsed);
-        self.log
-            .record(&decision, &request, convert::request_id(check), elapsed);
+        let request_id = text.request_id.as_deref().filter(|id| !id.is_empty());
+        self.log.record(&decision, &request, request_id, elapsed);
         response
     }
 }
 
-#[tonic::async_trait]
-impl Authorization for AuthzService {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
-        Ok(Response::new(self.decide(request.get_ref())))
+/// A check's fields as text. Bytes that are not UTF-8 become U+FFFD, which no host, SPIFFE ID or
+/// method accepts: an unreadable SNI or `:authority` is denied as `invalid_host`, an unreadable
+/// principal leaves the caller without an identity (`invalid_principal` under a default deny). Valid
+/// text is borrowed, so the common case copies nothing.
+struct CheckText<'a> {
+    principal: Cow<'a, str>,
+    destination_service: Cow<'a, str>,
+    sni: Cow<'a, str>,
+    port: Option<u16>,
+    http: Option<[Cow<'a, str>; 3]>,
+    request_id: Option<Cow<'a, str>>,
+}
+
+impl<'a> CheckText<'a> {
+    fn from_fields(fields: &wire::CheckFields<'a>) -> Self {
+        let text = |bytes: &'a [u8]| String::from_utf8_lossy(bytes);
+        Self {
+            principal: text(fields.principal),
+            destination_service: text(fields.destination_service),
+            sni: text(fields.sni),
+            port: fields.port,
+            http: fields
+                .http
+                .map(|http| [text(http.authority), text(http.method), text(http.path)]),
+            request_id: fields.http.map(|http| text(http.request_id)),
+        }
+    }
+
+    fn request(&self) -> EgressRequest<'_> {
+        EgressRequest {
+            http: self
+                .http
+                .as_ref()
+                .map(|[authority, method, path]| HttpRequest {
+                    authority,
+                    method,
+                    path,
+                }),
+            principal: &self.principal,
+            destination_service: &self.destination_service,
+            sni: &self.sni,
+            port: self.port,
+        }
     }
 }

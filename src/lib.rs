@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod decision_log;
 pub mod grpc;
+pub mod listener;
 pub mod metrics;
 pub mod policy;
 pub mod reload;

@@ -131,16 +131,47 @@ pub fn describe() {
     );
     // Pre-register the check counters so dashboards see zeros, not gaps, before the first check.
     for protocol in [Protocol::Http, Protocol::Tcp] {
-        for reason in Reason::ALL {
-            let decision = match reason {
-                Reason::AllowedByRule | Reason::DefaultAllow => "allow",
-                _ => "deny",
-            };
+        // A shed check is never read, so it never has a protocol.
+        for reason in Reason::ALL.into_iter().filter(|r| *r != Reason::Overloaded) {
+            let decision = reason.verdict().as_str();
             counter!(CHECKS_TOTAL, LABEL_DECISION => decision, LABEL_REASON => reason.as_str(), LABEL_PROTOCOL => protocol.as_str()).absolute(0);
         }
     }
+    for reason in UNREAD_REASONS {
+        unread_counter(reason).absolute(0);
+    }
     for result in ["success", "failure"] {
         counter!(RELOADS_TOTAL, LABEL_RESULT => result).absolute(0);
+    }
+}
+
+/// The `protocol` label of checks refused before their message was read.
+const PROTOCOL_UNKNOWN: &str = "unknown";
+/// Checks refused before their message was read, by reason.
+const UNREAD_REASONS: [Reason; 2] = [Reason::Overloaded, Reason::InvalidRequest];
+
+fn unread_counter(reason: Reason) -> Counter {
+    counter!(
+        CHECKS_TOTAL,
+        LABEL_DECISION => reason.verdict().as_str(),
+        LABEL_REASON => reason.as_str(),
+        LABEL_PROTOCOL => PROTOCOL_UNKNOWN
+    )
+}
+
+/// Counts a check refused before its message was read: shed (`overloaded`) or with an unreadable
+/// gRPC frame (`invalid_request`). Cheap, since a flood of them is what shedding is for.
+pub fn record_unread(reason: Reason) {
+    static HANDLES: OnceLock<[Counter; UNREAD_REASONS.len()]> = OnceLock::new();
+    // Cached handles only with the installed recorder (see `CheckHandles`).
+    let cached = CHECK_HANDLES
+        .get()
+        .and(UNREAD_REASONS.iter().position(|r| *r == reason));
+    match cached {
+        Some(index) => {
+            HANDLES.get_or_init(|| UNREAD_REASONS.map(unread_counter))[index].increment(1)
+        }
+        None => unread_counter(reason).increment(1),
     }
 }
 

@@ -8,21 +8,21 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use egress_authz::app::{self, GrpcLimits};
+use egress_authz::cli::DEFAULT_MAX_REQUEST_BYTES;
 use egress_authz::decision_log::DecisionLog;
-use egress_authz::grpc::AuthzService;
-use egress_authz::grpc::admin::{AdminService, pb as admin_pb};
+use egress_authz::grpc::admin::pb as admin_pb;
+use egress_authz::listener;
 use egress_authz::reload::{RuleStore, load_policy};
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
     HttpRequest, Peer, Request, TlsSession,
 };
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
 use envoy_types::pb::google::protobuf::value::Kind;
 use serde_json::Value as Json;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
 
 const SAMPLE_RULES: &str = r#"
@@ -53,20 +53,17 @@ async fn spawn_server(rules: &str) -> Server {
     let store = Arc::new(RuleStore::new(path.clone(), load_policy(&path).unwrap()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(admin_pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .unwrap();
-    let server = tonic::transport::Server::builder()
-        .add_service(AuthorizationServer::new(AuthzService::new(
-            Arc::clone(&store),
-            Arc::new(DecisionLog::disabled()),
-        )))
-        .add_service(admin_pb::admin_server::AdminServer::new(AdminService::new(
-            store,
-        )))
-        .add_service(reflection)
-        .serve_with_incoming(TcpListenerStream::new(listener));
+    let (_health, router) = app::grpc_router(
+        store,
+        Arc::new(DecisionLog::disabled()),
+        &GrpcLimits {
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_checks_in_flight: 1024,
+            max_streams_per_connection: 1024,
+        },
+    )
+    .unwrap();
+    let server = router.serve_with_incoming(listener::incoming(listener, 64));
     // Bound before spawning, so clients can connect at once: no readiness sleep.
     tokio::spawn(server);
     Server { addr, _dir: dir }

@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode as HttpStatusCod
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 
-use crate::policy::{Decision, EgressRequest, HttpRequest, Protocol, Verdict};
+use crate::policy::{Decision, EgressRequest, HttpRequest, Protocol, Reason, Verdict};
 
 /// Response header that tells the caller (and the gateway's access log) why a request was denied.
 pub const REASON_HEADER: &str = "x-egress-authz-reason";
@@ -110,7 +110,7 @@ pub fn to_check_response(decision: &Decision<'_>, protocol: Protocol) -> CheckRe
         }
         (Verdict::Deny, Protocol::Http) => Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
             status: Some(HttpStatus {
-                code: HttpStatusCode::Forbidden.into(),
+                code: deny_status(decision.reason).into(),
             }),
             headers: vec![HeaderValueOption {
                 header: Some(HeaderValue {
@@ -131,6 +131,15 @@ pub fn to_check_response(decision: &Decision<'_>, protocol: Protocol) -> CheckRe
         }),
         dynamic_metadata: Some(dynamic_metadata(decision)),
         http_response,
+    }
+}
+
+/// The HTTP status of a deny: 503 when the server shed the check, so clients retry and dashboards do
+/// not count it as policy; 403 for every decision about the request itself.
+fn deny_status(reason: Reason) -> HttpStatusCode {
+    match reason {
+        Reason::Overloaded => HttpStatusCode::ServiceUnavailable,
+        _ => HttpStatusCode::Forbidden,
     }
 }
 

@@ -51,11 +51,17 @@ pub enum Reason {
     InvalidHost,
     /// The TLS SNI names a different host than the HTTP `:authority` (domain fronting).
     SniHostMismatch,
+    /// The check itself could not be read: not a well-formed CheckRequest, too large, compressed, or
+    /// cut off. Decided before the rules are consulted.
+    InvalidRequest,
+    /// The server had too many checks in flight and refused this one without consulting the rules.
+    /// Answered with HTTP 503, so it is not mistaken for a policy deny.
+    Overloaded,
 }
 
 impl Reason {
     /// Every reason, for documentation and for pre-registering metrics.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 10] = [
         Self::AllowedByRule,
         Self::DefaultAllow,
         Self::DeniedByRule,
@@ -64,7 +70,17 @@ impl Reason {
         Self::NoDestinationHost,
         Self::InvalidHost,
         Self::SniHostMismatch,
+        Self::InvalidRequest,
+        Self::Overloaded,
     ];
+
+    /// The verdict a decision with this reason carries.
+    pub fn verdict(self) -> Verdict {
+        match self {
+            Self::AllowedByRule | Self::DefaultAllow => Verdict::Allow,
+            _ => Verdict::Deny,
+        }
+    }
 
     /// The stable reason code.
     pub fn as_str(self) -> &'static str {
@@ -77,6 +93,8 @@ impl Reason {
             Self::NoDestinationHost => "no_destination_host",
             Self::InvalidHost => "invalid_host",
             Self::SniHostMismatch => "sni_host_mismatch",
+            Self::InvalidRequest => "invalid_request",
+            Self::Overloaded => "overloaded",
         }
     }
 }
@@ -104,7 +122,8 @@ pub struct Decision<'p> {
 }
 
 impl Decision<'_> {
-    pub(super) fn refused(reason: Reason) -> Self {
+    /// A deny with `reason` and no rule: for checks refused before or without the rules.
+    pub fn refused(reason: Reason) -> Self {
         Self {
             verdict: Verdict::Deny,
             reason,
