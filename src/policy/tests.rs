@@ -932,3 +932,81 @@ fn rule_position_finds_a_decisions_rule_and_nothing_else() {
     let other = mk_policy("rules:\n- name: a\n  to: {hosts: [a.example.com]}\n");
     assert_eq!(policy.rule_position(&other.rules()[0]), None);
 }
+
+#[test]
+fn ipv4_spellings_cannot_dodge_a_deny_on_an_address() {
+    let policy = mk_policy(
+        r#"
+defaultAction: ALLOW
+rules:
+- name: deny-loopback
+  action: DENY
+  to: {hosts: ["127.0.0.1"]}
+- name: deny-metadata
+  action: DENY
+  to: {hosts: ["0xa9.0xfe.0xa9.0xfe"]}
+"#,
+    );
+    for spelling in [
+        "127.0.0.1",
+        "127.0.0.1.",
+        "127.1",
+        "0x7f.1",
+        "0X7F.0.0.1",
+        "0177.0.0.1",
+        "0x7f.0.0.01",
+        "2130706433",
+        "0x7f000001",
+        "[::ffff:127.0.0.1]",
+    ] {
+        for request in [http(DEFAULT_SLEEP, spelling), tcp(DEFAULT_SLEEP, spelling)] {
+            assert_eq!(
+                outcome(&policy, &request),
+                (
+                    Verdict::Deny,
+                    Reason::DeniedByRule,
+                    Some("deny-loopback".into())
+                ),
+                "{spelling} over {:?}",
+                request.protocol()
+            );
+        }
+    }
+    let authority = http(DEFAULT_SLEEP, "0x7f.1:8080");
+    assert_eq!(outcome(&policy, &authority).1, Reason::DeniedByRule);
+    // A rule host is canonicalised the same way.
+    assert_eq!(
+        outcome(&policy, &http(DEFAULT_SLEEP, "169.254.169.254"))
+            .2
+            .as_deref(),
+        Some("deny-metadata")
+    );
+    // A numeric last label that is no address is no host, before any rule.
+    for bad in ["127.0.0.1.1", "256.1", "08.0.0.1", "metadata.123"] {
+        assert_eq!(
+            outcome(&policy, &tcp(DEFAULT_SLEEP, bad)),
+            (Verdict::Deny, Reason::InvalidHost, None),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn an_ipv4_rule_host_in_a_short_spelling_matches_the_dotted_quad() {
+    let policy = mk_policy("rules:\n- name: loopback\n  to: {hosts: [\"127.1\"]}\n");
+    assert_eq!(
+        policy.rules()[0].to.as_ref().map(|t| &t.hosts[..]),
+        Some(&[HostPattern::Exact("127.0.0.1".into())][..])
+    );
+    assert_eq!(
+        outcome(&policy, &http(DEFAULT_SLEEP, "127.0.0.1")).1,
+        Reason::AllowedByRule
+    );
+    assert!(matches!(
+        mk_errors("rules:\n- name: a\n  to: {hosts: [\"1.2.3.4.5\"]}\n")[..],
+        [CompileErrorKind::InvalidValue {
+            field: "to.hosts",
+            ..
+        }]
+    ));
+}
