@@ -336,10 +336,48 @@ fn is_port(s: &str) -> bool {
     !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// True for the SNI an Istio sidecar sends to a gateway when no DestinationRule sets one:
-/// `outbound_.<port>_.<subset>_.<host>`. It names a cluster, not the external destination.
+/// True for the SNI an Istio sidecar sends to a gateway when no DestinationRule sets one, exactly as
+/// Istio builds it (`BuildDNSSrvSubsetKey`): `outbound_.<port>_.<subset>_.<host>`, the port in decimal
+/// without leading zeros, the subset a DNS-1123 label or empty (`outbound_.443_._.<host>`), the host a
+/// DNS name. It names a cluster, not the external destination, so it is skipped when looking for one.
+///
+/// Anything else that starts with `outbound_.` is an ordinary SNI (and, `_` being allowed in labels,
+/// usually a valid host): a loose prefix test would let any client drop its SNI from the decision.
 pub fn is_istio_cluster_sni(sni: &str) -> bool {
-    sni.starts_with("outbound_.")
+    let Some(rest) = sni.strip_prefix("outbound_.") else {
+        return false;
+    };
+    // Neither the port nor the subset can contain `_`, so the first two `_.` are the separators.
+    let Some((port, rest)) = rest.split_once("_.") else {
+        return false;
+    };
+    let Some((subset, host)) = rest.split_once("_.") else {
+        return false;
+    };
+    is_istio_port(port)
+        && (subset.is_empty() || is_dns1123_label(subset))
+        && is_valid_dns_name(host)
+}
+
+/// A port as Go's `strconv.Itoa` writes it: 1–65535, no sign, no leading zero.
+fn is_istio_port(port: &str) -> bool {
+    !port.starts_with('0') && is_port(port) && port.parse::<u16>().is_ok()
+}
+
+/// Kubernetes' DNS-1123 label, which Istio requires of subset names: 1–63 lower-case letters, digits
+/// or `-`, starting and ending with a letter or digit.
+fn is_dns1123_label(label: &str) -> bool {
+    let alphanumeric = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = label.as_bytes();
+    match (bytes.first(), bytes.last()) {
+        (Some(first), Some(last)) => {
+            bytes.len() <= MAX_LABEL_LEN
+                && alphanumeric(first)
+                && alphanumeric(last)
+                && bytes.iter().all(|b| alphanumeric(b) || *b == b'-')
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -486,10 +524,39 @@ mod tests {
     }
 
     #[test]
-    fn recognises_istio_generated_sni() {
-        assert!(is_istio_cluster_sni(
-            "outbound_.443_._.istio-egressgateway.istio-system.svc.cluster.local"
-        ));
-        assert!(!is_istio_cluster_sni("developers.google.com"));
+    fn recognises_exactly_the_sni_istio_generates() {
+        for sni in [
+            "outbound_.443_._.istio-egressgateway.istio-system.svc.cluster.local",
+            "outbound_.9080_.v1_.reviews.default.svc.cluster.local",
+            "outbound_.1_.canary-2_.egress.istio-system.svc.cluster.local",
+            "outbound_.65535_._.gw.example",
+            "outbound_.443_._.Gateway.Example.COM",
+        ] {
+            assert!(is_istio_cluster_sni(sni), "{sni}");
+        }
+        for sni in [
+            "developers.google.com",
+            "outbound_.",
+            "outbound_.developers.google.com", // no port, no subset
+            "outbound_.443_.developers.google.com", // no subset
+            "outbound_.443_._.",               // no host
+            "outbound_._._.gw.example",        // empty port
+            "outbound_.0_._.gw.example",       // port 0
+            "outbound_.0443_._.gw.example",    // leading zero
+            "outbound_.65536_._.gw.example",   // port over 65535
+            "outbound_.+443_._.gw.example",    // sign
+            "outbound_.443_.V1_.gw.example",   // upper-case subset
+            "outbound_.443_.v1.0_.gw.example", // dots in a subset
+            "outbound_.443_.-v1_.gw.example",  // subset starts with `-`
+            "outbound_.443_._.gw.example.",    // Istio writes no trailing dot
+            "outbound_.443_._.*.example.com",  // a wildcard is not a host
+            "outbound_.443_._.10.0.0.1",       // nor an address
+            "outbound_.443_._.gw example",     //
+            "inbound_.443_._.gw.example",      //
+            "Outbound_.443_._.gw.example",     //
+            "xoutbound_.443_._.gw.example",    //
+        ] {
+            assert!(!is_istio_cluster_sni(sni), "{sni}");
+        }
     }
 }

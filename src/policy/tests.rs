@@ -1010,3 +1010,50 @@ fn an_ipv4_rule_host_in_a_short_spelling_matches_the_dotted_quad() {
         }]
     ));
 }
+
+#[test]
+fn only_the_exact_istio_cluster_sni_is_skipped() {
+    let policy = mk_policy(
+        r#"
+rules:
+- name: google
+  to: {hosts: [developers.google.com]}
+"#,
+    );
+    let with_sni = |service: &'static str| EgressRequest {
+        sni: GOOGLE,
+        ..tcp(DEFAULT_SLEEP, service)
+    };
+    // Istio's form names a cluster: the TLS session's SNI is the destination.
+    assert_eq!(
+        outcome(
+            &policy,
+            &with_sni("outbound_.443_._.istio-egressgateway.istio-system.svc.cluster.local")
+        )
+        .1,
+        Reason::AllowedByRule
+    );
+    // Near misses are ordinary SNIs: the destination, decided on like any other.
+    for near_miss in [
+        "outbound_.evil.example.com",
+        "outbound_.443_.evil.example.com",
+        "outbound_.0443_._.evil.example.com",
+    ] {
+        assert_eq!(
+            outcome(&policy, &with_sni(near_miss)),
+            (Verdict::Deny, Reason::NoMatchingRule, None),
+            "{near_miss}"
+        );
+        let explanation = policy.explain(&with_sni(near_miss));
+        assert_eq!(explanation.host.as_deref(), Some(near_miss));
+    }
+    // Nor is a near miss exempt from the SNI check on HTTP.
+    let fronted = EgressRequest {
+        sni: "outbound_.evil.example.com",
+        ..http(DEFAULT_SLEEP, GOOGLE)
+    };
+    assert_eq!(
+        outcome(&policy, &fronted),
+        (Verdict::Deny, Reason::SniHostMismatch, None)
+    );
+}
