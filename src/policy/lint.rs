@@ -4,7 +4,7 @@ use std::fmt;
 
 use super::decision::Policy;
 use super::matcher::StringPattern;
-use super::rule::Rule;
+use super::rule::{FromConditions, Rule};
 use super::source::Location;
 use super::spec::Action;
 
@@ -63,19 +63,30 @@ pub fn lint(policy: &Policy) -> Vec<CompileWarning> {
             }
         }
     }
-    // A deny list (default ALLOW) cannot name callers without a trusted identity: they match no rule
-    // with `from`, so every DENY rule scoped by caller lets them through.
-    let identity_scoped_deny = policy
-        .rules()
-        .iter()
-        .find(|r| r.action == Action::Deny && !r.dry_run && r.from.is_some());
+    // A deny list (default ALLOW) cannot name callers without a trusted identity by who they are: a
+    // positive caller condition needs an identity, so DENY rules scoped that way let them through.
+    // A DENY rule with only `not*` conditions and no `to` turns them all away, and then all is well.
+    let rejects_every_anonymous_caller = policy.rules().iter().any(|r| {
+        r.action == Action::Deny
+            && !r.dry_run
+            && r.to.is_none()
+            && r.from.as_ref().is_none_or(|f| !f.has_positive_condition())
+    });
+    let identity_scoped_deny = policy.rules().iter().find(|r| {
+        r.action == Action::Deny
+            && !r.dry_run
+            && r.from
+                .as_ref()
+                .is_some_and(FromConditions::has_positive_condition)
+    });
     if let Some(deny) = identity_scoped_deny
         && policy.settings().default_action == Action::Allow
+        && !rejects_every_anonymous_caller
     {
         warnings.push(CompileWarning {
             location: location(deny),
             message: format!(
-                "defaultAction is ALLOW: callers without a trusted identity (no client certificate, a malformed ID, another trust domain) match no rule with `from`, so DENY rules such as {:?} never apply to them and they are allowed; prefer defaultAction DENY with ALLOW rules",
+                "defaultAction is ALLOW: callers without a trusted identity (no client certificate, a malformed ID, another trust domain) never match namespaces, serviceAccounts or principals, so DENY rules such as {:?} never apply to them and they are allowed; reject them with a DENY rule `from: {{notPrincipals: [\"*\"]}}`, or prefer defaultAction DENY with ALLOW rules",
                 deny.name
             ),
         });

@@ -250,34 +250,229 @@ rules:
     );
 }
 
+/// Callers without a usable identity: none, malformed, foreign trust domain.
+const ANONYMOUS_CALLERS: [&str; 4] = [
+    "",
+    "spiffe://cluster.local/ns/default",
+    "not-a-spiffe-id",
+    "spiffe://evil.example/ns/prod/sa/x",
+];
+
 #[test]
-fn not_fields_never_turn_a_missing_identity_into_a_match() {
+fn not_fields_never_let_a_caller_without_identity_into_an_allow_rule() {
+    let policy = mk_policy(
+        r#"
+rules:
+- name: all-but-prod
+  from: {notNamespaces: [prod], notServiceAccounts: ["*/blocked"], notPrincipals: ["*/sa/x"]}
+"#,
+    );
+    for principal in ANONYMOUS_CALLERS {
+        assert_eq!(
+            outcome(&policy, &http(principal, GOOGLE)),
+            (Verdict::Deny, Reason::InvalidPrincipal, None),
+            "{principal:?}"
+        );
+    }
+    assert_eq!(
+        outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)).1,
+        Reason::AllowedByRule
+    );
+}
+
+#[test]
+fn deny_rules_with_only_not_conditions_match_callers_without_identity() {
+    // Istio's documented way to turn away plaintext callers.
+    let policy = mk_policy(
+        r#"
+defaultAction: ALLOW
+rules:
+- name: require-mtls
+  action: DENY
+  from: {notPrincipals: ["*"]}
+"#,
+    );
+    for principal in ANONYMOUS_CALLERS {
+        for request in [http(principal, GOOGLE), tcp(principal, GOOGLE)] {
+            assert_eq!(
+                outcome(&policy, &request),
+                (
+                    Verdict::Deny,
+                    Reason::DeniedByRule,
+                    Some("require-mtls".into())
+                ),
+                "{principal:?}"
+            );
+        }
+    }
+    assert_eq!(
+        outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)),
+        (Verdict::Allow, Reason::DefaultAllow, None)
+    );
+
+    // Every `not*` field: a caller without identity is none of the listed callers.
     let policy = mk_policy(
         r#"
 defaultAction: ALLOW
 rules:
 - name: deny-all-but-prod
   action: DENY
-  from: {notNamespaces: [prod]}
+  from: {notNamespaces: [prod], notServiceAccounts: ["*/admin"], notPrincipals: ["*/sa/batch"]}
+  to: {hosts: [developers.google.com]}
 "#,
     );
-    // The DENY rule has `from`, so an identity-less caller does not match it: the default applies.
-    assert_eq!(
-        outcome(&policy, &http("", GOOGLE)),
-        (Verdict::Allow, Reason::DefaultAllow, None)
+    for principal in ANONYMOUS_CALLERS {
+        assert_eq!(
+            outcome(&policy, &http(principal, GOOGLE)).1,
+            Reason::DeniedByRule,
+            "{principal:?}"
+        );
+        assert_eq!(
+            outcome(&policy, &http(principal, YAHOO)).1,
+            Reason::DefaultAllow,
+            "`to` still applies: {principal:?}"
+        );
+    }
+    let cases: &[(&str, Reason)] = &[
+        (DEFAULT_SLEEP, Reason::DeniedByRule),
+        ("spiffe://cluster.local/ns/prod/sa/x", Reason::DefaultAllow),
+        ("spiffe://cluster.local/ns/a/sa/admin", Reason::DefaultAllow),
+        ("spiffe://cluster.local/ns/a/sa/batch", Reason::DefaultAllow),
+    ];
+    for (principal, reason) in cases {
+        assert_eq!(
+            outcome(&policy, &http(principal, GOOGLE)).1,
+            *reason,
+            "{principal}"
+        );
+    }
+}
+
+#[test]
+fn a_positive_caller_condition_keeps_callers_without_identity_out_of_a_deny_rule() {
+    // As in Istio: a positive principal matcher needs an authenticated principal, whatever `not*` says.
+    let policy = mk_policy(
+        r#"
+defaultAction: ALLOW
+rules:
+- name: deny-team-but-admins
+  action: DENY
+  from: {namespaces: ["team-*"], notServiceAccounts: ["*/admin"]}
+"#,
     );
-    assert_eq!(
-        outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)).1,
-        Reason::DeniedByRule
-    );
+    for principal in ANONYMOUS_CALLERS {
+        assert_eq!(
+            outcome(&policy, &http(principal, GOOGLE)),
+            (Verdict::Allow, Reason::DefaultAllow, None),
+            "{principal:?}"
+        );
+    }
     assert_eq!(
         outcome(
             &policy,
-            &http("spiffe://cluster.local/ns/prod/sa/x", GOOGLE)
+            &http("spiffe://cluster.local/ns/team-a/sa/sleep", GOOGLE)
         )
         .1,
-        Reason::DefaultAllow
+        Reason::DeniedByRule
     );
+}
+
+#[test]
+fn dry_run_deny_rules_with_only_not_conditions_report_callers_without_identity() {
+    let policy = mk_policy(
+        r#"
+defaultAction: ALLOW
+rules:
+- name: would-require-mtls
+  action: DENY
+  dryRun: true
+  from: {notPrincipals: ["*"]}
+"#,
+    );
+    let d = policy.decide(&http("", GOOGLE));
+    assert_eq!(
+        (d.verdict, d.reason),
+        (Verdict::Allow, Reason::DefaultAllow)
+    );
+    let dry = d.dry_run.expect("the dry-run DENY matched");
+    assert_eq!(
+        (dry.rule.name.as_str(), dry.verdict),
+        ("would-require-mtls", Verdict::Deny)
+    );
+    assert_eq!(policy.decide(&http(DEFAULT_SLEEP, GOOGLE)).dry_run, None);
+}
+
+#[test]
+fn the_index_does_not_skip_not_only_deny_rules_for_callers_without_identity() {
+    // Enough rules on one host pattern that the bucket is split by namespace: the rules keyed by a
+    // namespace cannot match a caller without identity, the `not*`-only DENY still must.
+    let mut yaml = String::from("defaultAction: ALLOW\nrules:\n");
+    for i in 0..40 {
+        yaml.push_str(&format!(
+            "- name: deny-ns{i}\n  action: DENY\n  from: {{namespaces: [ns{i}]}}\n  to: {{hosts: [developers.google.com]}}\n"
+        ));
+    }
+    yaml.push_str(
+        "- name: require-mtls\n  action: DENY\n  from: {notNamespaces: [ns0]}\n  to: {hosts: [developers.google.com]}\n",
+    );
+    let policy = mk_policy(&yaml);
+    for principal in ANONYMOUS_CALLERS {
+        for request in [http(principal, GOOGLE), tcp(principal, GOOGLE)] {
+            let indexed = policy.decide(&request);
+            assert_eq!(indexed, policy.decide_linear(&request), "{principal:?}");
+            assert_eq!(
+                indexed.rule.map(|r| r.name.as_str()),
+                Some("require-mtls"),
+                "{principal:?}"
+            );
+        }
+    }
+    let ns3 = "spiffe://cluster.local/ns/ns3/sa/x";
+    assert_eq!(
+        outcome(&policy, &http(ns3, GOOGLE)).2.as_deref(),
+        Some("deny-ns3")
+    );
+}
+
+#[test]
+fn explain_shows_which_rules_a_caller_without_identity_matches() {
+    let policy = mk_policy(
+        r#"
+defaultAction: ALLOW
+rules:
+- name: allow-not-prod
+  from: {notNamespaces: [prod]}
+- name: deny-team
+  action: DENY
+  from: {namespaces: ["team-*"], notPrincipals: ["*/sa/admin"]}
+- name: require-mtls
+  action: DENY
+  from: {notPrincipals: ["*"]}
+  to: {hosts: [developers.google.com]}
+"#,
+    );
+    let explanation = policy.explain(&http("", GOOGLE));
+    assert_eq!(explanation.decision, policy.decide(&http("", GOOGLE)));
+    assert_eq!(
+        explanation.decision.rule.map(|r| r.name.as_str()),
+        Some("require-mtls")
+    );
+    assert!(explanation.identity_problem.is_some());
+    let outcomes: Vec<_> = explanation
+        .rules
+        .iter()
+        .map(|t| (t.rule.name.as_str(), t.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("allow-not-prod", Err(Condition::Identity)),
+            ("deny-team", Err(Condition::Identity)),
+            ("require-mtls", Ok(())),
+        ]
+    );
+    let elsewhere = policy.explain(&http("", YAHOO));
+    assert_eq!(elsewhere.rules[2].outcome, Err(Condition::Hosts));
 }
 
 #[test]
@@ -1056,4 +1251,36 @@ rules:
         outcome(&policy, &fronted),
         (Verdict::Deny, Reason::SniHostMismatch, None)
     );
+}
+
+fn lint_messages(yaml: &str) -> Vec<String> {
+    lint(&mk_policy(yaml))
+        .into_iter()
+        .map(|w| w.to_string())
+        .collect()
+}
+
+#[test]
+fn lint_on_deny_lists_knows_not_only_deny_rules_reach_callers_without_identity() {
+    let scoped = "defaultAction: ALLOW\nrules:\n- name: deny-default\n  action: DENY\n  from: {namespaces: [default]}\n";
+    let warnings = lint_messages(scoped);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("rules.yaml:3:1: warning: defaultAction is ALLOW")
+            && warnings[0].contains("notPrincipals"),
+        "{warnings:?}"
+    );
+    // A DENY rule with only `not*` conditions already turns those callers away.
+    let guarded = format!(
+        "{scoped}- name: require-mtls\n  action: DENY\n  from: {{notPrincipals: [\"*\"]}}\n"
+    );
+    assert_eq!(lint_messages(&guarded), Vec::<String>::new());
+    // Only the `not*` DENY rules exist: nothing slips through them for lack of identity.
+    let not_only = "defaultAction: ALLOW\nrules:\n- name: deny-all-but-prod\n  action: DENY\n  from: {notNamespaces: [prod]}\n";
+    assert_eq!(lint_messages(not_only), Vec::<String>::new());
+    // A dry-run guard does not count: it enforces nothing.
+    let dry_guard = format!(
+        "{scoped}- name: require-mtls\n  action: DENY\n  dryRun: true\n  from: {{notPrincipals: [\"*\"]}}\n"
+    );
+    assert_eq!(lint_messages(&dry_guard).len(), 1);
 }
