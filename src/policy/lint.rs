@@ -1,9 +1,9 @@
-//! Cheap checks for rules that are valid but can never do anything.
+//! Cheap checks for rules that are valid but can never do anything, or do less than they seem to.
 
 use std::fmt;
 
 use super::decision::Policy;
-use super::matcher::StringPattern;
+use super::matcher::{HostPattern, StringPattern};
 use super::rule::{FromConditions, Rule};
 use super::source::Location;
 use super::spec::Action;
@@ -21,6 +21,27 @@ impl fmt::Display for CompileWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: warning: {}", self.location, self.message)
     }
+}
+
+/// `*.x` patterns (exactly one label here) where a deeper name slipping past them widens what a rule
+/// lets through: a DENY rule's `to.hosts`, and any rule's `to.notHosts`. Someone used to Istio, whose
+/// `*.x` matches any depth, writes `*.x` meaning `**.x`; in an ALLOW rule's `to.hosts` the narrower
+/// reading only refuses more, so it is not reported.
+fn one_label_wildcards_that_leak(rule: &Rule) -> impl Iterator<Item = (&'static str, &str)> {
+    let to = rule.to.as_ref();
+    let hosts = to
+        .filter(|_| rule.action == Action::Deny)
+        .into_iter()
+        .flat_map(|t| t.hosts.iter().map(|h| ("to.hosts", h)));
+    let not_hosts = to
+        .into_iter()
+        .flat_map(|t| t.not_hosts.iter().map(|h| ("to.notHosts", h)));
+    hosts
+        .chain(not_hosts)
+        .filter_map(|(field, host)| match host {
+            HostPattern::OneLabel(suffix) => Some((field, suffix.as_str())),
+            _ => None,
+        })
 }
 
 /// Lists rules that can never match, and similar cheap-to-spot mistakes.
@@ -44,6 +65,19 @@ pub fn lint(policy: &Policy) -> Vec<CompileWarning> {
                 message: format!(
                     "rule {:?} can never allow anything: DENY rule {:?} matches every request and DENY rules are evaluated first",
                     rule.name, deny.name
+                ),
+            });
+        }
+        for (field, suffix) in one_label_wildcards_that_leak(rule) {
+            let effect = match field {
+                "to.hosts" => "so deeper names escape this DENY rule",
+                _ => "so deeper names are not excluded and the rule applies to them",
+            };
+            warnings.push(CompileWarning {
+                location: location(rule),
+                message: format!(
+                    "rule {:?}: {field} \"*{suffix}\" matches exactly one label (x{suffix}, not x.y{suffix}; Istio's \"*.\" matches any depth), {effect}; write \"**{suffix}\" to cover any depth",
+                    rule.name
                 ),
             });
         }

@@ -1261,6 +1261,50 @@ fn lint_messages(yaml: &str) -> Vec<String> {
 }
 
 #[test]
+fn lint_warns_where_a_one_label_wildcard_lets_deeper_names_through() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "rules:\n- name: d\n  action: DENY\n  to: {hosts: [\"*.example.com\"]}\n",
+            &[
+                "rules.yaml:2:1: warning: rule \"d\": to.hosts \"*.example.com\"",
+                "**.example.com",
+            ],
+        ),
+        (
+            "rules:\n- name: a\n  to: {hosts: [\"**.example.com\"], notHosts: [\"*.internal.example.com\"]}\n",
+            &[
+                "rules.yaml:2:1: warning: rule \"a\": to.notHosts \"*.internal.example.com\"",
+                "**.internal.example.com",
+            ],
+        ),
+        (
+            "rules:\n- name: ok\n- name: d\n  action: DENY\n  dryRun: true\n  to: {notHosts: [\"*.a.com\"], hosts: [\"*.b.com\"]}\n",
+            &[
+                "rules.yaml:3:1: warning: rule \"d\": to.hosts \"*.b.com\"",
+                "rules.yaml:3:1: warning: rule \"d\": to.notHosts \"*.a.com\"",
+            ],
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let warnings = lint_messages(yaml);
+        for fragment in *expected {
+            assert!(
+                warnings.iter().any(|w| w.contains(fragment)),
+                "{yaml}: no {fragment:?} in {warnings:?}"
+            );
+        }
+    }
+    // Narrower than Istio only refuses more here, or the pattern covers any depth already.
+    for quiet in [
+        "rules:\n- name: a\n  to: {hosts: [\"*.example.com\"]}\n",
+        "rules:\n- name: d\n  action: DENY\n  to: {hosts: [\"**.example.com\", example.com]}\n",
+        "rules:\n- name: d\n  action: DENY\n  to: {notHosts: [\"**.example.com\"]}\n",
+    ] {
+        assert_eq!(lint_messages(quiet), Vec::<String>::new(), "{quiet}");
+    }
+}
+
+#[test]
 fn lint_on_deny_lists_knows_not_only_deny_rules_reach_callers_without_identity() {
     let scoped = "defaultAction: ALLOW\nrules:\n- name: deny-default\n  action: DENY\n  from: {namespaces: [default]}\n";
     let warnings = lint_messages(scoped);
