@@ -111,8 +111,9 @@ pub fn normalize_host<'a>(
             let ip = IpAddr::V4(parse_ipv4(name.as_bytes())?);
             Some(scratch.insert(NormalizedHost::from_ip(ip)?).as_str())
         }
-        // Every IPv4 spelling has only digits, letters and dots, so it was scanned as numeric above:
-        // only IPv6 is left to try.
+        // An IPv4 spelling has only digits, letters and dots, so it was scanned as numeric above,
+        // unless it breaks DNS's length limits (a label over 63 bytes of leading zeros), and then it
+        // is refused like any overlong name: only IPv6 is left to try.
         DnsName::Invalid => {
             let inner = raw
                 .strip_prefix('[')
