@@ -39,6 +39,15 @@ fn decide_does_not_allocate() {
             destination_service: "10.0.0.1",
             ..Default::default()
         },
+        // An IPv4 address in a short hex spelling: parsed and rewritten inline too.
+        EgressRequest {
+            http: Some(HttpRequest {
+                authority: "0x7f.1:8080",
+                method: "GET",
+                path: "/",
+            }),
+            ..Default::default()
+        },
         EgressRequest {
             destination_service: "not a host",
             ..Default::default()

@@ -96,7 +96,7 @@ fn rule(host_patterns: &'static [&'static str]) -> impl Strategy<Value = Value> 
         prop::bool::weighted(0.2),
         from,
         to,
-        0u8..4,
+        0u8..5,
         0u8..4,
     )
         .prop_map(
@@ -115,9 +115,11 @@ fn rule(host_patterns: &'static [&'static str]) -> impl Strategy<Value = Value> 
                     ("namespaces", ns, f & 1 == 1),
                     ("serviceAccounts", sa, f & 2 == 2),
                     ("principals", pr, f == 3),
-                    ("notNamespaces", not_ns, f == 2),
-                    ("notServiceAccounts", not_sa, f == 1),
-                    ("notPrincipals", not_pr, f == 0),
+                    // f == 4: only `not*` fields, which a DENY rule matches callers without
+                    // identity on; the index must not skip it for them.
+                    ("notNamespaces", not_ns, f == 2 || f == 4),
+                    ("notServiceAccounts", not_sa, f == 1 || f == 4),
+                    ("notPrincipals", not_pr, f == 0 || f == 4),
                 ] {
                     if keep && !values.is_empty() {
                         from.insert(key.into(), json!(values));

@@ -120,31 +120,82 @@ fn reference_dns_name(name: &str) -> bool {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     });
-    let last_numeric = name
-        .rsplit('.')
-        .next()
-        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
-    !name.is_empty() && name.len() <= 253 && labels_ok && !last_numeric
+    let last_label = name.rsplit('.').next().unwrap_or_default();
+    !name.is_empty() && name.len() <= 253 && labels_ok && !reference_is_number(last_label)
+}
+
+/// WHATWG's "ends in a number" test for one label: all decimal digits, or `0x`/`0X` and hex digits.
+fn reference_is_number(label: &str) -> bool {
+    let hex = label
+        .strip_prefix("0x")
+        .or_else(|| label.strip_prefix("0X"));
+    match hex {
+        Some(digits) => digits.bytes().all(|b| b.is_ascii_hexdigit()),
+        None => !label.is_empty() && label.bytes().all(|b| b.is_ascii_digit()),
+    }
+}
+
+/// `inet_aton` as its manual page states it: one to four parts separated by dots, each decimal,
+/// octal (leading `0`) or hex (leading `0x`/`0X`); every part but the last is one byte and the last
+/// fills the bytes left; anything out of range fails. A single trailing dot (DNS's root) is dropped.
+fn reference_inet_aton(raw: &str) -> Option<std::net::Ipv4Addr> {
+    let name = raw.strip_suffix('.').unwrap_or(raw);
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.len() > 4 {
+        return None;
+    }
+    let mut values = Vec::new();
+    for part in &parts {
+        let (digits, radix) = if let Some(hex) = part.strip_prefix("0x").or(part.strip_prefix("0X"))
+        {
+            (hex, 16)
+        } else if part.len() > 1 && part.starts_with('0') {
+            (&part[1..], 8)
+        } else {
+            (*part, 10)
+        };
+        if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+            return None;
+        }
+        // Leading zeros cannot overflow; the value can.
+        let value = u64::from_str_radix(digits.trim_start_matches('0'), radix).unwrap_or(0);
+        if digits.trim_start_matches('0').len() > 16 || value > u64::from(u32::MAX) {
+            return None;
+        }
+        values.push(value);
+    }
+    let (last, leading) = values.split_last()?;
+    if leading.iter().any(|&v| v > 255) || *last >= 1_u64 << (8 * (4 - leading.len())) {
+        return None;
+    }
+    let address = leading
+        .iter()
+        .enumerate()
+        .fold(*last, |acc, (i, &v)| acc | (v << (24 - 8 * i)));
+    Some(std::net::Ipv4Addr::from(u32::try_from(address).ok()?))
 }
 
 fn reference_normalize_host(raw: &str) -> Option<String> {
-    use std::net::{IpAddr, Ipv6Addr};
-    let canonical = |ip: IpAddr| match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or_else(|| v6.to_string(), |v4| v4.to_string()),
-        IpAddr::V4(v4) => v4.to_string(),
+    use std::net::Ipv6Addr;
+    let canonical = |v6: Ipv6Addr| {
+        v6.to_ipv4_mapped()
+            .map_or_else(|| v6.to_string(), |v4| v4.to_string())
     };
     if let Some(inner) = raw.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-        return inner
-            .parse::<Ipv6Addr>()
-            .ok()
-            .map(|ip| canonical(IpAddr::V6(ip)));
+        return inner.parse::<Ipv6Addr>().ok().map(canonical);
     }
-    if let Ok(ip) = raw.parse::<IpAddr>() {
+    if let Ok(ip) = raw.parse::<Ipv6Addr>() {
         return Some(canonical(ip));
     }
     let name = raw.strip_suffix('.').unwrap_or(raw);
+    let last_label = name.rsplit('.').next().unwrap_or_default();
+    if reference_is_number(last_label) {
+        // Names over DNS's limits are refused before the numbers are read.
+        let within_limits = name.len() <= 253 && name.split('.').all(|label| label.len() <= 63);
+        return reference_inet_aton(raw)
+            .filter(|_| within_limits)
+            .map(|ip| ip.to_string());
+    }
     reference_dns_name(name).then(|| name.to_ascii_lowercase())
 }
 
@@ -231,5 +282,131 @@ proptest! {
         });
         let fast = fast.transpose()?;
         prop_assert_eq!(fast, reference_spiffe(&id), "{:?}", id);
+    }
+}
+
+/// How one number of an IPv4 spelling is written.
+#[derive(Clone, Copy, Debug)]
+enum Radix {
+    Decimal,
+    Octal {
+        extra_zeros: usize,
+    },
+    Hex {
+        upper_prefix: bool,
+        upper_digits: bool,
+        extra_zeros: usize,
+    },
+}
+
+fn radix() -> impl Strategy<Value = Radix> {
+    prop_oneof![
+        Just(Radix::Decimal),
+        (0usize..4).prop_map(|extra_zeros| Radix::Octal { extra_zeros }),
+        (any::<bool>(), any::<bool>(), 0usize..4).prop_map(
+            |(upper_prefix, upper_digits, extra_zeros)| Radix::Hex {
+                upper_prefix,
+                upper_digits,
+                extra_zeros,
+            }
+        ),
+    ]
+}
+
+fn spell(value: u32, radix: Radix) -> String {
+    match radix {
+        Radix::Decimal => value.to_string(),
+        Radix::Octal { extra_zeros } => format!("0{}{value:o}", "0".repeat(extra_zeros)),
+        Radix::Hex {
+            upper_prefix,
+            upper_digits,
+            extra_zeros,
+        } => {
+            let prefix = if upper_prefix { "0X" } else { "0x" };
+            let zeros = "0".repeat(extra_zeros);
+            if upper_digits {
+                format!("{prefix}{zeros}{value:X}")
+            } else {
+                format!("{prefix}{zeros}{value:x}")
+            }
+        }
+    }
+}
+
+/// An address written as `parts` numbers (the last filling the remaining bytes), each in its radix.
+fn spelled_address() -> impl Strategy<Value = (std::net::Ipv4Addr, String)> {
+    (
+        any::<u32>(),
+        prop::collection::vec(radix(), 1..=4),
+        any::<bool>(),
+    )
+        .prop_map(|(address, radixes, trailing_dot)| {
+            let leading = radixes.len() - 1;
+            let mut numbers: Vec<u32> = (0..leading)
+                .map(|i| (address >> (24 - 8 * i)) & 0xff)
+                .collect();
+            let last_bits = 32 - 8 * leading;
+            numbers.push(if last_bits == 32 {
+                address
+            } else {
+                address & ((1 << last_bits) - 1)
+            });
+            let mut spelling: Vec<String> = numbers
+                .iter()
+                .zip(&radixes)
+                .map(|(&n, &r)| spell(n, r))
+                .collect();
+            if trailing_dot {
+                spelling.push(String::new());
+            }
+            (std::net::Ipv4Addr::from(address), spelling.join("."))
+        })
+}
+
+/// Strings of digits, hex letters, `x` and dots, biased towards number-like shapes.
+fn digits_dots_and_x() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[0-9a-fA-FxX.]{0,24}",
+        "[0-9.]{0,24}",
+        "((0[xX]?)?[0-9a-fA-F]{0,12}\\.){0,5}(0[xX]?)?[0-9a-fA-F]{0,12}\\.?",
+        "[0-9]{1,70}(\\.[0-9]{1,3}){0,3}",
+        "[a-z]{1,4}\\.(0[xX])?[0-9]{1,4}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 5000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_spelling_of_an_ipv4_address_is_that_address((address, spelling) in spelled_address()) {
+        prop_assert_eq!(reference_inet_aton(&spelling), Some(address), "the reference: {:?}", spelling);
+        let mut scratch = None;
+        let ours = normalize_host(&spelling, &mut scratch).map(str::to_owned);
+        prop_assert_eq!(ours, Some(address.to_string()), "{:?}", spelling);
+    }
+
+    #[test]
+    fn number_like_hosts_are_the_reference_address_or_refused(raw in digits_dots_and_x()) {
+        let mut scratch = None;
+        let ours = normalize_host(&raw, &mut scratch).map(str::to_owned);
+        let name = raw.strip_suffix('.').unwrap_or(&raw);
+        let ends_in_number = reference_is_number(name.rsplit('.').next().unwrap_or_default());
+        match (&ours, reference_inet_aton(&raw)) {
+            // Never another address, never a name for an address.
+            (Some(host), Some(address)) => prop_assert_eq!(host, &address.to_string(), "{:?}", raw),
+            // Not an address to the reference: then a DNS name, and one no other parser reads as a
+            // number either.
+            (Some(host), None) => {
+                prop_assert!(!ends_in_number, "{:?} became {:?}", raw, host);
+                prop_assert!(host.parse::<std::net::Ipv4Addr>().is_err(), "{:?} became {:?}", raw, host);
+            }
+            // Refused although the reference reads an address: only for DNS's length limits.
+            (None, Some(_)) => prop_assert!(
+                name.len() > 253 || name.split('.').any(|label| label.len() > 63),
+                "{:?} refused",
+                raw
+            ),
+            (None, None) => {}
+        }
     }
 }

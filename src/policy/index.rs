@@ -319,7 +319,10 @@ impl Postings {
                     if !keyed.any_namespace.is_empty() {
                         f(&keyed.any_namespace);
                     }
-                    // Keyed rules all have `from`, so a caller without a trusted identity matches none.
+                    // Keyed rules are keyed by a positive caller condition, which a caller without a
+                    // trusted identity never satisfies, DENY or ALLOW. DENY rules with only `not*`
+                    // conditions, which such a caller does match, are never keyed: they are in
+                    // `any_namespace`, visited above.
                     if let Some(list) = namespace.and_then(|ns| keyed.by_namespace.get(&key(ns))) {
                         f(list);
                     }

@@ -16,7 +16,8 @@ pub struct Rule {
     pub action: Action,
     /// Evaluated and reported, never enforced.
     pub dry_run: bool,
-    /// Conditions on the caller; `None` matches anyone, even without identity.
+    /// Conditions on the caller; `None` matches anyone, even without identity. With `from`, a caller
+    /// without a trusted identity matches only a DENY rule whose conditions are all `not*` ones.
     pub from: Option<FromConditions>,
     /// Conditions on the destination; `None` matches anywhere.
     pub to: Option<ToConditions>,
@@ -103,7 +104,8 @@ pub struct HttpInput<'a> {
 /// The first condition of a rule that a request failed, as `explain` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Condition {
-    /// The rule has `from` and the caller has no trusted identity.
+    /// The rule has `from` and the caller has no trusted identity: an ALLOW rule (whatever its
+    /// conditions), or a DENY rule with a positive caller condition.
     Identity,
     /// `from.namespaces`.
     Namespaces,
@@ -202,9 +204,15 @@ impl Rule {
     /// `Ok(())` when the rule matches, else the first condition that failed.
     pub fn check(&self, input: &MatchInput<'_>) -> Result<(), Condition> {
         if let Some(from) = &self.from {
-            // `not*` conditions never turn a missing identity into a match: no identity, no match.
-            let id = input.identity.ok_or(Condition::Identity)?;
-            from.check(&id)?;
+            match input.identity {
+                Some(id) => from.check(&id)?,
+                // Fail closed both ways, as Istio does: a caller without identity is not any listed
+                // caller, so it satisfies every `not*` condition of a DENY rule (`notPrincipals: ["*"]`
+                // rejects plaintext callers), but never a positive one, and an ALLOW rule never
+                // lets a caller in on what it is not.
+                None if self.action == Action::Deny && !from.has_positive_condition() => {}
+                None => return Err(Condition::Identity),
+            }
         }
         if let Some(to) = &self.to {
             to.check(self.action, input)?;
@@ -244,6 +252,14 @@ impl FromConditions {
             |p| p.matches(id.principal),
             Condition::NotPrincipals,
         )
+    }
+
+    /// True when some field names callers to match (`namespaces`, `serviceAccounts`, `principals`),
+    /// which only a caller with a trusted identity can satisfy.
+    pub fn has_positive_condition(&self) -> bool {
+        !self.namespaces.is_empty()
+            || !self.service_accounts.is_empty()
+            || !self.principals.is_empty()
     }
 
     /// True when no field constrains the caller.

@@ -250,34 +250,229 @@ rules:
     );
 }
 
+/// Callers without a usable identity: none, malformed, foreign trust domain.
+const ANONYMOUS_CALLERS: [&str; 4] = [
+    "",
+    "spiffe://cluster.local/ns/default",
+    "not-a-spiffe-id",
+    "spiffe://evil.example/ns/prod/sa/x",
+];
+
 #[test]
-fn not_fields_never_turn_a_missing_identity_into_a_match() {
+fn not_fields_never_let_a_caller_without_identity_into_an_allow_rule() {
+    let policy = mk_policy(
+        r#"
+rules:
+- name: all-but-prod
+  from: {notNamespaces: [prod], notServiceAccounts: ["*/blocked"], notPrincipals: ["*/sa/x"]}
+"#,
+    );
+    for principal in ANONYMOUS_CALLERS {
+        assert_eq!(
+            outcome(&policy, &http(principal, GOOGLE)),
+            (Verdict::Deny, Reason::InvalidPrincipal, None),
+            "{principal:?}"
+        );
+    }
+    assert_eq!(
+        outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)).1,
+        Reason::AllowedByRule
+    );
+}
+
+#[test]
+fn deny_rules_with_only_not_conditions_match_callers_without_identity() {
+    // Istio's documented way to turn away plaintext callers.
+    let policy = mk_policy(
+        r#"
+defaultAction: ALLOW
+rules:
+- name: require-mtls
+  action: DENY
+  from: {notPrincipals: ["*"]}
+"#,
+    );
+    for principal in ANONYMOUS_CALLERS {
+        for request in [http(principal, GOOGLE), tcp(principal, GOOGLE)] {
+            assert_eq!(
+                outcome(&policy, &request),
+                (
+                    Verdict::Deny,
+                    Reason::DeniedByRule,
+                    Some("require-mtls".into())
+                ),
+                "{principal:?}"
+            );
+        }
+    }
+    assert_eq!(
+        outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)),
+        (Verdict::Allow, Reason::DefaultAllow, None)
+    );
+
+    // Every `not*` field: a caller without identity is none of the listed callers.
     let policy = mk_policy(
         r#"
 defaultAction: ALLOW
 rules:
 - name: deny-all-but-prod
   action: DENY
-  from: {notNamespaces: [prod]}
+  from: {notNamespaces: [prod], notServiceAccounts: ["*/admin"], notPrincipals: ["*/sa/batch"]}
+  to: {hosts: [developers.google.com]}
 "#,
     );
-    // The DENY rule has `from`, so an identity-less caller does not match it: the default applies.
-    assert_eq!(
-        outcome(&policy, &http("", GOOGLE)),
-        (Verdict::Allow, Reason::DefaultAllow, None)
+    for principal in ANONYMOUS_CALLERS {
+        assert_eq!(
+            outcome(&policy, &http(principal, GOOGLE)).1,
+            Reason::DeniedByRule,
+            "{principal:?}"
+        );
+        assert_eq!(
+            outcome(&policy, &http(principal, YAHOO)).1,
+            Reason::DefaultAllow,
+            "`to` still applies: {principal:?}"
+        );
+    }
+    let cases: &[(&str, Reason)] = &[
+        (DEFAULT_SLEEP, Reason::DeniedByRule),
+        ("spiffe://cluster.local/ns/prod/sa/x", Reason::DefaultAllow),
+        ("spiffe://cluster.local/ns/a/sa/admin", Reason::DefaultAllow),
+        ("spiffe://cluster.local/ns/a/sa/batch", Reason::DefaultAllow),
+    ];
+    for (principal, reason) in cases {
+        assert_eq!(
+            outcome(&policy, &http(principal, GOOGLE)).1,
+            *reason,
+            "{principal}"
+        );
+    }
+}
+
+#[test]
+fn a_positive_caller_condition_keeps_callers_without_identity_out_of_a_deny_rule() {
+    // As in Istio: a positive principal matcher needs an authenticated principal, whatever `not*` says.
+    let policy = mk_policy(
+        r#"
+defaultAction: ALLOW
+rules:
+- name: deny-team-but-admins
+  action: DENY
+  from: {namespaces: ["team-*"], notServiceAccounts: ["*/admin"]}
+"#,
     );
-    assert_eq!(
-        outcome(&policy, &http(DEFAULT_SLEEP, GOOGLE)).1,
-        Reason::DeniedByRule
-    );
+    for principal in ANONYMOUS_CALLERS {
+        assert_eq!(
+            outcome(&policy, &http(principal, GOOGLE)),
+            (Verdict::Allow, Reason::DefaultAllow, None),
+            "{principal:?}"
+        );
+    }
     assert_eq!(
         outcome(
             &policy,
-            &http("spiffe://cluster.local/ns/prod/sa/x", GOOGLE)
+            &http("spiffe://cluster.local/ns/team-a/sa/sleep", GOOGLE)
         )
         .1,
-        Reason::DefaultAllow
+        Reason::DeniedByRule
     );
+}
+
+#[test]
+fn dry_run_deny_rules_with_only_not_conditions_report_callers_without_identity() {
+    let policy = mk_policy(
+        r#"
+defaultAction: ALLOW
+rules:
+- name: would-require-mtls
+  action: DENY
+  dryRun: true
+  from: {notPrincipals: ["*"]}
+"#,
+    );
+    let d = policy.decide(&http("", GOOGLE));
+    assert_eq!(
+        (d.verdict, d.reason),
+        (Verdict::Allow, Reason::DefaultAllow)
+    );
+    let dry = d.dry_run.expect("the dry-run DENY matched");
+    assert_eq!(
+        (dry.rule.name.as_str(), dry.verdict),
+        ("would-require-mtls", Verdict::Deny)
+    );
+    assert_eq!(policy.decide(&http(DEFAULT_SLEEP, GOOGLE)).dry_run, None);
+}
+
+#[test]
+fn the_index_does_not_skip_not_only_deny_rules_for_callers_without_identity() {
+    // Enough rules on one host pattern that the bucket is split by namespace: the rules keyed by a
+    // namespace cannot match a caller without identity, the `not*`-only DENY still must.
+    let mut yaml = String::from("defaultAction: ALLOW\nrules:\n");
+    for i in 0..40 {
+        yaml.push_str(&format!(
+            "- name: deny-ns{i}\n  action: DENY\n  from: {{namespaces: [ns{i}]}}\n  to: {{hosts: [developers.google.com]}}\n"
+        ));
+    }
+    yaml.push_str(
+        "- name: require-mtls\n  action: DENY\n  from: {notNamespaces: [ns0]}\n  to: {hosts: [developers.google.com]}\n",
+    );
+    let policy = mk_policy(&yaml);
+    for principal in ANONYMOUS_CALLERS {
+        for request in [http(principal, GOOGLE), tcp(principal, GOOGLE)] {
+            let indexed = policy.decide(&request);
+            assert_eq!(indexed, policy.decide_linear(&request), "{principal:?}");
+            assert_eq!(
+                indexed.rule.map(|r| r.name.as_str()),
+                Some("require-mtls"),
+                "{principal:?}"
+            );
+        }
+    }
+    let ns3 = "spiffe://cluster.local/ns/ns3/sa/x";
+    assert_eq!(
+        outcome(&policy, &http(ns3, GOOGLE)).2.as_deref(),
+        Some("deny-ns3")
+    );
+}
+
+#[test]
+fn explain_shows_which_rules_a_caller_without_identity_matches() {
+    let policy = mk_policy(
+        r#"
+defaultAction: ALLOW
+rules:
+- name: allow-not-prod
+  from: {notNamespaces: [prod]}
+- name: deny-team
+  action: DENY
+  from: {namespaces: ["team-*"], notPrincipals: ["*/sa/admin"]}
+- name: require-mtls
+  action: DENY
+  from: {notPrincipals: ["*"]}
+  to: {hosts: [developers.google.com]}
+"#,
+    );
+    let explanation = policy.explain(&http("", GOOGLE));
+    assert_eq!(explanation.decision, policy.decide(&http("", GOOGLE)));
+    assert_eq!(
+        explanation.decision.rule.map(|r| r.name.as_str()),
+        Some("require-mtls")
+    );
+    assert!(explanation.identity_problem.is_some());
+    let outcomes: Vec<_> = explanation
+        .rules
+        .iter()
+        .map(|t| (t.rule.name.as_str(), t.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("allow-not-prod", Err(Condition::Identity)),
+            ("deny-team", Err(Condition::Identity)),
+            ("require-mtls", Ok(())),
+        ]
+    );
+    let elsewhere = policy.explain(&http("", YAHOO));
+    assert_eq!(elsewhere.rules[2].outcome, Err(Condition::Hosts));
 }
 
 #[test]
@@ -931,4 +1126,205 @@ fn rule_position_finds_a_decisions_rule_and_nothing_else() {
     assert_eq!(policy.rule_position(&copy), None);
     let other = mk_policy("rules:\n- name: a\n  to: {hosts: [a.example.com]}\n");
     assert_eq!(policy.rule_position(&other.rules()[0]), None);
+}
+
+#[test]
+fn ipv4_spellings_cannot_dodge_a_deny_on_an_address() {
+    let policy = mk_policy(
+        r#"
+defaultAction: ALLOW
+rules:
+- name: deny-loopback
+  action: DENY
+  to: {hosts: ["127.0.0.1"]}
+- name: deny-metadata
+  action: DENY
+  to: {hosts: ["0xa9.0xfe.0xa9.0xfe"]}
+"#,
+    );
+    for spelling in [
+        "127.0.0.1",
+        "127.0.0.1.",
+        "127.1",
+        "0x7f.1",
+        "0X7F.0.0.1",
+        "0177.0.0.1",
+        "0x7f.0.0.01",
+        "2130706433",
+        "0x7f000001",
+        "[::ffff:127.0.0.1]",
+    ] {
+        for request in [http(DEFAULT_SLEEP, spelling), tcp(DEFAULT_SLEEP, spelling)] {
+            assert_eq!(
+                outcome(&policy, &request),
+                (
+                    Verdict::Deny,
+                    Reason::DeniedByRule,
+                    Some("deny-loopback".into())
+                ),
+                "{spelling} over {:?}",
+                request.protocol()
+            );
+        }
+    }
+    let authority = http(DEFAULT_SLEEP, "0x7f.1:8080");
+    assert_eq!(outcome(&policy, &authority).1, Reason::DeniedByRule);
+    // A rule host is canonicalised the same way.
+    assert_eq!(
+        outcome(&policy, &http(DEFAULT_SLEEP, "169.254.169.254"))
+            .2
+            .as_deref(),
+        Some("deny-metadata")
+    );
+    // A numeric last label that is no address is no host, before any rule.
+    for bad in ["127.0.0.1.1", "256.1", "08.0.0.1", "metadata.123"] {
+        assert_eq!(
+            outcome(&policy, &tcp(DEFAULT_SLEEP, bad)),
+            (Verdict::Deny, Reason::InvalidHost, None),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn an_ipv4_rule_host_in_a_short_spelling_matches_the_dotted_quad() {
+    let policy = mk_policy("rules:\n- name: loopback\n  to: {hosts: [\"127.1\"]}\n");
+    assert_eq!(
+        policy.rules()[0].to.as_ref().map(|t| &t.hosts[..]),
+        Some(&[HostPattern::Exact("127.0.0.1".into())][..])
+    );
+    assert_eq!(
+        outcome(&policy, &http(DEFAULT_SLEEP, "127.0.0.1")).1,
+        Reason::AllowedByRule
+    );
+    assert!(matches!(
+        mk_errors("rules:\n- name: a\n  to: {hosts: [\"1.2.3.4.5\"]}\n")[..],
+        [CompileErrorKind::InvalidValue {
+            field: "to.hosts",
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn only_the_exact_istio_cluster_sni_is_skipped() {
+    let policy = mk_policy(
+        r#"
+rules:
+- name: google
+  to: {hosts: [developers.google.com]}
+"#,
+    );
+    let with_sni = |service: &'static str| EgressRequest {
+        sni: GOOGLE,
+        ..tcp(DEFAULT_SLEEP, service)
+    };
+    // Istio's form names a cluster: the TLS session's SNI is the destination.
+    assert_eq!(
+        outcome(
+            &policy,
+            &with_sni("outbound_.443_._.istio-egressgateway.istio-system.svc.cluster.local")
+        )
+        .1,
+        Reason::AllowedByRule
+    );
+    // Near misses are ordinary SNIs: the destination, decided on like any other.
+    for near_miss in [
+        "outbound_.evil.example.com",
+        "outbound_.443_.evil.example.com",
+        "outbound_.0443_._.evil.example.com",
+    ] {
+        assert_eq!(
+            outcome(&policy, &with_sni(near_miss)),
+            (Verdict::Deny, Reason::NoMatchingRule, None),
+            "{near_miss}"
+        );
+        let explanation = policy.explain(&with_sni(near_miss));
+        assert_eq!(explanation.host.as_deref(), Some(near_miss));
+    }
+    // Nor is a near miss exempt from the SNI check on HTTP.
+    let fronted = EgressRequest {
+        sni: "outbound_.evil.example.com",
+        ..http(DEFAULT_SLEEP, GOOGLE)
+    };
+    assert_eq!(
+        outcome(&policy, &fronted),
+        (Verdict::Deny, Reason::SniHostMismatch, None)
+    );
+}
+
+fn lint_messages(yaml: &str) -> Vec<String> {
+    lint(&mk_policy(yaml))
+        .into_iter()
+        .map(|w| w.to_string())
+        .collect()
+}
+
+#[test]
+fn lint_warns_where_a_one_label_wildcard_lets_deeper_names_through() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "rules:\n- name: d\n  action: DENY\n  to: {hosts: [\"*.example.com\"]}\n",
+            &[
+                "rules.yaml:2:1: warning: rule \"d\": to.hosts \"*.example.com\"",
+                "**.example.com",
+            ],
+        ),
+        (
+            "rules:\n- name: a\n  to: {hosts: [\"**.example.com\"], notHosts: [\"*.internal.example.com\"]}\n",
+            &[
+                "rules.yaml:2:1: warning: rule \"a\": to.notHosts \"*.internal.example.com\"",
+                "**.internal.example.com",
+            ],
+        ),
+        (
+            "rules:\n- name: ok\n- name: d\n  action: DENY\n  dryRun: true\n  to: {notHosts: [\"*.a.com\"], hosts: [\"*.b.com\"]}\n",
+            &[
+                "rules.yaml:3:1: warning: rule \"d\": to.hosts \"*.b.com\"",
+                "rules.yaml:3:1: warning: rule \"d\": to.notHosts \"*.a.com\"",
+            ],
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let warnings = lint_messages(yaml);
+        for fragment in *expected {
+            assert!(
+                warnings.iter().any(|w| w.contains(fragment)),
+                "{yaml}: no {fragment:?} in {warnings:?}"
+            );
+        }
+    }
+    // Narrower than Istio only refuses more here, or the pattern covers any depth already.
+    for quiet in [
+        "rules:\n- name: a\n  to: {hosts: [\"*.example.com\"]}\n",
+        "rules:\n- name: d\n  action: DENY\n  to: {hosts: [\"**.example.com\", example.com]}\n",
+        "rules:\n- name: d\n  action: DENY\n  to: {notHosts: [\"**.example.com\"]}\n",
+    ] {
+        assert_eq!(lint_messages(quiet), Vec::<String>::new(), "{quiet}");
+    }
+}
+
+#[test]
+fn lint_on_deny_lists_knows_not_only_deny_rules_reach_callers_without_identity() {
+    let scoped = "defaultAction: ALLOW\nrules:\n- name: deny-default\n  action: DENY\n  from: {namespaces: [default]}\n";
+    let warnings = lint_messages(scoped);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("rules.yaml:3:1: warning: defaultAction is ALLOW")
+            && warnings[0].contains("notPrincipals"),
+        "{warnings:?}"
+    );
+    // A DENY rule with only `not*` conditions already turns those callers away.
+    let guarded = format!(
+        "{scoped}- name: require-mtls\n  action: DENY\n  from: {{notPrincipals: [\"*\"]}}\n"
+    );
+    assert_eq!(lint_messages(&guarded), Vec::<String>::new());
+    // Only the `not*` DENY rules exist: nothing slips through them for lack of identity.
+    let not_only = "defaultAction: ALLOW\nrules:\n- name: deny-all-but-prod\n  action: DENY\n  from: {notNamespaces: [prod]}\n";
+    assert_eq!(lint_messages(not_only), Vec::<String>::new());
+    // A dry-run guard does not count: it enforces nothing.
+    let dry_guard = format!(
+        "{scoped}- name: require-mtls\n  action: DENY\n  dryRun: true\n  from: {{notPrincipals: [\"*\"]}}\n"
+    );
+    assert_eq!(lint_messages(&dry_guard).len(), 1);
 }

@@ -101,8 +101,9 @@ pub fn expected(stage: Stage, caller: &str, host: &str) -> Expect {
     }
     match stage {
         // Deny-list: default must not reach yahoo, otherns must not reach google; the rest is allowed --
-        // including callers without a trusted identity (foreign trust domain, no URI SAN): a rule with a
-        // `from` never matches them, so the DENY rules cannot stop them and the default ALLOW applies.
+        // including callers without a trusted identity (foreign trust domain, no URI SAN): a rule whose
+        // `from` names namespaces never matches them, so the DENY rules cannot stop them and the
+        // default ALLOW applies.
         Stage::NamespaceLevel => match (caller, google) {
             (DEFAULT_SLEEP, false) => Expect::deny("denied_by_rule", Some("deny-default-to-yahoo")),
             (OTHERNS_SLEEP | SLEEP_GOOGLE | SLEEP_YAHOO, true) => {

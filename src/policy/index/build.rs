@@ -50,7 +50,8 @@ impl Postings {
 
 /// The namespaces a caller must be in for `rule` to match, when `from` pins them exactly; `None` when
 /// callers of any namespace might match. One condition is enough (they are ANDed): the first that is
-/// all exact values.
+/// all exact values. Only positive conditions pin a namespace, so a rule that a caller without identity
+/// can match (a DENY with only `not*` conditions) is never keyed.
 fn required_namespaces(rule: &Rule) -> Option<Vec<&str>> {
     fn exact(p: &StringPattern) -> Option<&str> {
         match p {
