@@ -5,6 +5,9 @@
 //! Envoy is found via `ENVOY_BIN`, PATH or `.venv-envoy/bin/envoy` (scripts/install-envoy.sh). Without it
 //! these tests print "SKIPPED" and pass, unless `CI` or `EGRESS_AUTHZ_REQUIRE_ENVOY=1` is set: then they fail.
 //!
+//! The tests that send TLS server names which are not host names drive `openssl s_client` (`OPENSSL_BIN`
+//! or PATH), since rustls only sends DNS names; without it they skip or fail like the others.
+//!
 //! Run: `scripts/install-envoy.sh && EGRESS_AUTHZ_REQUIRE_ENVOY=1 cargo test --test e2e_envoy`
 // Harness modules are shared with examples/demo.rs (not every item is used by both); `serial()` holds a
 // std Mutex across awaits on purpose: it serializes tests that each run their own runtime.
@@ -29,7 +32,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use harness::{
-    GOOGLE, Gateway, Stage, World, YAHOO, envoy_or_skip, envoy_validate, render_template, serial,
+    GOOGLE, Gateway, Stage, Variant, World, YAHOO, envoy_or_skip, envoy_validate, render_template,
+    serial,
 };
 use net::{TcpOutcome, https_request, tls_stream};
 use pki::{DEFAULT_SLEEP, OTHERNS_SLEEP, Pki, SLEEP_YAHOO};
@@ -37,8 +41,8 @@ use scenarios::{
     Expect, HTTP_STAT_PREFIX, TCP_STAT_PREFIX, Tally, check_http, check_tcp, expected,
 };
 
-/// Every template renders and passes `envoy --mode validate`; (a') differs from (a) only by
-/// `include_tls_session: true`.
+/// Every template renders and passes `envoy --mode validate`, as checked in and with the fail-open
+/// variant; (a') differs from (a) only by `include_tls_session: true`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_bootstraps_validate() {
     let Some(envoy) = envoy_or_skip("envoy_bootstraps_validate") else {
@@ -60,11 +64,28 @@ async fn envoy_bootstraps_validate() {
             ("GOOGLE_TCP_PORT", "18003".to_owned()),
             ("YAHOO_TCP_PORT", "18004".to_owned()),
         ]);
-        let path = tmp.path().join(format!("{}.yaml", gw.template()));
-        std::fs::write(&path, render_template(gw, &vars)).unwrap();
-        match envoy_validate(&envoy, &path).await {
-            Ok(out) => assert!(out.contains("OK"), "{}: {out}", gw.template()),
-            Err(out) => panic!("envoy --mode validate {} failed:\n{out}", gw.template()),
+        // The checked-in bootstrap as istiod emits it, and the variant the fail-open tests run.
+        let variants = [
+            ("", Variant::ISTIO_DEFAULT),
+            (
+                "-fail-open-wildcard",
+                Variant {
+                    fail_open: true,
+                    google_wildcard: true,
+                    tcp_tls_session: true,
+                },
+            ),
+        ];
+        for (suffix, variant) in variants {
+            let path = tmp.path().join(format!("{}{suffix}.yaml", gw.template()));
+            std::fs::write(&path, variant.apply(gw, &render_template(gw, &vars))).unwrap();
+            match envoy_validate(&envoy, &path).await {
+                Ok(out) => assert!(out.contains("OK"), "{}{suffix}: {out}", gw.template()),
+                Err(out) => panic!(
+                    "envoy --mode validate {}{suffix} failed:\n{out}",
+                    gw.template()
+                ),
+            }
         }
     }
     let code = |gw: Gateway| -> Vec<String> {
@@ -629,5 +650,343 @@ impl Probe<'_> {
             statuses.len()
         );
         statuses
+    }
+}
+
+/// SNIs that are not UTF-8 (a bare `\xff\xfe` before the name; a UTF-8 lead byte cut short), each inside
+/// `*.google.com` so that the wildcard filter chain takes it to ext_authz.
+const NOT_UTF8_SNIS: [&[u8]; 2] = [
+    b"\xff\xfedevelopers.google.com",
+    b"developers\xc3.google.com",
+];
+/// Valid UTF-8 but not a host name (an internationalised name in Unicode form, which a resolver would
+/// never be asked for): the decoder accepts it, the host check does not.
+const UTF8_NOT_A_HOST_SNI: &str = "d\u{e9}velopers.google.com";
+/// Each bad SNI is tried more than once: every attempt must be decided, not one cached answer.
+const ATTEMPTS: usize = 2;
+
+/// The counters a raw-SNI attempt may move: Envoy's ext_authz counters, the server's check counters, and
+/// what the stand-in hosts received. Taken before and after each attempt (tests run one at a time).
+#[derive(Debug, Clone, PartialEq)]
+struct Counters {
+    /// `[ok, denied, error, failure_mode_allowed]` of the gateway's ext_authz filter.
+    envoy: [u64; 4],
+    /// `egress_authz_checks_total` by (decision, reason), summed over protocols.
+    server: BTreeMap<(String, String), u64>,
+    /// HTTP requests or TCP connections with bytes, at both stand-in hosts of the gateway's kind.
+    upstream_hits: usize,
+}
+
+impl Counters {
+    async fn take(world: &World, gw: Gateway) -> Self {
+        let envoy = world.envoy(gw);
+        let prefix = match gw {
+            Gateway::TcpIstio => format!("ext_authz.{TCP_STAT_PREFIX}"),
+            _ => format!("http.{HTTP_STAT_PREFIX}.ext_authz"),
+        };
+        let stats = envoy.stats("ext_authz").await;
+        let stat = |s: &str| stats.get(&format!("{prefix}.{s}")).copied().unwrap_or(0);
+        let (_, body) = net::http_get(world.server().admin, "/metrics")
+            .await
+            .unwrap();
+        let mut server = BTreeMap::new();
+        for line in body
+            .lines()
+            .filter(|l| l.starts_with("egress_authz_checks_total{"))
+        {
+            let label = |k: &str| {
+                line.split_once(&format!("{k}=\""))
+                    .and_then(|(_, rest)| rest.split_once('"'))
+                    .map(|(v, _)| v.to_owned())
+                    .unwrap_or_default()
+            };
+            let value: f64 = line.rsplit_once(' ').unwrap().1.parse().unwrap();
+            *server
+                .entry((label("decision"), label("reason")))
+                .or_insert(0) += value as u64;
+        }
+        let upstream_hits = match gw {
+            Gateway::TcpIstio => world.google_tcp.hits() + world.yahoo_tcp.hits(),
+            _ => world.google_http.hits() + world.yahoo_http.hits(),
+        };
+        Self {
+            envoy: [
+                stat("ok"),
+                stat("denied"),
+                stat("error"),
+                stat("failure_mode_allowed"),
+            ],
+            server,
+            upstream_hits,
+        }
+    }
+
+    /// `self - before`, keeping only what changed.
+    fn delta(&self, before: &Self) -> Delta {
+        let mut server = BTreeMap::new();
+        for (k, v) in &self.server {
+            let d = v - before.server.get(k).copied().unwrap_or(0);
+            if d != 0 {
+                server.insert(format!("{}/{}", k.0, k.1), d);
+            }
+        }
+        let mut envoy = [0; 4];
+        for (i, d) in envoy.iter_mut().enumerate() {
+            *d = self.envoy[i] - before.envoy[i];
+        }
+        Delta {
+            envoy,
+            server,
+            upstream_hits: self.upstream_hits - before.upstream_hits,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Delta {
+    /// `[ok, denied, error, failure_mode_allowed]`
+    envoy: [u64; 4],
+    /// "decision/reason" -> count
+    server: BTreeMap<String, u64>,
+    upstream_hits: usize,
+}
+
+impl Delta {
+    fn expected(allow: bool, reason: &str) -> Self {
+        let decision = if allow { "allow" } else { "deny" };
+        Self {
+            envoy: if allow { [1, 0, 0, 0] } else { [0, 1, 0, 0] },
+            server: BTreeMap::from([(format!("{decision}/{reason}"), 1)]),
+            upstream_hits: usize::from(allow),
+        }
+    }
+}
+
+/// The `openssl s_client` clients of these tests, as default/sleep (allowed to developers.google.com in
+/// the final rules).
+fn raw_sni_client(world: &World, openssl: std::path::PathBuf) -> net::RawSniClient {
+    let (cert, key) = world.pki.files(DEFAULT_SLEEP);
+    net::RawSniClient {
+        openssl,
+        cert,
+        key,
+        ca: world.pki.ca_file(),
+    }
+}
+
+fn show(sni: &[u8]) -> String {
+    sni.escape_ascii().to_string()
+}
+
+/// Through the TLS gateway (tls_inspector + network ext_authz + tcp_proxy) with `failure_mode_allow:
+/// true`, as with Istio's `failOpen: true`, and the deploy bundle's EnvoyFilter (`include_tls_session`):
+/// a ClientHello whose SNI is not UTF-8 reaches the server byte for byte in `tls_session.sni` (Envoy
+/// replaces the bytes that are not UTF-8 by `!` only in `destination.service`). It must be denied as
+/// `invalid_host`: if the server failed the check instead, fail-open would pass the stream to the
+/// upstream. Likewise an SNI that is UTF-8 but not a DNS name. Proven per attempt by what the client and
+/// the stand-in host got, Envoy's ext_authz counters (denied, never error or failure_mode_allowed) and the
+/// server's check counter. The same client with a configured SNI flows, so the denials are not a broken
+/// client or gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_sni_denied_with_fail_open_tcp() {
+    bad_sni_over_tcp("bad_sni_denied_with_fail_open_tcp", true).await;
+}
+
+/// The same over the TCP gateway exactly as istiod emits it (no `include_tls_session`): the server sees
+/// only `destination.service`, whatever Envoy makes of the SNI bytes there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_sni_denied_with_fail_open_tcp_without_tls_session() {
+    bad_sni_over_tcp(
+        "bad_sni_denied_with_fail_open_tcp_without_tls_session",
+        false,
+    )
+    .await;
+}
+
+async fn bad_sni_over_tcp(test: &str, tcp_tls_session: bool) {
+    let Some(envoy_bin) = envoy_or_skip(test) else {
+        return;
+    };
+    let Some(openssl) = harness::openssl_or_skip(test) else {
+        return;
+    };
+    let _serial = serial();
+    let variant = Variant {
+        fail_open: true,
+        google_wildcard: true,
+        tcp_tls_session,
+    };
+    let world = World::start_with(
+        &envoy_bin,
+        &[Gateway::TcpIstio],
+        &Stage::Final.text(),
+        variant,
+    )
+    .await
+    .unwrap();
+    let client = raw_sni_client(&world, openssl);
+    let gw = world.envoy(Gateway::TcpIstio);
+
+    let attempt = |sni: &'static [u8]| {
+        let (world, client) = (&world, &client);
+        async move {
+            let before = Counters::take(world, Gateway::TcpIstio).await;
+            let skip = gw.access_log_len();
+            let out = client
+                .exchange(gw.listener, sni, b"opaque-inner-clienthello\n", |b| {
+                    b.ends_with(b"\n")
+                })
+                .await
+                .unwrap_or_else(|e| panic!("SNI {}: {e}", show(sni)));
+            let entry = gw.access_log_for_ip(out.source_ip, skip).await;
+            let delta = Counters::take(world, Gateway::TcpIstio)
+                .await
+                .delta(&before);
+            (out, entry, delta)
+        }
+    };
+
+    // Control: the configured name, through the same client, flows to the stand-in host.
+    let (out, entry, delta) = attempt(GOOGLE.as_bytes()).await;
+    let ctx = format!(
+        "control SNI {GOOGLE}: client got {:?} (closed by gateway: {}), counters {delta:?}, log {entry:?}\n{}",
+        out.text(),
+        out.closed_by_gateway,
+        out.diagnostics
+    );
+    assert_eq!(out.text(), format!("{GOOGLE}\n"), "{ctx}");
+    assert_eq!(delta, Delta::expected(true, "allowed_by_rule"), "{ctx}");
+
+    let bad: Vec<&'static [u8]> = NOT_UTF8_SNIS
+        .into_iter()
+        .chain([UTF8_NOT_A_HOST_SNI.as_bytes()])
+        .collect();
+    for sni in bad {
+        for i in 0..ATTEMPTS {
+            let (out, entry, delta) = attempt(sni).await;
+            let ctx = format!(
+                "SNI {} attempt {i}: client got {:?} (closed by gateway: {}), counters {delta:?} \
+                 (envoy [ok, denied, error, failure_mode_allowed]), log {entry:?}\n{}",
+                show(sni),
+                out.text(),
+                out.closed_by_gateway,
+                out.diagnostics
+            );
+            assert_eq!(delta.upstream_hits, 0, "{ctx}: bytes reached the upstream");
+            assert!(
+                out.received.is_empty() && out.closed_by_gateway,
+                "{ctx}: the gateway must close the connection without upstream bytes"
+            );
+            assert_eq!(delta, Delta::expected(false, "invalid_host"), "{ctx}");
+            let entry = entry.unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            assert_eq!(entry["details"].as_str(), Some("ext_authz_denied"), "{ctx}");
+            assert_eq!(entry["flags"].as_str(), Some("UAEX"), "{ctx}");
+            scenarios::assert_metadata(&entry["authz"], &Expect::deny("invalid_host", None), &ctx);
+        }
+    }
+}
+
+/// Through the HTTPS gateway with `include_tls_session: true` (the deploy bundle's EnvoyFilter) and
+/// `failure_mode_allow: true`: a ClientHello whose SNI is not UTF-8 reaches the server in
+/// `tls_session.sni`, byte for byte. The request must get a 403 `invalid_host` answer; a server that fails
+/// the check instead lets it through to the upstream under fail-open. An SNI that is UTF-8 but not a host
+/// name cannot equal the Host header and is denied as a mismatch. Same views as the TCP test, plus the
+/// control: the same client with SNI = Host gets the upstream's 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_sni_denied_with_fail_open_https() {
+    let test = "bad_sni_denied_with_fail_open_https";
+    let Some(envoy_bin) = envoy_or_skip(test) else {
+        return;
+    };
+    let Some(openssl) = harness::openssl_or_skip(test) else {
+        return;
+    };
+    let _serial = serial();
+    let variant = Variant {
+        fail_open: true,
+        google_wildcard: true,
+        tcp_tls_session: false,
+    };
+    let world = World::start_with(
+        &envoy_bin,
+        &[Gateway::HttpTlsSession],
+        &Stage::Final.text(),
+        variant,
+    )
+    .await
+    .unwrap();
+    let client = raw_sni_client(&world, openssl);
+    let gw = world.envoy(Gateway::HttpTlsSession);
+
+    let attempt = |sni: &'static [u8], id: String| {
+        let (world, client) = (&world, &client);
+        async move {
+            let before = Counters::take(world, Gateway::HttpTlsSession).await;
+            let skip = gw.access_log_len();
+            let req = format!(
+                "GET / HTTP/1.1\r\nhost: {GOOGLE}\r\nuser-agent: curl/8.5.0\r\nx-e2e-id: {id}\r\nconnection: close\r\n\r\n"
+            );
+            // `connection: close`: the gateway ends the session after its response.
+            let out = client
+                .exchange(gw.listener, sni, req.as_bytes(), |_| false)
+                .await
+                .unwrap_or_else(|e| panic!("SNI {}: {e}", show(sni)));
+            let entry = gw.access_log_for_ip(out.source_ip, skip).await;
+            let delta = Counters::take(world, Gateway::HttpTlsSession)
+                .await
+                .delta(&before);
+            let response =
+                net::parse_response(&out.received, std::net::SocketAddr::new(out.source_ip, 0));
+            let seen = world.google_http.seen_with_id(&id).len();
+            (out, response, entry, delta, seen)
+        }
+    };
+
+    let (out, response, entry, delta, seen) =
+        attempt(GOOGLE.as_bytes(), "raw-sni-control".to_owned()).await;
+    let ctx = format!(
+        "control SNI {GOOGLE}: response {response:?}, counters {delta:?}, log {entry:?}\n{}",
+        out.diagnostics
+    );
+    let response = response.unwrap_or_else(|e| panic!("{ctx}: {e}"));
+    assert_eq!(response.status, 200, "{ctx}");
+    assert_eq!(response.body.trim(), GOOGLE, "{ctx}");
+    assert_eq!(seen, 1, "{ctx}: the upstream saw the request");
+    assert_eq!(delta, Delta::expected(true, "allowed_by_rule"), "{ctx}");
+
+    let bad: Vec<(&'static [u8], &str)> = NOT_UTF8_SNIS
+        .into_iter()
+        .map(|s| (s, "invalid_host"))
+        .chain([(UTF8_NOT_A_HOST_SNI.as_bytes(), "sni_host_mismatch")])
+        .collect();
+    for (n, (sni, reason)) in bad.into_iter().enumerate() {
+        for i in 0..ATTEMPTS {
+            let id = format!("raw-sni-{n}-{i}");
+            let (out, response, entry, delta, seen) = attempt(sni, id).await;
+            let ctx = format!(
+                "SNI {} attempt {i}: response {response:?}, counters {delta:?} \
+                 (envoy [ok, denied, error, failure_mode_allowed]), log {entry:?}\n{}",
+                show(sni),
+                out.diagnostics
+            );
+            assert_eq!(seen, 0, "{ctx}: the request reached the upstream");
+            assert_eq!(
+                delta.upstream_hits, 0,
+                "{ctx}: a request reached the upstream"
+            );
+            let response = response.unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            assert_eq!(response.status, 403, "{ctx}");
+            let hdr = response.header("x-egress-authz-reason").unwrap_or_default();
+            assert_eq!(
+                hdr.split(';').next().unwrap_or_default().trim(),
+                reason,
+                "{ctx}"
+            );
+            assert_eq!(delta, Delta::expected(false, reason), "{ctx}");
+            let entry = entry.unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            assert_eq!(entry["details"].as_str(), Some("ext_authz_denied"), "{ctx}");
+            assert_eq!(entry["flags"].as_str(), Some("UAEX"), "{ctx}");
+            scenarios::assert_metadata(&entry["authz"], &Expect::deny(reason, None), &ctx);
+        }
     }
 }

@@ -89,6 +89,20 @@ pub fn envoy_or_skip(test: &str) -> Option<PathBuf> {
     None
 }
 
+/// The `openssl` CLI for the clients that send arbitrary SNI bytes, or `None` after printing why the test
+/// is skipped; required (panics) exactly when Envoy is.
+pub fn openssl_or_skip(test: &str) -> Option<PathBuf> {
+    if let Some(p) = crate::net::find_openssl() {
+        return Some(p);
+    }
+    let msg = "the openssl command line tool was not found (OPENSSL_BIN, PATH); scripts/test.sh installs it";
+    if envoy_required() {
+        panic!("{test}: {msg} (required because CI or EGRESS_AUTHZ_REQUIRE_ENVOY=1 is set)");
+    }
+    eprintln!("SKIPPED {test}: {msg}");
+    None
+}
+
 /// Tests of this binary share 2 cores with each other and with Envoy: run them one at a time so the
 /// timing assertions (decision flips within 2 s) measure the system, not the scheduler.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -345,6 +359,173 @@ pub fn render_template(gw: Gateway, vars: &BTreeMap<&str, String>) -> String {
     s
 }
 
+/// Test-only variations of the checked-in bootstraps, applied to the rendered text, so the templates keep
+/// reproducing istiod's output for the deploy bundle. A variant is a setting a mesh operator can choose
+/// instead; each edit is checked to land exactly on the lines that setting changes, and nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variant {
+    /// `failure_mode_allow: true` on every ext_authz filter (the provider's `failOpen: true`): a failed
+    /// check then lets the traffic through, so only an answered check keeps a request out.
+    pub fail_open: bool,
+    /// Adds `*.google.com` to the server names of the filter chain that serves developers.google.com, as
+    /// istiod renders a Gateway whose `hosts` include that wildcard. Without it a ClientHello whose SNI is
+    /// not exactly a configured host matches no filter chain and Envoy closes the connection before any
+    /// filter runs, so the SNI never reaches the authz server.
+    pub google_wildcard: bool,
+    /// `include_tls_session: true` on the network ext_authz filters of the TCP gateway, as the deploy
+    /// bundle's EnvoyFilter merges it in (the HTTP side of that patch is [`Gateway::HttpTlsSession`]).
+    /// Only the TCP gateway is changed.
+    pub tcp_tls_session: bool,
+}
+
+/// The SNI pattern [`Variant::google_wildcard`] adds.
+pub const GOOGLE_WILDCARD: &str = "*.google.com";
+
+const HTTP_EXT_AUTHZ_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
+const NETWORK_EXT_AUTHZ_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz";
+
+impl Variant {
+    pub const ISTIO_DEFAULT: Self = Self {
+        fail_open: false,
+        google_wildcard: false,
+        tcp_tls_session: false,
+    };
+
+    /// Applies the variant to a rendered bootstrap of `gw`; panics unless every edit changed exactly the
+    /// lines it targets: one ext_authz filter in each HTTP template, one per filter chain (two) in the TCP
+    /// one, one filter chain serving developers.google.com in each.
+    pub fn apply(self, gw: Gateway, rendered: &str) -> String {
+        let name = gw.template();
+        let ext_authz_filters = match gw {
+            Gateway::HttpIstio | Gateway::HttpTlsSession => 1,
+            Gateway::TcpIstio => 2,
+        };
+        let mut lines: Vec<String> = rendered.lines().map(str::to_owned).collect();
+        let code = |line: &str| line.split('#').next().unwrap_or_default().trim().to_owned();
+        let indent = |line: &str| line[..line.len() - line.trim_start().len()].to_owned();
+        if self.fail_open {
+            let mut replaced = 0;
+            for l in &mut lines {
+                if code(l) == "failure_mode_allow: false" {
+                    replaced += 1;
+                    *l = format!(
+                        "{}failure_mode_allow: true # provider `failOpen: true`",
+                        indent(l)
+                    );
+                }
+            }
+            assert_eq!(
+                replaced, ext_authz_filters,
+                "{name}: one `failure_mode_allow: false` per ext_authz filter"
+            );
+        }
+        if self.google_wildcard {
+            let mut replaced = 0;
+            for l in &mut lines {
+                let c = code(l);
+                if c.contains("server_names: [") && c.contains(GOOGLE) {
+                    replaced += 1;
+                    *l = l.replacen(
+                        "server_names: [",
+                        &format!("server_names: [\"{GOOGLE_WILDCARD}\", "),
+                        1,
+                    );
+                }
+            }
+            assert_eq!(replaced, 1, "{name}: one filter chain serves {GOOGLE}");
+        }
+        if self.tcp_tls_session && gw == Gateway::TcpIstio {
+            let at: Vec<usize> = (0..lines.len())
+                .filter(|&i| code(&lines[i]) == format!("\"@type\": {NETWORK_EXT_AUTHZ_TYPE}"))
+                .collect();
+            assert_eq!(
+                at.len(),
+                ext_authz_filters,
+                "{name}: network ext_authz filters"
+            );
+            for i in at.into_iter().rev() {
+                let line = format!(
+                    "{}include_tls_session: true # the EnvoyFilter's patch",
+                    indent(&lines[i])
+                );
+                lines.insert(i + 1, line);
+            }
+        }
+        let text = lines.join("\n");
+        self.assert_applied(gw, &text, ext_authz_filters);
+        text
+    }
+
+    /// Checks the edited text as Envoy will read it (YAML, not lines): exactly the expected ext_authz
+    /// configs exist, each with the variant's `failure_mode_allow` and `include_tls_session`, no such key
+    /// elsewhere, and the wildcard in exactly the server names that list developers.google.com.
+    fn assert_applied(self, gw: Gateway, text: &str, ext_authz_filters: usize) {
+        fn walk(v: &yaml_serde::Value, f: &mut dyn FnMut(&yaml_serde::Mapping)) {
+            match v {
+                yaml_serde::Value::Mapping(m) => {
+                    f(m);
+                    for (_, child) in m {
+                        walk(child, f);
+                    }
+                }
+                yaml_serde::Value::Sequence(s) => s.iter().for_each(|c| walk(c, f)),
+                _ => {}
+            }
+        }
+        let name = gw.template();
+        let doc: yaml_serde::Value = yaml_serde::from_str(text)
+            .unwrap_or_else(|e| panic!("{name}: edited bootstrap is not YAML: {e}"));
+        let mut configs = Vec::new();
+        let (mut with_wildcard, mut google_chains) = (0, 0);
+        walk(&doc, &mut |m| {
+            let ty = m.get("@type").and_then(yaml_serde::Value::as_str);
+            let flag = |k: &str| m.get(k).map(|v| v.as_bool());
+            if ty == Some(HTTP_EXT_AUTHZ_TYPE) || ty == Some(NETWORK_EXT_AUTHZ_TYPE) {
+                let tls = flag("include_tls_session").unwrap_or(Some(false));
+                configs.push((
+                    ty == Some(NETWORK_EXT_AUTHZ_TYPE),
+                    flag("failure_mode_allow"),
+                    tls,
+                ));
+            } else {
+                for k in ["failure_mode_allow", "include_tls_session"] {
+                    assert!(
+                        m.get(k).is_none(),
+                        "{name}: {k} outside an ext_authz config"
+                    );
+                }
+            }
+            if let Some(names) = m
+                .get("server_names")
+                .and_then(yaml_serde::Value::as_sequence)
+            {
+                let names: Vec<&str> = names.iter().filter_map(yaml_serde::Value::as_str).collect();
+                with_wildcard += usize::from(names.contains(&GOOGLE_WILDCARD));
+                google_chains += usize::from(names.contains(&GOOGLE));
+            }
+        });
+        let network = gw == Gateway::TcpIstio;
+        let tls_session = if network {
+            self.tcp_tls_session
+        } else {
+            gw == Gateway::HttpTlsSession
+        };
+        assert_eq!(
+            configs,
+            vec![(network, Some(Some(self.fail_open)), Some(tls_session)); ext_authz_filters],
+            "{name}: (network filter, failure_mode_allow, include_tls_session) of each ext_authz config"
+        );
+        assert_eq!(google_chains, 1, "{name}: filter chains serving {GOOGLE}");
+        assert_eq!(
+            with_wildcard,
+            usize::from(self.google_wildcard),
+            "{name}: filter chains matching {GOOGLE_WILDCARD}"
+        );
+    }
+}
+
 /// `envoy --mode validate -c <file>`.
 pub async fn envoy_validate(bin: &Path, config: &Path) -> Result<String, String> {
     let out = timeout(
@@ -397,13 +578,15 @@ impl Envoy {
         gw: Gateway,
         dir: &Path,
         vars: &BTreeMap<&str, String>,
+        variant: Variant,
     ) -> Result<Self, String> {
         let name = gw.template();
         let access_log = dir.join(format!("{name}.access.log"));
         let mut vars = vars.clone();
         vars.insert("ACCESS_LOG", access_log.display().to_string());
         let config_path = dir.join(format!("{name}.yaml"));
-        std::fs::write(&config_path, render_template(gw, &vars)).map_err(|e| e.to_string())?;
+        let config = variant.apply(gw, &render_template(gw, &vars));
+        std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
         let admin_path = dir.join(format!("{name}.admin"));
         let _ = std::fs::remove_file(&admin_path);
         let stderr_path = dir.join(format!("{name}.stderr"));
@@ -510,6 +693,29 @@ impl Envoy {
                     .into_iter()
                     .skip(skip)
                     .find(|e| e["client"].as_str() == Some(c.as_str()));
+                async move { found }
+            },
+        )
+        .await
+    }
+
+    /// Like [`Self::access_log_for`], for a client known only by its source IP (a client whose source
+    /// port the test does not choose, bound to an address of the loopback range no other client uses).
+    pub async fn access_log_for_ip(
+        &self,
+        client: std::net::IpAddr,
+        skip: usize,
+    ) -> Result<Value, String> {
+        poll_until(
+            Duration::from_secs(5),
+            &format!("{} access log entry from {client}", self.gateway.template()),
+            || {
+                let found = self.access_log_entries().into_iter().skip(skip).find(|e| {
+                    e["client"]
+                        .as_str()
+                        .and_then(|c| c.parse::<SocketAddr>().ok())
+                        .is_some_and(|a| a.ip() == client)
+                });
                 async move { found }
             },
         )
@@ -626,6 +832,16 @@ impl World {
         gateways: &[Gateway],
         rules: &str,
     ) -> Result<Self, String> {
+        Self::start_with(envoy_bin, gateways, rules, Variant::ISTIO_DEFAULT).await
+    }
+
+    /// [`Self::start`] with the gateways' bootstraps changed by `variant`.
+    pub async fn start_with(
+        envoy_bin: &Path,
+        gateways: &[Gateway],
+        rules: &str,
+        variant: Variant,
+    ) -> Result<Self, String> {
         let tmp = tempfile::Builder::new()
             .prefix("egress-authz-e2e-")
             .tempdir()
@@ -665,7 +881,7 @@ impl World {
             decision_log: "all",
         };
         for gw in gateways {
-            let envoy = Envoy::start(envoy_bin, *gw, world.tmp.path(), &vars).await?;
+            let envoy = Envoy::start(envoy_bin, *gw, world.tmp.path(), &vars, variant).await?;
             world.envoys.insert(*gw, envoy);
         }
         Ok(world)

@@ -1,7 +1,9 @@
 //! Network pieces of the e2e harness: loopback stand-ins for the external hosts, the mTLS clients that
 //! play the mesh workloads, and a tiny HTTP/1.1 GET for admin endpoints. All I/O is bounded by timeouts.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,6 +12,7 @@ use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::process::Command;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
@@ -271,7 +274,7 @@ pub async fn https_request(
     .map_err(|_| "timed out".to_owned())?
 }
 
-fn parse_response(raw: &[u8], local_addr: SocketAddr) -> Result<HttpOutcome, String> {
+pub fn parse_response(raw: &[u8], local_addr: SocketAddr) -> Result<HttpOutcome, String> {
     let end = find(raw, b"\r\n\r\n")
         .ok_or_else(|| format!("no response head in {:?}", String::from_utf8_lossy(raw)))?;
     let head = String::from_utf8_lossy(&raw[..end]);
@@ -375,6 +378,137 @@ pub async fn tls_stream(
     })
     .await
     .map_err(|_| "timed out".to_owned())?
+}
+
+/// The `openssl` command line tool: `OPENSSL_BIN`, else `openssl` on PATH.
+pub fn find_openssl() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("OPENSSL_BIN").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "OPENSSL_BIN={} does not exist", p.display());
+        return Some(p);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("openssl"))
+        .find(|c| c.is_file())
+}
+
+/// A mesh workload's client that can put any bytes in the SNI: `openssl s_client` with the workload's
+/// certificate, verifying the gateway as [`crate::pki::GATEWAY_DNS`] like the rustls clients do. rustls
+/// only sends DNS names, and a name that is not one is exactly what these clients are for.
+#[derive(Debug, Clone)]
+pub struct RawSniClient {
+    pub openssl: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// What a [`RawSniClient`] saw.
+#[derive(Debug, Clone)]
+pub struct RawTlsOutcome {
+    /// Everything the gateway sent inside the TLS session: the upstream's answer, Envoy's HTTP
+    /// response, or nothing.
+    pub received: Vec<u8>,
+    /// The gateway ended the session (s_client saw the close and exited), as opposed to the client
+    /// stopping once the expected answer had arrived.
+    pub closed_by_gateway: bool,
+    /// The client's source address; Envoy logs it as the downstream address.
+    pub source_ip: IpAddr,
+    /// s_client's own output (handshake, verification, errors), for failure messages.
+    pub diagnostics: String,
+}
+
+impl RawTlsOutcome {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.received).into_owned()
+    }
+}
+
+impl RawSniClient {
+    /// Connects to `gateway` with `sni` as the ClientHello's server name, sends `send` once the session
+    /// is up, and reads until the gateway closes or `done` accepts what arrived (a stream the upstream
+    /// keeps open). Each call binds a source address of 127.1.0.0/16 of its own, so the gateway's access
+    /// log tells this connection apart from every other one (the source port is s_client's choice).
+    pub async fn exchange(
+        &self,
+        gateway: SocketAddr,
+        sni: &[u8],
+        send: &[u8],
+        done: fn(&[u8]) -> bool,
+    ) -> Result<RawTlsOutcome, String> {
+        use std::os::unix::ffi::OsStrExt;
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let n = SEQ.fetch_add(1, Ordering::SeqCst) % (250 * 250);
+        let source_ip = IpAddr::V4(Ipv4Addr::new(127, 1, (n / 250) as u8, (n % 250 + 1) as u8));
+        // An argument cannot carry a NUL byte, and BoringSSL refuses such a name anyway.
+        assert!(!sni.contains(&0), "SNI with a NUL byte");
+        let mut child = Command::new(&self.openssl)
+            .arg("s_client")
+            .arg("-connect")
+            .arg(gateway.to_string())
+            .arg("-bind")
+            .arg(format!("{source_ip}:0"))
+            .arg("-servername")
+            .arg(std::ffi::OsStr::from_bytes(sni))
+            .arg("-cert")
+            .arg(&self.cert)
+            .arg("-key")
+            .arg(&self.key)
+            .arg("-CAfile")
+            .arg(&self.ca)
+            .args([
+                "-verify_return_error",
+                "-verify_hostname",
+                crate::pki::GATEWAY_DNS,
+            ])
+            // -quiet: only the session's bytes on stdout, and end of input does not end the session
+            // (the answer is read until the gateway closes).
+            .arg("-quiet")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", self.openssl.display()))?;
+        let mut stdin = child.stdin.take().expect("stdin");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let errors = tokio::spawn(async move {
+            let mut out = Vec::new();
+            let _ = timeout(IO_TIMEOUT, stderr.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        });
+        let read = timeout(IO_TIMEOUT, async {
+            // s_client reads its input once the handshake is done; a failed handshake closes the pipe.
+            let _ = stdin.write_all(send).await;
+            drop(stdin);
+            let mut received = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                match stdout.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return (received, true),
+                    Ok(n) => {
+                        received.extend_from_slice(&chunk[..n]);
+                        if done(&received) {
+                            return (received, false);
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        let _ = child.start_kill();
+        let _ = timeout(IO_TIMEOUT, child.wait()).await;
+        let diagnostics = errors.await.unwrap_or_default();
+        let (received, closed_by_gateway) =
+            read.map_err(|_| format!("s_client timed out; it said:\n{diagnostics}"))?;
+        Ok(RawTlsOutcome {
+            received,
+            closed_by_gateway,
+            source_ip,
+            diagnostics,
+        })
+    }
 }
 
 /// Plain-HTTP GET against an admin endpoint (Envoy admin, egress-authz admin). Returns (status, body).

@@ -152,6 +152,24 @@ impl Pki {
         }
     }
 
+    /// The PEM files of `workload`'s certificate and key, for clients that are separate programs.
+    pub fn files(&self, workload: &str) -> (PathBuf, PathBuf) {
+        assert!(
+            self.workloads.contains_key(workload),
+            "unknown workload {workload}"
+        );
+        let base = workload.replace('/', "_");
+        (
+            self.dir.join(format!("{base}.crt")),
+            self.dir.join(format!("{base}.key")),
+        )
+    }
+
+    /// The mesh CA certificate (PEM).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
     /// rustls client config presenting `workload`'s certificate and verifying the gateway as
     /// [`GATEWAY_DNS`] whatever SNI is sent.
     pub fn client_config(&self, workload: &str, alpn: &[&str]) -> Arc<ClientConfig> {
