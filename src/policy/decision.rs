@@ -310,9 +310,12 @@ impl Policy {
             return Err(Reason::NoDestinationHost);
         }
         let host = normalize_authority(http.authority, scratch).ok_or(Reason::InvalidHost)?;
-        if self.settings.require_sni_matches_host && real_sni(request.sni) {
+        if real_sni(request.sni) {
+            // An SNI that is no host name (bytes that are not UTF-8 arrive as U+FFFD) is never a
+            // legitimate client's: refused as such, whether or not SNI and host must agree.
             let mut sni_scratch = None;
-            if normalize_host(request.sni, &mut sni_scratch) != Some(host) {
+            let sni = normalize_host(request.sni, &mut sni_scratch).ok_or(Reason::InvalidHost)?;
+            if self.settings.require_sni_matches_host && sni != host {
                 return Err(Reason::SniHostMismatch);
             }
         }
