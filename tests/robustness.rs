@@ -4,11 +4,15 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+use egress_authz::decision_log::DecisionLog;
+use egress_authz::grpc::AuthzService;
 use egress_authz::grpc::convert::{egress_request, to_check_response};
+use egress_authz::grpc::wire::{CheckFields, read_check_request};
 use egress_authz::policy::{
     EgressRequest, HttpRequest, NormalizedHost, SourceFile, Verdict, authority_host, compile,
     is_valid_dns_name, normalize_authority, normalize_host, parse_spiffe_id,
 };
+use egress_authz::reload::{RuleStore, load_policy};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use proptest::prelude::*;
 use prost::Message as _;
@@ -39,6 +43,191 @@ fn nasty() -> impl Strategy<Value = String> {
         Just(format!("{}.google.com", "a".repeat(300))),
         Just("outbound_.443_._.gw.istio-system.svc.cluster.local".to_owned()),
     ]
+}
+
+/// Raw bytes, and valid encodings of checks mangled the ways that matter: cut off, a byte flipped,
+/// a field appended (which protobuf merges into the message).
+fn check_request_bytes() -> BoxedStrategy<Vec<u8>> {
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..512),
+        (
+            any_check_request(),
+            any::<prop::sample::Index>(),
+            any::<u8>(),
+            proptest::collection::vec(any::<u8>(), 0..16)
+        )
+            .prop_map(|(check, at, byte, tail)| {
+                let mut bytes = check.encode_to_vec();
+                if !bytes.is_empty() {
+                    let i = at.index(bytes.len());
+                    bytes[i] = byte;
+                }
+                bytes.extend_from_slice(&tail);
+                bytes
+            }),
+        (any_check_request(), any_check_request()).prop_map(|(a, b)| {
+            let mut bytes = a.encode_to_vec();
+            bytes.extend_from_slice(&b.encode_to_vec());
+            bytes
+        }),
+    ]
+    .boxed()
+}
+
+/// CheckRequests with the fields the server reads set or not, headers both as `headers` and as
+/// `header_map`, and destination addresses that are and are not socket addresses with a port.
+fn any_check_request() -> BoxedStrategy<CheckRequest> {
+    use envoy_types::pb::envoy::config::core::v3::{
+        Address, HeaderMap, HeaderValue, Pipe, SocketAddress, address, socket_address,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest as PbHttp, Peer, Request, TlsSession,
+    };
+    let header_name = prop_oneof![
+        Just(":authority".to_owned()),
+        Just(":path".to_owned()),
+        Just("x-request-id".to_owned()),
+        "[a-z-]{1,8}",
+    ];
+    let headers = proptest::collection::vec((header_name, nasty()), 0..4);
+    let address = prop_oneof![
+        Just(None),
+        any::<u32>().prop_map(|port| Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: "127.0.0.1".into(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(port % 70_000)),
+                ..Default::default()
+            })),
+        })),
+        Just(Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                port_specifier: Some(socket_address::PortSpecifier::NamedPort("https".into())),
+                ..Default::default()
+            })),
+        })),
+        Just(Some(Address {
+            address: Some(address::Address::Pipe(Pipe {
+                path: "/sock".into(),
+                mode: 0
+            })),
+        })),
+    ];
+    let http = (nasty(), nasty(), nasty(), headers, any::<bool>()).prop_map(
+        |(host, method, path, headers, raw)| {
+            let mut http = PbHttp {
+                host,
+                method,
+                path,
+                ..Default::default()
+            };
+            if raw {
+                http.header_map = Some(HeaderMap {
+                    headers: headers
+                        .into_iter()
+                        .map(|(key, value)| HeaderValue {
+                            key,
+                            raw_value: value.into_bytes(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                });
+            } else {
+                http.headers = headers.into_iter().collect();
+            }
+            http
+        },
+    );
+    (
+        nasty(),
+        nasty(),
+        proptest::option::of(nasty()),
+        address,
+        proptest::option::of(http),
+    )
+        .prop_map(|(principal, service, sni, address, http)| CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(Peer {
+                    principal,
+                    ..Default::default()
+                }),
+                destination: Some(Peer {
+                    service,
+                    address,
+                    ..Default::default()
+                }),
+                request: http.map(|http| Request {
+                    http: Some(http),
+                    ..Default::default()
+                }),
+                tls_session: sni.map(|sni| TlsSession { sni }),
+                ..Default::default()
+            }),
+        })
+        .boxed()
+}
+
+/// The wire reader's fields equal what the adapter reads from the prost-decoded message, with
+/// `header_map` (Envoy's raw-headers encoding) read like `headers`: the last entry for a name wins.
+fn assert_wire_reader_agrees(check: &CheckRequest, fields: &CheckFields<'_>) {
+    let request = egress_request(check);
+    // `raw_value` is bytes, so header values compare as lossy text; string fields are UTF-8 already.
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    assert_eq!(text(fields.principal), request.principal);
+    assert_eq!(
+        text(fields.destination_service),
+        request.destination_service
+    );
+    assert_eq!(text(fields.sni), request.sni);
+    assert_eq!(fields.port, request.port);
+    let pb_http = check
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref());
+    match (fields.http, pb_http) {
+        (Some(wire), Some(http)) => {
+            let header = |name: &str| -> String {
+                if let Some(value) = http.headers.get(name) {
+                    return value.clone();
+                }
+                http.header_map
+                    .iter()
+                    .flat_map(|m| &m.headers)
+                    .rfind(|h| h.key == name)
+                    .map(|h| {
+                        if h.raw_value.is_empty() {
+                            h.value.clone()
+                        } else {
+                            text(&h.raw_value)
+                        }
+                    })
+                    .unwrap_or_default()
+            };
+            let or_header = |field: &str, name: &str| {
+                if field.is_empty() {
+                    header(name)
+                } else {
+                    field.to_owned()
+                }
+            };
+            assert_eq!(text(wire.method), http.method);
+            assert_eq!(text(wire.authority), or_header(&http.host, ":authority"));
+            assert_eq!(text(wire.path), or_header(&http.path, ":path"));
+            assert_eq!(text(wire.request_id), header("x-request-id"));
+        }
+        (None, None) => {}
+        (wire, prost) => panic!("HTTP or not: wire {wire:?}, prost {prost:?}"),
+    }
+}
+
+fn authz_service() -> AuthzService {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.yaml");
+    std::fs::write(&path, RULES).unwrap();
+    let store = RuleStore::new(path.clone(), load_policy(&path).unwrap());
+    AuthzService::new(Arc::new(store), Arc::new(DecisionLog::disabled()))
 }
 
 fn policy() -> egress_authz::policy::Policy {
@@ -74,14 +263,24 @@ proptest! {
     }
 
     #[test]
-    fn any_bytes_as_a_check_request_are_answered(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let policy = policy();
-        // Whatever prost accepts must convert and be decided; whatever it rejects never reaches us.
+    fn any_bytes_as_a_check_request_are_answered(bytes in check_request_bytes()) {
+        // Every input is answered with an explicit allow or deny, never an error.
+        let response = authz_service().decide_message(&bytes);
+        let code = response.status.as_ref().map(|s| s.code);
+        prop_assert!(code == Some(0) || code == Some(7), "{code:?}");
+        // Whatever prost can decode, the wire reader reads the same way.
         if let Ok(check) = CheckRequest::decode(bytes.as_slice()) {
-            let request = egress_request(&check);
-            let response = to_check_response(&policy.decide(&request), request.protocol());
-            prop_assert!(response.status.is_some());
+            let fields = read_check_request(&bytes);
+            prop_assert!(fields.is_ok(), "prost decoded what the wire reader refused: {fields:?}");
+            assert_wire_reader_agrees(&check, &fields.unwrap());
         }
+    }
+
+    #[test]
+    fn the_wire_reader_reads_what_envoy_encodes(check in any_check_request()) {
+        let bytes = check.encode_to_vec();
+        let fields = read_check_request(&bytes).unwrap();
+        assert_wire_reader_agrees(&check, &fields);
     }
 
     #[test]

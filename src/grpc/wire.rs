@@ -515,3 +515,159 @@ impl<'a> Fields<'a> {
 }
 
 const TRUNCATED: &str = "the message is truncated";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A length-delimited field.
+    fn ld(number: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = varint(u64::from(number) << 3 | WIRE_LENGTH_DELIMITED);
+        out.extend(varint(payload.len() as u64));
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn varint(mut value: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        while value >= 0x80 {
+            out.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        out.push(value as u8);
+        out
+    }
+
+    fn check(attributes: &[u8]) -> Vec<u8> {
+        ld(field::CHECK_REQUEST_ATTRIBUTES, attributes)
+    }
+
+    fn destination_port(port_value: u64) -> Vec<u8> {
+        let mut socket = varint(u64::from(field::SOCKET_ADDRESS_PORT_VALUE) << 3);
+        socket.extend(varint(port_value));
+        let address = ld(field::ADDRESS_SOCKET_ADDRESS, &socket);
+        ld(
+            field::ATTRIBUTES_DESTINATION,
+            &ld(field::PEER_ADDRESS, &address),
+        )
+    }
+
+    #[test]
+    fn repeated_messages_merge_and_the_last_scalar_wins() {
+        let source = |principal: &[u8]| {
+            ld(
+                field::ATTRIBUTES_SOURCE,
+                &ld(field::PEER_PRINCIPAL, principal),
+            )
+        };
+        let mut attributes = source(b"first");
+        attributes.extend(ld(
+            field::ATTRIBUTES_TLS_SESSION,
+            &ld(field::TLS_SESSION_SNI, b"a.com"),
+        ));
+        // A second `attributes` message merges: its principal replaces, the SNI stays.
+        let mut message = check(&attributes);
+        message.extend(check(&source(b"second")));
+        let fields = read_check_request(&message).unwrap();
+        assert_eq!(fields.principal, b"second");
+        assert_eq!(fields.sni, b"a.com");
+        assert_eq!(fields.http, None);
+    }
+
+    #[test]
+    fn ports_follow_the_address_oneof_and_fit_in_16_bits() {
+        let port = |attributes: Vec<u8>| read_check_request(&check(&attributes)).unwrap().port;
+        assert_eq!(port(destination_port(443)), Some(443));
+        assert_eq!(port(destination_port(65_536)), None, "does not fit");
+        // uint32 truncation, as protobuf does: 2^32 + 443 reads as 443.
+        assert_eq!(port(destination_port((1 << 32) + 443)), Some(443));
+        // A pipe after the socket address replaces it.
+        let mut switched = destination_port(443);
+        switched.extend(ld(
+            field::ATTRIBUTES_DESTINATION,
+            &ld(field::PEER_ADDRESS, &ld(field::ADDRESS_PIPE, b"")),
+        ));
+        assert_eq!(port(switched), None);
+    }
+
+    #[test]
+    fn http_fields_fall_back_to_headers_then_the_raw_header_map() {
+        let entry = |key: &[u8], value: &[u8]| {
+            let mut entry = ld(field::MAP_ENTRY_KEY, key);
+            entry.extend(ld(field::MAP_ENTRY_VALUE, value));
+            ld(field::HTTP_HEADERS, &entry)
+        };
+        let mut http = entry(b":authority", b"old.com");
+        http.extend(entry(b":authority", b"a.com"));
+        http.extend(entry(b"x-request-id", b"id-1"));
+        let mut raw = ld(field::HEADER_VALUE_KEY, b":path");
+        raw.extend(ld(field::HEADER_VALUE_RAW_VALUE, b"/raw"));
+        http.extend(ld(
+            field::HTTP_HEADER_MAP,
+            &ld(field::HEADER_MAP_HEADERS, &raw),
+        ));
+        let request = ld(field::ATTRIBUTES_REQUEST, &ld(field::REQUEST_HTTP, &http));
+        let message = check(&request);
+        let http = read_check_request(&message).unwrap().http.unwrap();
+        assert_eq!(http.authority, b"a.com", "the last entry for a key wins");
+        assert_eq!(http.path, b"/raw");
+        assert_eq!(http.request_id, b"id-1");
+    }
+
+    #[test]
+    fn unread_fields_are_skipped_whatever_their_type_or_depth() {
+        let mut attributes = Vec::new();
+        // Fixed-width fields and a group holding a nested group, all unknown.
+        attributes.extend(varint(u64::from(20_u32) << 3 | WIRE_FIXED64));
+        attributes.extend([0; 8]);
+        attributes.extend(varint(u64::from(21_u32) << 3 | WIRE_FIXED32));
+        attributes.extend([0; 4]);
+        attributes.extend(varint(u64::from(22_u32) << 3 | WIRE_START_GROUP));
+        attributes.extend(varint(u64::from(23_u32) << 3 | WIRE_START_GROUP));
+        attributes.extend(varint(u64::from(23_u32) << 3 | WIRE_END_GROUP));
+        attributes.extend(varint(u64::from(22_u32) << 3 | WIRE_END_GROUP));
+        attributes.extend(ld(
+            field::ATTRIBUTES_SOURCE,
+            &ld(field::PEER_PRINCIPAL, b"p"),
+        ));
+        assert_eq!(
+            read_check_request(&check(&attributes)).unwrap().principal,
+            b"p"
+        );
+    }
+
+    #[test]
+    fn malformed_messages_say_what_is_wrong() {
+        let http_then_garbage = {
+            let mut message = check(&ld(
+                field::ATTRIBUTES_REQUEST,
+                &ld(field::REQUEST_HTTP, b""),
+            ));
+            message.push(0x0f);
+            message
+        };
+        for (bytes, what, saw_http) in [
+            (vec![0x0a, 0x05, 0x01], TRUNCATED, false),
+            (vec![0x00], "field number 0", false),
+            (
+                vec![0x08, 0x01],
+                "a string or message field has the wrong wire type",
+                false,
+            ),
+            (vec![0x0c], "an end-group tag without its start", false),
+            (
+                vec![0x0b, 0x14],
+                "an end-group tag that does not match its start",
+                false,
+            ),
+            ([0xff; 11].to_vec(), "a varint longer than 64 bits", false),
+            (http_then_garbage, "an invalid wire type", true),
+        ] {
+            assert_eq!(
+                read_check_request(&bytes),
+                Err(Malformed { what, saw_http }),
+                "{bytes:?}"
+            );
+        }
+    }
+}

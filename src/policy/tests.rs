@@ -727,6 +727,25 @@ fn sni_must_match_host_on_http_unless_disabled() {
 
     let lax = mk_policy("defaultAction: ALLOW\nrequireSniMatchesHost: false\nrules: []\n");
     assert_eq!(outcome(&lax, &fronted).1, Reason::DefaultAllow);
+
+    // An SNI that is no host name (non-UTF-8 bytes arrive as U+FFFD) is refused either way.
+    for sni in [
+        "\u{fffd}\u{fffd}blocked.example.com",
+        "blocked example.com",
+        "a..com",
+    ] {
+        let unreadable = EgressRequest {
+            sni,
+            ..http(DEFAULT_SLEEP, "blocked.example.com")
+        };
+        for policy in [&strict, &lax] {
+            assert_eq!(
+                outcome(policy, &unreadable).1,
+                Reason::InvalidHost,
+                "{sni:?}"
+            );
+        }
+    }
 }
 
 #[test]
