@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use tracing::Level;
 
 use crate::policy::{
-    Decision, EgressRequest, Verdict, authority_host, normalize_host, parse_spiffe_id,
+    Decision, EgressRequest, Verdict, authority_host, is_istio_cluster_sni, normalize_host,
+    parse_spiffe_id,
 };
 
 /// The `tracing` target of decision events and suppression summaries, for `RUST_LOG` filtering
@@ -45,6 +46,27 @@ const ANY_HOST: &str = "*";
 
 /// The host of the sampling key for a host that is not a DNS name or IP literal.
 const INVALID_HOST: &str = "<invalid>";
+
+/// Longest value of each request-controlled field in a decision line; longer ones are cut with a
+/// marker saying how much was cut. A SPIFFE ID is a few dozen bytes, a host at most 253 (longer is
+/// invalid anyway), and a path past 1 KiB says nothing more to a reader.
+const MAX_PRINCIPAL_LOGGED: usize = 256;
+const MAX_HOST_LOGGED: usize = 256;
+const MAX_METHOD_LOGGED: usize = 32;
+const MAX_PATH_LOGGED: usize = 1024;
+const MAX_REQUEST_ID_LOGGED: usize = 128;
+
+/// `value`, or its first `max` bytes (at a character boundary) and `…[+N bytes]`.
+fn bounded(value: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if value.len() <= max {
+        return value.into();
+    }
+    let mut end = max;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…[+{} bytes]", &value[..end], value.len() - end).into()
+}
 
 /// Deny sampling: at most `limit` events per key per `interval`. `limit == 0` disables sampling.
 #[derive(Clone, Copy, Debug)]
@@ -164,8 +186,11 @@ impl DecisionLog {
         let namespace = identity.map_or("", |i| i.namespace);
         let host = match request.http {
             Some(http) => authority_host(http.authority).unwrap_or(http.authority),
-            None if !request.destination_service.is_empty() => request.destination_service,
-            None => request.sni,
+            // The host the policy decided on: Istio's own cluster SNI names the gateway, not a host.
+            None => [request.destination_service, request.sni]
+                .into_iter()
+                .find(|s| !s.is_empty() && !is_istio_cluster_sni(s))
+                .unwrap_or_default(),
         };
         // Sample on the normalised host: `A.com`, `a.com.` and `a.com:443` are one destination.
         let mut scratch = None;
@@ -179,6 +204,7 @@ impl DecisionLog {
         let path = request
             .http
             .map(|h| h.path.split(['?', '#']).next().unwrap_or_default());
+        // Every request-controlled field is bounded, so no caller can make one line arbitrarily long.
         event_at!(
             self.level,
             decision = decision.verdict.as_str(),
@@ -187,14 +213,14 @@ impl DecisionLog {
             dry_run_rule = decision.dry_run.map(|d| d.rule.name.as_str()),
             dry_run_decision = decision.dry_run.map(|d| d.verdict.as_str()),
             protocol = request.protocol().as_str(),
-            principal = request.principal,
-            namespace = identity.map(|i| i.namespace),
-            service_account = identity.map(|i| i.service_account),
-            host,
+            principal = %bounded(request.principal, MAX_PRINCIPAL_LOGGED),
+            namespace = identity.map(|i| bounded(i.namespace, MAX_PRINCIPAL_LOGGED)).map(tracing::field::display),
+            service_account = identity.map(|i| bounded(i.service_account, MAX_PRINCIPAL_LOGGED)).map(tracing::field::display),
+            host = %bounded(host, MAX_HOST_LOGGED),
             port = request.port,
-            method = request.http.map(|h| h.method),
-            path,
-            request_id,
+            method = request.http.map(|h| bounded(h.method, MAX_METHOD_LOGGED)).map(tracing::field::display),
+            path = path.map(|p| bounded(p, MAX_PATH_LOGGED)).map(tracing::field::display),
+            request_id = request_id.map(|id| bounded(id, MAX_REQUEST_ID_LOGGED)).map(tracing::field::display),
             latency_us = elapsed.as_micros() as u64,
             "Decision"
         );

@@ -146,6 +146,46 @@ async fn all_mode_logs_every_decision_with_its_fields() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_controlled_field_is_bounded_in_a_line() {
+    bounded(async {
+        let (_dir, server) = spawn(&["--decision-log", "all"]).await;
+        let mut client = server.authz().await;
+        let long = |c: &str| c.repeat(20_000);
+        let caller = format!("spiffe://cluster.local/ns/default/sa/{}", long("s"));
+        let huge = mk_http_check_with_request_id(
+            &caller,
+            &format!("{}.example.com", long("h")),
+            443,
+            &long("M"),
+            &format!("/{}", long("p")),
+            &long("r"),
+        );
+        check(&mut client, huge).await;
+        settle(&server).await;
+
+        let events = decisions(&server);
+        assert_eq!(events.len(), 1, "{events:#?}");
+        let line = serde_json::to_string(&events[0]).unwrap();
+        // Six fields of 20 KB each came in (the service account with the principal); the line stays
+        // under 4 KiB.
+        assert!(line.len() < 4096, "{} bytes: {line}", line.len());
+        let fields = &events[0]["fields"];
+        for field in [
+            "principal",
+            "service_account",
+            "host",
+            "method",
+            "path",
+            "request_id",
+        ] {
+            let value = fields[field].as_str().unwrap_or_default();
+            assert!(value.contains("…[+"), "{field} says it was cut: {value}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deny_mode_is_the_default_and_logs_only_denies() {
     bounded(async {
         let (_dir, server) = spawn(&[]).await;
