@@ -22,7 +22,7 @@ use crate::{metrics, telemetry};
 use tonic::transport::server::Router;
 
 /// The gRPC service name Envoy's health checks and Kubernetes gRPC probes ask about.
-pub const AUTHZ_SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
+pub const AUTHZ_SERVICE_NAME: &str = crate::grpc::endpoint::SERVICE_NAME;
 
 /// The shortest period of the task that ends deny-sampling intervals.
 const MIN_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
