@@ -33,6 +33,8 @@ pub const RULES: &str = "egress_authz_rules";
 /// Unix time of the last successful load.
 pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
     "egress_authz_config_last_reload_success_timestamp_seconds";
+/// Log lines that could not be written to stderr (a closed pipe, a full disk) and were dropped.
+pub const LOG_WRITE_ERRORS_TOTAL: &str = "egress_authz_log_write_errors_total";
 /// Always 1, labelled with the live rule set's SHA-256, so a rollout can be seen to have landed.
 /// Written by [`render`], not through the recorder (see there).
 pub const CONFIG_INFO: &str = "egress_authz_config_info";
@@ -123,6 +125,12 @@ pub fn describe() {
         Unit::Count,
         "Rule reloads that applied a change or failed"
     );
+    describe_counter!(
+        LOG_WRITE_ERRORS_TOTAL,
+        Unit::Count,
+        "Log lines dropped because stderr could not be written"
+    );
+    counter!(LOG_WRITE_ERRORS_TOTAL).absolute(0);
     describe_gauge!(RULES, Unit::Count, "Rules in the live rule set");
     describe_gauge!(
         CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
@@ -259,6 +267,12 @@ fn record_rule_match(policy: &Policy, rule: &Rule, dry_run: bool) {
 pub fn record_reload(success: bool) {
     let result = if success { "success" } else { "failure" };
     counter!(RELOADS_TOTAL, LABEL_RESULT => result).increment(1);
+}
+
+/// Counts a log line that could not be written. Lines that fail before the recorder is installed (only
+/// startup errors, after which the process exits) are not counted.
+pub fn record_log_write_error() {
+    counter!(LOG_WRITE_ERRORS_TOTAL).increment(1);
 }
 
 /// Records the live rule set: its size and when it was loaded (its digest is rendered by [`render`]).
