@@ -44,9 +44,14 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
 }
 
 async fn metrics(State(state): State<AdminState>) -> ([(&'static str, &'static str); 1], String) {
+    let status = state.store.status();
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-        crate::metrics::render(&state.prometheus, &state.store.status().digest),
+        crate::metrics::render(
+            &state.prometheus,
+            &status.digest,
+            status.last_error.is_some(),
+        ),
     )
 }
 

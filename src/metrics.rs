@@ -33,6 +33,15 @@ pub const RULES: &str = "egress_authz_rules";
 /// Unix time of the last successful load.
 pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
     "egress_authz_config_last_reload_success_timestamp_seconds";
+/// Log lines that could not be written to stderr (a closed pipe, a full disk) and were dropped.
+pub const LOG_WRITE_ERRORS_TOTAL: &str = "egress_authz_log_write_errors_total";
+/// 1 unless the rules on disk are currently rejected (while `/rules` shows a `last_reload_error`).
+/// Written by [`render`], not through the recorder (see there).
+pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "egress_authz_config_last_reload_successful";
+/// Unix time the process started (taken when its metrics come up, just after the first rule load): a
+/// restart (a crash, an OOM kill) shows as a new value. The name Prometheus client libraries use, so
+/// restart alerts written for other services apply.
+pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
 /// Always 1, labelled with the live rule set's SHA-256, so a rollout can be seen to have landed.
 /// Written by [`render`], not through the recorder (see there).
 pub const CONFIG_INFO: &str = "egress_authz_config_info";
@@ -87,6 +96,10 @@ pub fn install(rule_metrics: bool) -> Result<PrometheusHandle, BuildError> {
         .install_recorder()?;
     RULE_METRICS.store(rule_metrics, Ordering::Relaxed);
     describe();
+    let started = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    gauge!(PROCESS_START_TIME_SECONDS).set(started.as_secs_f64());
     let _ = CHECK_HANDLES.set(CheckHandles {
         checks: std::array::from_fn(|_| {
             std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new()))
@@ -122,6 +135,17 @@ pub fn describe() {
         RELOADS_TOTAL,
         Unit::Count,
         "Rule reloads that applied a change or failed"
+    );
+    describe_counter!(
+        LOG_WRITE_ERRORS_TOTAL,
+        Unit::Count,
+        "Log lines dropped because stderr could not be written"
+    );
+    counter!(LOG_WRITE_ERRORS_TOTAL).absolute(0);
+    describe_gauge!(
+        PROCESS_START_TIME_SECONDS,
+        Unit::Seconds,
+        "Unix time the process started"
     );
     describe_gauge!(RULES, Unit::Count, "Rules in the live rule set");
     describe_gauge!(
@@ -261,6 +285,12 @@ pub fn record_reload(success: bool) {
     counter!(RELOADS_TOTAL, LABEL_RESULT => result).increment(1);
 }
 
+/// Counts a log line that could not be written. Lines that fail before the recorder is installed (only
+/// startup errors, after which the process exits) are not counted.
+pub fn record_log_write_error() {
+    counter!(LOG_WRITE_ERRORS_TOTAL).increment(1);
+}
+
 /// Records the live rule set: its size and when it was loaded (its digest is rendered by [`render`]).
 pub fn record_rule_set(rules: usize, loaded_at: SystemTime) {
     gauge!(RULES).set(rules as f64);
@@ -271,10 +301,14 @@ pub fn record_rule_set(rules: usize, loaded_at: SystemTime) {
 }
 
 /// The Prometheus text for `/metrics`: the recorder's series plus `egress_authz_config_info` for the
-/// live rule set. The info series is written here rather than through the recorder because the
-/// `metrics` facade cannot delete a series: every past digest would linger (as a 0), one more per
-/// reload, and `egress_authz_config_info` must name exactly one rule set per process.
-pub fn render(handle: &PrometheusHandle, digest: &str) -> String {
+/// live rule set and `egress_authz_config_last_reload_successful`. The info series is written here
+/// rather than through the recorder because the `metrics` facade cannot delete a series: every past
+/// digest would linger (as a 0), one more per reload, and `egress_authz_config_info` must name exactly
+/// one rule set per process. The success flag is derived here from the status `/rules` reports
+/// (`reload_failing` is its `last_error` being set), so the two cannot disagree; unlike
+/// `egress_authz_reloads_total{result="failure"}`, which counts a rejected content once, it stays 0
+/// for as long as the rules on disk are rejected.
+pub fn render(handle: &PrometheusHandle, digest: &str, reload_failing: bool) -> String {
     let mut text = handle.render();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
@@ -285,6 +319,13 @@ pub fn render(handle: &PrometheusHandle, digest: &str) -> String {
         "# HELP {CONFIG_INFO} Always 1; the {LABEL_SHA256} label identifies the live rule set\n\
          # TYPE {CONFIG_INFO} gauge\n\
          {CONFIG_INFO}{{{LABEL_SHA256}=\"{digest}\"}} 1\n"
+    );
+    let successful = u8::from(!reload_failing);
+    let _ = write!(
+        text,
+        "# HELP {CONFIG_LAST_RELOAD_SUCCESSFUL} 0 while the rules on disk are rejected; the last good rules serve\n\
+         # TYPE {CONFIG_LAST_RELOAD_SUCCESSFUL} gauge\n\
+         {CONFIG_LAST_RELOAD_SUCCESSFUL} {successful}\n"
     );
     text
 }

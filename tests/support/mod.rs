@@ -259,6 +259,7 @@ pub(crate) struct ServerBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
     uid: Option<u32>,
+    stderr_file: Option<PathBuf>,
 }
 
 impl ServerBuilder {
@@ -269,6 +270,7 @@ impl ServerBuilder {
             args: Vec::new(),
             env: Vec::new(),
             uid: None,
+            stderr_file: None,
         }
     }
 
@@ -291,6 +293,13 @@ impl ServerBuilder {
     /// Runs the server as another user (for permission tests when the test runs as root).
     pub(crate) fn uid(mut self, uid: u32) -> Self {
         self.uid = Some(uid);
+        self
+    }
+
+    /// Sends stderr to the file `path` (created or appended to) instead of a pipe, so a test can put
+    /// the server's log on a filesystem of its choosing. `Server::logs` then follows the file.
+    pub(crate) fn stderr_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.stderr_file = Some(path.into());
         self
     }
 
@@ -331,26 +340,48 @@ impl ServerBuilder {
 
     /// Starts the server; `Err` carries the exit status and stderr if it exited before serving.
     pub(crate) async fn try_spawn(self) -> Result<Server, StartFailure> {
-        let mut child = self.command().spawn().expect("spawn egress-authz");
+        let mut command = self.command();
+        if let Some(path) = &self.stderr_file {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("open the stderr file");
+            command.stderr(file);
+        }
+        let mut child = command.spawn().expect("spawn egress-authz");
         let logs = Logs::default();
-        let stderr = child.stderr.take().expect("stderr is piped");
         let reader_logs = logs.clone();
-        let reader = tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                reader_logs.push(line);
-            }
-            reader_logs.close();
-        });
+        let reader = match (&self.stderr_file, child.stderr.take()) {
+            (Some(path), _) => tokio::spawn(follow_file(path.clone(), reader_logs)),
+            (None, Some(stderr)) => tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    reader_logs.push(line);
+                }
+                reader_logs.close();
+            }),
+            (None, None) => panic!("stderr is piped"),
+        };
         let serving = logs
             .wait_for(STARTUP_TIMEOUT, |line| message_of(line) == Some("Serving"))
             .await;
         let Some(serving) = serving else {
             let status = tokio::time::timeout(STARTUP_TIMEOUT, child.wait()).await;
-            let _ = tokio::time::timeout(RPC_TIMEOUT, reader).await;
+            let stderr = match &self.stderr_file {
+                // A followed file never ends: read what the exited server left in it.
+                Some(path) => {
+                    reader.abort();
+                    std::fs::read_to_string(path).unwrap_or_default()
+                }
+                None => {
+                    let _ = tokio::time::timeout(RPC_TIMEOUT, reader).await;
+                    logs.snapshot().join("\n")
+                }
+            };
             return Err(StartFailure {
                 status: status.ok().and_then(Result::ok),
-                stderr: logs.snapshot().join("\n"),
+                stderr,
             });
         };
         let fields = &serving["fields"];
@@ -367,7 +398,34 @@ impl ServerBuilder {
             rules: self.rules,
             child,
             logs,
+            reader,
         })
+    }
+}
+
+/// Feeds `logs` with the lines appended to the file at `path`, looking again every `POLL_INTERVAL`
+/// at its end; runs until aborted (when the `Server` is dropped).
+async fn follow_file(path: PathBuf, logs: Logs) {
+    let Ok(file) = tokio::fs::File::open(&path).await else {
+        logs.close();
+        return;
+    };
+    let mut reader = BufReader::new(file);
+    let mut line = String::new();
+    loop {
+        match reader.read_line(&mut line).await {
+            Ok(0) => tokio::time::sleep(POLL_INTERVAL).await,
+            // Only whole lines: the rest of a partly written one comes with the next read.
+            Ok(_) if line.ends_with('\n') => {
+                logs.push(line.trim_end().to_owned());
+                line.clear();
+            }
+            Ok(_) => {}
+            Err(_) => {
+                logs.close();
+                return;
+            }
+        }
     }
 }
 
@@ -484,6 +542,15 @@ pub(crate) struct Server {
     /// Its stderr.
     pub(crate) logs: Logs,
     child: Child,
+    /// Reads stderr into `logs`.
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A file follower would otherwise poll until the runtime ends.
+        self.reader.abort();
+    }
 }
 
 impl Server {
@@ -547,6 +614,14 @@ impl Server {
             .await
             .ok()
             .map(|status| status.expect("wait for the server"))
+    }
+
+    /// Stops reading the server's stderr pipe and closes its read end, so the server's next log write
+    /// fails with EPIPE (a log collector that went away). `logs` sees nothing more.
+    pub(crate) async fn close_stderr(&mut self) {
+        self.reader.abort();
+        // Wait until the task is gone: only then is the pipe's read end dropped.
+        let _ = (&mut self.reader).await;
     }
 
     /// True while the process has not exited.
