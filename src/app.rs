@@ -32,7 +32,8 @@ const MAX_DEADLINE: std::time::Duration = std::time::Duration::from_secs(24 * 60
 
 /// Runs the server; returns when it has shut down.
 pub fn serve(args: ServeArgs) -> ExitCode {
-    telemetry::init(args.log_format);
+    // Held to the end of `serve`, so the lines still queued are written before the process exits.
+    let _log_guard = telemetry::init(args.log_format);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Some(threads) = args.worker_threads {

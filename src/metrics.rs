@@ -42,6 +42,8 @@ pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "egress_authz_config_last_reload
 /// restart (a crash, an OOM kill) shows as a new value. The name Prometheus client libraries use, so
 /// restart alerts written for other services apply.
 pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
+/// Log lines dropped because the queue to the log thread was full. Written by [`render`].
+pub const LOG_LINES_DROPPED_TOTAL: &str = "egress_authz_log_lines_dropped_total";
 /// Always 1, labelled with the live rule set's SHA-256, so a rollout can be seen to have landed.
 /// Written by [`render`], not through the recorder (see there).
 pub const CONFIG_INFO: &str = "egress_authz_config_info";
@@ -319,6 +321,14 @@ pub fn render(handle: &PrometheusHandle, digest: &str, reload_failing: bool) -> 
         "# HELP {CONFIG_INFO} Always 1; the {LABEL_SHA256} label identifies the live rule set\n\
          # TYPE {CONFIG_INFO} gauge\n\
          {CONFIG_INFO}{{{LABEL_SHA256}=\"{digest}\"}} 1\n"
+    );
+    // Counted by the log writer, which cannot use the recorder (recording could log).
+    let dropped = crate::telemetry::dropped_lines();
+    let _ = write!(
+        text,
+        "# HELP {LOG_LINES_DROPPED_TOTAL} Log lines dropped because stderr did not keep up\n\
+         # TYPE {LOG_LINES_DROPPED_TOTAL} counter\n\
+         {LOG_LINES_DROPPED_TOTAL} {dropped}\n"
     );
     let successful = u8::from(!reload_failing);
     let _ = write!(

@@ -1,5 +1,12 @@
 //! Log output: `tracing` events to stderr as text or JSON, filtered like `RUST_LOG`.
+//!
+//! Lines are written by a thread of their own, through a bounded queue that drops (and counts) lines
+//! when full. Writing on the thread that logs would stall Checks and reloads as soon as the process
+//! reading stderr stops reading and the pipe fills up; a lost log line is the lesser harm.
 
+use std::sync::OnceLock;
+
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 /// Log line format.
@@ -14,13 +21,33 @@ pub enum LogFormat {
 /// The filter used when `RUST_LOG` is unset.
 pub const DEFAULT_FILTER: &str = "info";
 
-/// Installs the global subscriber. Safe to call more than once (later calls are ignored).
-pub fn init(format: LogFormat) {
+/// Lines queued for the log thread; past this, new lines are dropped. At a few hundred bytes a line this
+/// bounds the queue to a few MiB, and it is a second or more of logging at any realistic rate.
+const QUEUED_LINES_LIMIT: usize = 8 * 1024;
+
+static DROPPED_LINES: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Log lines dropped because the queue to the log thread was full (stderr not keeping up).
+pub fn dropped_lines() -> u64 {
+    DROPPED_LINES
+        .get()
+        .map_or(0, |counter| counter.dropped_lines() as u64)
+}
+
+/// Installs the global subscriber. Safe to call more than once (later calls are ignored). Keep the
+/// guard until the process ends: dropping it writes out the lines still queued.
+pub fn init(format: LogFormat) -> WorkerGuard {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(QUEUED_LINES_LIMIT)
+        .thread_name("egress-authz-log")
+        .finish(LossyStderr);
+    let _ = DROPPED_LINES.set(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(|| LossyStderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder
@@ -29,6 +56,7 @@ pub fn init(format: LogFormat) {
             .with_current_span(false)
             .try_init(),
     };
+    guard
 }
 
 /// Stderr for log lines, where a line that cannot be written is counted

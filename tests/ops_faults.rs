@@ -811,3 +811,62 @@ async fn stderr_on_a_full_filesystem_costs_no_check_and_no_reload() {
     })
     .await;
 }
+
+/// Deny checks to send while the log reader is stuck: each is logged (sampling off), and together
+/// they are more lines than the pipe (64 KiB) and the log queue (8 Ki lines) hold, so lines must be
+/// dropped rather than block.
+const CHECKS_BEHIND_A_STUCK_READER: usize = 10_000;
+const STUCK_READER_CLIENTS: usize = 8;
+
+/// A log reader that stays connected but stops reading fills the stderr pipe. Logging must not then
+/// block the threads that log: every check is still answered, the lines that did not fit are dropped
+/// and counted, and once the reader reads again the log carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_reader_that_stops_reading_stalls_nothing() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.yaml");
+        std::fs::write(&path, rules_a()).unwrap();
+        let server = ServerBuilder::new(&path)
+            .args(["--decision-log-sample-limit", "0"])
+            .spawn()
+            .await;
+        server.pause_log_reading();
+
+        let mut clients = Vec::new();
+        for _ in 0..STUCK_READER_CLIENTS {
+            let mut client = server.authz().await;
+            clients.push(tokio::spawn(async move {
+                for _ in 0..CHECKS_BEHIND_A_STUCK_READER / STUCK_READER_CLIENTS {
+                    // Denied (rule set A allows only a.example.com), so each one is logged.
+                    let response = check(&mut client, check_to("default", "b.example.com")).await;
+                    assert_eq!(reason_of(&response).as_deref(), Some("no_matching_rule"));
+                }
+            }));
+        }
+        for client in clients {
+            client
+                .await
+                .expect("every check answered while the log is stuck");
+        }
+        let dropped = server
+            .metrics()
+            .await
+            .get("egress_authz_log_lines_dropped_total", &[])
+            .unwrap_or_default();
+        assert!(
+            dropped > 0.0,
+            "lines past the queue are dropped and counted"
+        );
+
+        server.resume_log_reading();
+        let marker = server.logs.with_message("SIGHUP: reloading rules").len();
+        server.signal("HUP");
+        let logged = poll_until(GIVE_UP, || async {
+            (server.logs.with_message("SIGHUP: reloading rules").len() > marker).then_some(())
+        })
+        .await;
+        assert!(logged.is_some(), "the log carries on once read again");
+    })
+    .await;
+}

@@ -352,11 +352,16 @@ impl ServerBuilder {
         let mut child = command.spawn().expect("spawn egress-authz");
         let logs = Logs::default();
         let reader_logs = logs.clone();
+        let (log_reading, mut reading) = tokio::sync::watch::channel(true);
         let reader = match (&self.stderr_file, child.stderr.take()) {
             (Some(path), _) => tokio::spawn(follow_file(path.clone(), reader_logs)),
             (None, Some(stderr)) => tokio::spawn(async move {
                 let mut lines = BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
+                // While paused, nothing is read: the pipe fills up as behind a stuck log collector.
+                while reading.wait_for(|go| *go).await.is_ok() {
+                    let Ok(Some(line)) = lines.next_line().await else {
+                        break;
+                    };
                     reader_logs.push(line);
                 }
                 reader_logs.close();
@@ -399,6 +404,7 @@ impl ServerBuilder {
             child,
             logs,
             reader,
+            log_reading,
         })
     }
 }
@@ -544,6 +550,8 @@ pub(crate) struct Server {
     child: Child,
     /// Reads stderr into `logs`.
     reader: tokio::task::JoinHandle<()>,
+    /// Whether `reader` may read (see [`Server::pause_log_reading`]).
+    log_reading: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for Server {
@@ -554,6 +562,17 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// Stops reading the server's stderr pipe (after the line being read), so it fills up like
+    /// behind a log collector that hangs; `resume_log_reading` reads on.
+    pub(crate) fn pause_log_reading(&self) {
+        self.log_reading.send_replace(false);
+    }
+
+    /// Reads the server's stderr again after [`Self::pause_log_reading`].
+    pub(crate) fn resume_log_reading(&self) {
+        self.log_reading.send_replace(true);
+    }
+
     /// The process id.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id().expect("server still running")
