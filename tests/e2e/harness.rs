@@ -747,7 +747,7 @@ fn parse_listener_addr(body: &str) -> Option<SocketAddr> {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Rule stages (the seeds' walkthrough)
+// Rule stages (the Istio egress walkthrough)
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -757,7 +757,7 @@ pub enum Stage {
     ServiceAccountLevel,
     /// examples/rules/allow-nothing.yaml
     AllowNothing,
-    /// deploy/rules/egress.yaml (the seeds' final, combined stage)
+    /// deploy/rules/egress.yaml (the walkthrough's final, combined stage)
     Final,
 }
 

@@ -21,7 +21,7 @@ pub const GATEWAY_DNS: &str = "istio-egressgateway.istio-system.svc.cluster.loca
 pub const GATEWAY_SPIFFE: &str =
     "spiffe://cluster.local/ns/istio-system/sa/istio-egressgateway-service-account";
 
-/// The workload identities the seeds use, plus the identity edge cases.
+/// The workload identities the Istio egress walkthrough uses, plus the identity edge cases.
 pub const DEFAULT_SLEEP: &str = "default/sleep";
 pub const OTHERNS_SLEEP: &str = "otherns/sleep";
 pub const SLEEP_GOOGLE: &str = "otherns/sleep-google";

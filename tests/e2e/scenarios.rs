@@ -1,4 +1,4 @@
-//! Expectations for the seeds' walkthrough and the request/assert helpers shared by the e2e tests and
+//! Expectations for the Istio egress walkthrough and the request/assert helpers shared by the e2e tests and
 //! the demo. A check asserts three views of the same request: what the client saw, what the stand-in
 //! host saw, and Envoy's access-log entry with the ext_authz dynamic metadata.
 
@@ -81,7 +81,7 @@ impl Tally {
     }
 }
 
-/// Callers of the walkthrough: the seeds' four workloads, then the identity edge cases.
+/// Callers of the walkthrough: the walkthrough's four workloads, then the identity edge cases.
 pub const CALLERS: [&str; 6] = [
     DEFAULT_SLEEP,
     OTHERNS_SLEEP,
@@ -91,7 +91,7 @@ pub const CALLERS: [&str; 6] = [
     NO_URI_SAN,
 ];
 
-/// The seeds' walkthrough as a table: what each caller may reach in each stage, and which rule decides.
+/// The Istio egress walkthrough as a table: what each caller may reach in each stage, and which rule decides.
 pub fn expected(stage: Stage, caller: &str, host: &str) -> Expect {
     let google = host == GOOGLE;
     debug_assert!(google || host == YAHOO);
