@@ -256,12 +256,12 @@ fn expectations(args: &Args, mix: &[SampleRequest]) -> anyhow::Result<Vec<i32>> 
 #[derive(Default)]
 struct Tally {
     /// Latencies of the decided checks (all answers but shed ones).
-    latencies_ns: Vec<u32>,
+    latencies_ns: Vec<u64>,
     /// With `Run::windows`: (ms since the run's start, latency) of each decided check.
-    timed_ns: Vec<(u32, u32)>,
+    timed_ns: Vec<(u32, u64)>,
     /// With `Run::windows`: ms since the run's start of each shed answer.
     shed_at_ms: Vec<u32>,
-    shed_latencies_ns: Vec<u32>,
+    shed_latencies_ns: Vec<u64>,
     allow: u64,
     deny: u64,
     shed: u64,
@@ -304,9 +304,9 @@ fn is_shed(response: &CheckResponse) -> Result<bool, ()> {
 }
 
 /// Percentile `q` of sorted nanosecond latencies, in µs.
-fn percentile_us(sorted: &[u32], q: f64) -> f64 {
+fn percentile_us(sorted: &[u64], q: f64) -> f64 {
     let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
-    f64::from(sorted.get(i).copied().unwrap_or(0)) / 1000.0
+    sorted.get(i).copied().unwrap_or(0) as f64 / 1000.0
 }
 
 fn main() -> anyhow::Result<()> {
@@ -352,17 +352,26 @@ struct Run {
     windows: bool,
 }
 
-async fn connect(addr: &str, connections: usize) -> anyhow::Result<Vec<tonic::transport::Channel>> {
+/// `lazy`: connect on the first check instead of now. A flood uses it because connections past the
+/// server's cap, and past its accept queue, may never complete: that is counted as unanswered checks
+/// rather than stopping the run.
+async fn connect(
+    addr: &str,
+    connections: usize,
+    lazy: bool,
+) -> anyhow::Result<Vec<tonic::transport::Channel>> {
     let mut channels = Vec::with_capacity(connections);
     for _ in 0..connections.max(1) {
         let endpoint =
             tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true);
-        channels.push(
+        channels.push(if lazy {
+            endpoint.connect_lazy()
+        } else {
             endpoint
                 .connect()
                 .await
-                .with_context(|| format!("connecting to {addr}"))?,
-        );
+                .with_context(|| format!("connecting to {addr}"))?
+        });
     }
     Ok(channels)
 }
@@ -415,7 +424,7 @@ async fn drive(
                 } else {
                     call.await
                 };
-                let latency = u32::try_from(sent.elapsed().as_nanos()).unwrap_or(u32::MAX);
+                let latency = u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 let at_ms =
                     u32::try_from(sent.duration_since(started).as_millis()).unwrap_or(u32::MAX);
                 let Ok(answer) = answer else {
@@ -473,7 +482,7 @@ async fn run(
     expected: Arc<Vec<i32>>,
 ) -> anyhow::Result<String> {
     let connect_started = Instant::now();
-    let channels = connect(&args.addr, args.connections).await?;
+    let channels = connect(&args.addr, args.connections, args.flood).await?;
     let connect_secs = connect_started.elapsed().as_secs_f64();
     let shape = Run {
         streams: args.concurrency,
@@ -551,7 +560,7 @@ async fn recover(
     let deadline = started + duration;
     let mut probes = 0u64;
     let mut first_decided_ms = None;
-    let probe = connect(&args.addr, 1).await?;
+    let probe = connect(&args.addr, 1, true).await?;
     let mut client = AuthorizationClient::new(probe[0].clone());
     // Bounded by the recovery period; a probe that gets no answer is given up after --timeout-ms.
     let limit = args.timeout.unwrap_or(Duration::from_secs(2));
@@ -570,7 +579,7 @@ async fn recover(
         }
     }
     let probe_connect_and_first = started.elapsed();
-    let channels = connect(&args.addr, args.recover_connections).await?;
+    let channels = connect(&args.addr, args.recover_connections, true).await?;
     let shape = Run {
         streams: args.recover_concurrency,
         duration: duration.saturating_sub(probe_connect_and_first),
@@ -582,7 +591,7 @@ async fn recover(
     let offset_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
     let (tally, _) = drive(&channels, shape, requests, expected).await?;
     let windows = (shape.duration.as_millis() as u32).div_ceil(WINDOW_MS) as usize;
-    let mut per_window: Vec<Vec<u32>> = vec![Vec::new(); windows];
+    let mut per_window: Vec<Vec<u64>> = vec![Vec::new(); windows];
     let mut shed_per_window = vec![0u32; windows];
     for (at_ms, latency) in tally.timed_ns {
         if let Some(w) = per_window.get_mut((at_ms / WINDOW_MS) as usize) {
