@@ -17,6 +17,7 @@ use crate::decision_log::{DecisionLog, Sampling};
 use crate::grpc::AuthzService;
 use crate::grpc::admin::{AdminService, pb};
 use crate::grpc::endpoint::{CheckEndpoint, Limits};
+use crate::listener::OpenConnections;
 use crate::reload::{LoadError, RuleStore, load_policy};
 use crate::{metrics, telemetry};
 use tonic::transport::server::Router;
@@ -95,19 +96,19 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Arc::clone(&decision_log),
         shutdown_rx.clone(),
     ));
+    let (incoming, connections) =
+        crate::listener::incoming(grpc_listener, args.max_connections as usize);
     let (health, router) = grpc_router(
         Arc::clone(&store),
         Arc::clone(&decision_log),
         &GrpcLimits::from(&args),
+        connections,
     )?;
     health.set_service_status("", ServingStatus::Serving).await;
     health
         .set_service_status(AUTHZ_SERVICE_NAME, ServingStatus::Serving)
         .await;
-    let grpc = router.serve_with_incoming_shutdown(
-        crate::listener::incoming(grpc_listener, args.max_connections as usize),
-        wait_for(shutdown_rx.clone()),
-    );
+    let grpc = router.serve_with_incoming_shutdown(incoming, wait_for(shutdown_rx.clone()));
     let admin = axum::serve(
         admin_listener,
         admin_http::router(AdminState {
@@ -201,6 +202,7 @@ pub fn grpc_router(
     store: Arc<RuleStore>,
     decision_log: Arc<DecisionLog>,
     limits: &GrpcLimits,
+    connections: OpenConnections,
 ) -> anyhow::Result<(tonic_health::server::HealthReporter, Router)> {
     let (health, health_service) = tonic_health::server::health_reporter();
     let (reflection, reflection_v1alpha) =
@@ -211,11 +213,17 @@ pub fn grpc_router(
             max_message_bytes: limits.max_request_bytes,
             max_in_flight: limits.max_checks_in_flight,
         },
+        connections,
     );
     let router = tonic::transport::Server::builder()
         // Bounds per connection; `listener::incoming` bounds the connections (and sets TCP_NODELAY,
         // which tonic's own option would not do on an incoming stream).
         .max_concurrent_streams(limits.max_streams_per_connection)
+        // h2 answers more than this many streams reset before the server accepted them with a GOAWAY
+        // for the whole connection (its rapid-reset defence, default 20). Envoy resets a check when its
+        // timeout fires, so under overload a burst of those would fail every check on the connection,
+        // which `failOpen` turns into allows. Allow as many as a connection may have streams.
+        .http2_max_pending_accept_reset_streams(Some(limits.max_streams_per_connection as usize))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)

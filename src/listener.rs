@@ -9,6 +9,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,14 +23,27 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 /// instead of spinning on an error that needs a connection to close first.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
-/// The accepted connections of `listener`, for `serve_with_incoming_shutdown`. The accept loop ends
-/// when the stream is dropped.
+/// How many connections accepted by one `incoming` are open now.
+#[derive(Clone, Debug, Default)]
+pub struct OpenConnections(Arc<AtomicUsize>);
+
+impl OpenConnections {
+    /// Connections open now.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The accepted connections of `listener`, for `serve_with_incoming_shutdown`, and a count of those
+/// open. The accept loop ends when the stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     max_connections: usize,
-) -> ReceiverStream<io::Result<Connection>> {
+) -> (ReceiverStream<io::Result<Connection>>, OpenConnections) {
     let (sender, receiver) = mpsc::channel(1);
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    let open = OpenConnections::default();
+    let counted = open.clone();
     tokio::spawn(async move {
         loop {
             // Wait for a free slot before accepting, so the kernel holds the excess, not us.
@@ -45,9 +59,11 @@ pub fn incoming(
                     if let Err(error) = stream.set_nodelay(true) {
                         tracing::debug!(%error, "Cannot set TCP_NODELAY on a gRPC connection");
                     }
+                    counted.0.fetch_add(1, Ordering::Relaxed);
                     let connection = Connection {
                         stream,
                         _slot: slot,
+                        open: counted.clone(),
                     };
                     if sender.send(Ok(connection)).await.is_err() {
                         return;
@@ -60,7 +76,7 @@ pub fn incoming(
             }
         }
     });
-    ReceiverStream::new(receiver)
+    (ReceiverStream::new(receiver), open)
 }
 
 /// An accepted connection holding one of the `max_connections` slots until it closes.
@@ -68,6 +84,13 @@ pub fn incoming(
 pub struct Connection {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
+    open: OpenConnections,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.open.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Connection {
@@ -134,7 +157,7 @@ mod tests {
     async fn accepted_connections_have_nodelay_and_wait_for_a_free_slot() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut incoming = incoming(listener, 1);
+        let (mut incoming, open) = incoming(listener, 1);
         let _first_client = TcpStream::connect(addr).await.unwrap();
         let first = incoming.next().await.unwrap().unwrap();
         assert!(
@@ -148,6 +171,7 @@ mod tests {
         assert!(waiting.is_err(), "a second connection past the cap");
         drop(first);
         let second = incoming.next().await.unwrap().unwrap();
+        assert_eq!(open.get(), 1, "the first closed, the second open");
         assert!(second.nodelay().unwrap());
     }
 }

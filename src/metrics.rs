@@ -42,6 +42,8 @@ pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "egress_authz_config_last_reload
 /// restart (a crash, an OOM kill) shows as a new value. The name Prometheus client libraries use, so
 /// restart alerts written for other services apply.
 pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
+/// Checks whose client reset the stream before sending its message (an Envoy timeout, typically).
+pub const CHECKS_ABANDONED_TOTAL: &str = "egress_authz_checks_abandoned_total";
 /// Log lines dropped because the queue to the log thread was full. Written by [`render`].
 pub const LOG_LINES_DROPPED_TOTAL: &str = "egress_authz_log_lines_dropped_total";
 /// Always 1, labelled with the live rule set's SHA-256, so a rollout can be seen to have landed.
@@ -144,6 +146,12 @@ pub fn describe() {
         "Log lines dropped because stderr could not be written"
     );
     counter!(LOG_WRITE_ERRORS_TOTAL).absolute(0);
+    describe_counter!(
+        CHECKS_ABANDONED_TOTAL,
+        Unit::Count,
+        "Checks whose client reset the stream before sending the message (an Envoy timeout, typically)"
+    );
+    counter!(CHECKS_ABANDONED_TOTAL).absolute(0);
     describe_gauge!(
         PROCESS_START_TIME_SECONDS,
         Unit::Seconds,
@@ -285,6 +293,11 @@ fn record_rule_match(policy: &Policy, rule: &Rule, dry_run: bool) {
 pub fn record_reload(success: bool) {
     let result = if success { "success" } else { "failure" };
     counter!(RELOADS_TOTAL, LABEL_RESULT => result).increment(1);
+}
+
+/// Counts a check whose client reset the stream before its message arrived.
+pub fn record_abandoned_check() {
+    counter!(CHECKS_ABANDONED_TOTAL).increment(1);
 }
 
 /// Counts a log line that could not be written. Lines that fail before the recorder is installed (only

@@ -53,6 +53,7 @@ async fn spawn_server(rules: &str) -> Server {
     let store = Arc::new(RuleStore::new(path.clone(), load_policy(&path).unwrap()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let (incoming, connections) = listener::incoming(listener, 64);
     let (_health, router) = app::grpc_router(
         store,
         Arc::new(DecisionLog::disabled()),
@@ -61,9 +62,10 @@ async fn spawn_server(rules: &str) -> Server {
             max_checks_in_flight: 1024,
             max_streams_per_connection: 1024,
         },
+        connections,
     )
     .unwrap();
-    let server = router.serve_with_incoming(listener::incoming(listener, 64));
+    let server = router.serve_with_incoming(incoming);
     // Bound before spawning, so clients can connect at once: no readiness sleep.
     tokio::spawn(server);
     Server { addr, _dir: dir }

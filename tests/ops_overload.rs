@@ -26,7 +26,10 @@ const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 const REASON_HEADER: &str = "x-egress-authz-reason";
 const MAX_IN_FLIGHT: usize = 2;
 const CONNECTIONS: usize = 4;
-const STREAMS_PER_CONNECTION: usize = 16;
+/// Small enough that the streams alone stay within the server's allowance for its own tasks, so only the
+/// count of checks the endpoint is working on decides who is shed: the runtime's task count, the other
+/// measure (for floods of streams waiting for a worker), stays out of these exact counts.
+const STREAMS_PER_CONNECTION: usize = 8;
 const BURST: usize = CONNECTIONS * STREAMS_PER_CONNECTION;
 /// google.rpc.Code PERMISSION_DENIED: every deny, shed or not.
 const PERMISSION_DENIED: i32 = 7;

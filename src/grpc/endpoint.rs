@@ -7,6 +7,12 @@
 //! The endpoint also sheds load: past `max_in_flight` checks it answers at once with a deny carrying
 //! HTTP 503 and reason `overloaded`, without reading the request, so a flood is refused in constant
 //! time and memory instead of queueing without bound.
+//!
+//! Counting checks in flight takes two measures, because tonic calls a service only when the stream's
+//! task first runs: a check waiting for a worker has not reached this code yet. So besides the checks
+//! this endpoint is working on (those waiting for their message included), it reads how many tasks the
+//! runtime holds: each HTTP/2 stream is a task from the moment it arrives, each connection one more. A
+//! flood shows there first, as tasks queued faster than the workers run them.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,6 +31,7 @@ use prost::Message as _;
 use tonic::body::Body;
 
 use super::AuthzService;
+use crate::listener::OpenConnections;
 use crate::metrics;
 use crate::policy::{Decision, Protocol, Reason};
 
@@ -56,22 +63,29 @@ pub struct CheckEndpoint {
     shared: Arc<Shared>,
 }
 
+/// Tasks the runtime holds besides streams and connections (the reload watcher, timers, the admin
+/// listener and its connections): allowed for when reading the runtime's task count, so that count
+/// sheds only when streams are queued.
+const SERVER_TASKS_ALLOWANCE: usize = 64;
+
 #[derive(Debug)]
 struct Shared {
     authz: AuthzService,
     limits: Limits,
+    connections: OpenConnections,
     in_flight: AtomicUsize,
     shed_since_log: AtomicU64,
     last_shed_log: Mutex<Option<Instant>>,
 }
 
 impl CheckEndpoint {
-    /// An endpoint deciding with `authz` within `limits`.
-    pub fn new(authz: AuthzService, limits: Limits) -> Self {
+    /// An endpoint deciding with `authz` within `limits`, on the connections counted by `connections`.
+    pub fn new(authz: AuthzService, limits: Limits, connections: OpenConnections) -> Self {
         Self {
             shared: Arc::new(Shared {
                 authz,
                 limits,
+                connections,
                 in_flight: AtomicUsize::new(0),
                 shed_since_log: AtomicU64::new(0),
                 last_shed_log: Mutex::new(None),
@@ -94,8 +108,6 @@ impl tower_service::Service<http::Request<Body>> for CheckEndpoint {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        // Counted when the stream arrives, not when its task first runs, so checks waiting for a
-        // worker count as in flight: that queue is what grows under a flood.
         let ticket = InFlight::enter(&self.shared);
         Box::pin(async move { Ok(ticket.answer(request).await) })
     }
@@ -110,9 +122,10 @@ struct InFlight {
 impl InFlight {
     fn enter(shared: &Arc<Shared>) -> Self {
         let before = shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        let max = shared.limits.max_in_flight;
         Self {
             shared: Arc::clone(shared),
-            admitted: before < shared.limits.max_in_flight,
+            admitted: before < max && shared.queued_streams() <= max,
         }
     }
 
@@ -127,7 +140,15 @@ impl InFlight {
         }
         match read_message(request.into_body(), shared.limits.max_message_bytes).await {
             Ok(message) => unary_response(&shared.authz.decide_message(&message)),
-            Err(problem) => {
+            Err(Unread::Abandoned) => {
+                // Nobody is waiting for this answer; a deny is still the safe thing to send.
+                metrics::record_abandoned_check();
+                unary_response(&super::convert::to_check_response(
+                    &Decision::refused(Reason::InvalidRequest),
+                    Protocol::Http,
+                ))
+            }
+            Err(Unread::Invalid(problem)) => {
                 tracing::debug!(problem, "A check whose gRPC message cannot be read");
                 unread_refusal(Reason::InvalidRequest)
             }
@@ -146,11 +167,6 @@ fn unread_refusal(reason: Reason) -> http::Response<Body> {
     ))
 }
 
-impl InFlight {
-    #[cfg(any())]
-    fn unused(&self) {}
-}
-
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -158,6 +174,18 @@ impl Drop for InFlight {
 }
 
 impl Shared {
+    /// Streams the runtime holds as tasks, ready or waiting, estimated from its task count: every
+    /// task but the connections' and the server's own. Outside a runtime (never, in the server), none.
+    fn queued_streams(&self) -> usize {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return 0;
+        };
+        runtime
+            .metrics()
+            .num_alive_tasks()
+            .saturating_sub(self.connections.get() + SERVER_TASKS_ALLOWANCE)
+    }
+
     /// Counts a shed check and warns at most once per [`SHED_LOG_PERIOD`], so a flood cannot flood
     /// the log too.
     fn note_shed(&self) {
@@ -179,13 +207,25 @@ impl Shared {
     }
 }
 
+/// Why a request's message was not read.
+#[derive(Debug, PartialEq, Eq)]
+enum Unread {
+    /// The client reset the stream first (Envoy does when its timeout for the check fires): not a bad
+    /// request, so not counted as one.
+    Abandoned,
+    /// What was sent is not a readable gRPC message.
+    Invalid(&'static str),
+}
+
 /// Reads the request's one gRPC message, within the size limit and [`MESSAGE_READ_TIMEOUT`]. It does
 /// not wait for the end of the stream once the message is complete.
-async fn read_message(mut body: Body, max_message_bytes: usize) -> Result<Bytes, &'static str> {
+async fn read_message(mut body: Body, max_message_bytes: usize) -> Result<Bytes, Unread> {
     let read = async {
         let mut buffer = BytesMut::new();
         loop {
-            if let Some(message) = complete_message(&mut buffer, max_message_bytes)? {
+            if let Some(message) =
+                complete_message(&mut buffer, max_message_bytes).map_err(Unread::Invalid)?
+            {
                 return Ok(message);
             }
             match body.frame().await {
@@ -194,15 +234,19 @@ async fn read_message(mut body: Body, max_message_bytes: usize) -> Result<Bytes,
                         buffer.extend_from_slice(&data);
                     }
                 }
-                Some(Err(_)) => return Err("the request stream failed"),
-                None if buffer.is_empty() => return Err("the request has no message"),
-                None => return Err("the request's message is cut off"),
+                Some(Err(_)) => return Err(Unread::Abandoned),
+                None if buffer.is_empty() => {
+                    return Err(Unread::Invalid("the request has no message"));
+                }
+                None => return Err(Unread::Invalid("the request's message is cut off")),
             }
         }
     };
     tokio::time::timeout(MESSAGE_READ_TIMEOUT, read)
         .await
-        .unwrap_or(Err("the request's message did not arrive in time"))
+        .unwrap_or(Err(Unread::Invalid(
+            "the request's message did not arrive in time",
+        )))
 }
 
 /// The message, once `buffer` holds all of it; an error as soon as its header shows it cannot be read.
