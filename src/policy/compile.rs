@@ -17,7 +17,7 @@ pub use super::source::{Location, SourceFile};
 use super::source::{Locator, digest};
 use super::spec::{Action, FromSpec, RULES_WITHOUT_VALUE, RuleFile, RuleSpec, ToSpec};
 pub use super::yaml_limits::Limit;
-use super::yaml_limits::{Budget, walk_within_budget};
+use super::yaml_limits::{Budget, MAX_DEPTH, flow_nesting_exceeds, walk_within_budget};
 
 /// The trust domain Istio uses unless the mesh configures another.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -219,6 +219,15 @@ fn parse_file(file: &SourceFile, errors: &mut Vec<CompileError>) -> Option<RuleF
     }
     // Some editors on Windows start UTF-8 files with a byte-order mark; YAML allows it, the parser does not.
     let text = file.text.strip_prefix('\u{feff}').unwrap_or(&file.text);
+    if let Some(offset) = flow_nesting_exceeds(text, MAX_DEPTH) {
+        let located = Locator::new(file).at(offset + (file.text.len() - text.len()));
+        report(
+            located.line,
+            located.column,
+            CompileErrorKind::LimitExceeded(Limit::Depth(MAX_DEPTH)),
+        );
+        return None;
+    }
     // Only an anchor (`&name`) can make the file expand beyond what it writes out, so only a file that
     // could hold one pays for the walk. Only the first document: the parse below expands no other.
     if text.contains('&')

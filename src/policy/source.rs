@@ -174,17 +174,24 @@ fn key_at(text: &str, offset: usize, key: &str) -> Option<KeyAt> {
 /// Escapes are not decoded: a rule name that needs them is invalid anyway.
 fn scalar_after(text: &str, start: usize) -> &str {
     let rest = &text[start..];
-    let line = rest.split(['\n', '\r']).next().unwrap_or_default();
-    match line.as_bytes().first() {
+    // Scans only as far as the value goes: a JSON file is often a single line, and finding the line's
+    // end for every name would make locating quadratic.
+    let end_of = |stops: &[u8]| {
+        rest.bytes()
+            .position(|b| b == b'\n' || b == b'\r' || stops.contains(&b))
+            .unwrap_or(rest.len())
+    };
+    match rest.as_bytes().first() {
         Some(&quote @ (b'"' | b'\'')) => {
-            let inner = &line[1..];
-            inner
-                .find(char::from(quote))
-                .map_or(inner, |close| &inner[..close])
+            let inner = &rest[1..];
+            let close = inner
+                .bytes()
+                .position(|b| b == quote || b == b'\n' || b == b'\r')
+                .unwrap_or(inner.len());
+            &inner[..close]
         }
         _ => {
-            let end = line.find([',', '}', ']']).unwrap_or(line.len());
-            let value = &line[..end];
+            let value = &rest[..end_of(b",}]")];
             value.split(" #").next().unwrap_or(value).trim_end()
         }
     }

@@ -1004,6 +1004,24 @@ fn deep_nesting_in_a_file_with_anchors_is_refused() {
 }
 
 #[test]
+fn deep_flow_nesting_is_refused_before_parsing_at_the_bracket() {
+    let text = format!("rules: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let errors = mk_errors_located(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        errors[0].kind,
+        CompileErrorKind::LimitExceeded(Limit::Depth(yaml_limits::MAX_DEPTH))
+    );
+    assert_eq!(errors[0].location.to_string(), "rules.yaml:1:72");
+    assert!(
+        errors[0]
+            .to_string()
+            .contains("nested more than 64 levels deep"),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn anchors_for_sharing_values_are_fine() {
     let mut text =
         "rules:\n- name: r0\n  to:\n    hosts: &partners [a.example.com, b.example.com]\n"

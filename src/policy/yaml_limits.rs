@@ -10,6 +10,10 @@
 //! So a file that can hold an alias is first walked with [`BudgetWalker`]: a `Deserialize` that keeps
 //! nothing and counts what deserializing the file would visit (aliases expanded), stopping as soon as a
 //! budget is spent. The walk costs at most the budget, and only then is the file deserialized for real.
+//!
+//! Deep flow nesting (`[[[[…`) is the other thing the size alone does not make cheap: the parser's work
+//! per token grows with the open flow collections. [`flow_nesting_exceeds`] finds it in one pass over
+//! the bytes, before the parser sees the file.
 
 use std::fmt;
 
@@ -253,6 +257,59 @@ impl<'de> Visitor<'de> for BudgetWalker<'_> {
     }
 }
 
+/// The offset of the first `[` or `{` nested more than `max_depth` flow collections deep, found without
+/// parsing. The parser does work for every open flow collection on every token and keeps events for
+/// each, so a file of nothing but `[` (16 million levels in 32 MiB) takes minutes and gigabytes to parse;
+/// this check takes one pass over the bytes.
+///
+/// It follows enough of YAML's lexical rules not to count brackets in comments, quoted scalars, or plain
+/// scalars of block context (`key: a[0]`). Where it misreads (an unbalanced quote inside a plain scalar),
+/// it would take more than `max_depth` brackets left open in the rest of the file to reject it. Block
+/// nesting is not counted here: it takes a wider line per level, which the file size bounds.
+pub(super) fn flow_nesting_exceeds(text: &str, max_depth: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        let previous = i.checked_sub(1).map(|p| bytes[p]);
+        let after_blank = previous.is_none_or(|p| p.is_ascii_whitespace());
+        // Where a token may start: after a blank, or in flow context after an indicator.
+        let token_start = after_blank
+            || (depth > 0 && previous.is_some_and(|p| matches!(p, b'[' | b'{' | b',' | b':')));
+        match bytes[i] {
+            b'#' if after_blank => {
+                i = bytes[i..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(bytes.len(), |end| i + end);
+                continue;
+            }
+            quote @ (b'"' | b'\'') if token_start => {
+                i += 1;
+                while i < bytes.len() {
+                    match bytes[i] {
+                        b'\\' if quote == b'"' => i += 1,
+                        b'\'' if quote == b'\'' && bytes.get(i + 1) == Some(&b'\'') => i += 1,
+                        b if b == quote => break,
+                        _ => {}
+                    }
+                    i += 1;
+                }
+            }
+            b'[' | b'{' if depth > 0 || token_start => {
+                depth += 1;
+                if depth > max_depth {
+                    return Some(i);
+                }
+            }
+            b']' | b'}' if depth > 0 => depth -= 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,6 +412,25 @@ mod tests {
     #[test]
     fn syntax_errors_are_not_budget_errors() {
         assert_eq!(walk("a: [\n", roomy()), Err(None));
+    }
+
+    #[test]
+    fn flow_nesting_is_measured_without_parsing() {
+        let nested = |levels: usize| format!("a: {}{}\n", "[".repeat(levels), "]".repeat(levels));
+        assert_eq!(flow_nesting_exceeds(&nested(4), 4), None);
+        assert_eq!(flow_nesting_exceeds(&nested(5), 4), Some(3 + 4));
+        assert_eq!(flow_nesting_exceeds("a: {b: [{c: [x]}]}\n", 3), Some(12));
+        // JSON: brackets right after an indicator open collections too.
+        assert_eq!(flow_nesting_exceeds("{\"a\":[[[1]]]}", 3), Some(7));
+        // Not collections: in comments, quoted scalars, plain scalars of block context.
+        let not_nested = concat!(
+            "# [[[[[[\n",
+            "a: x[[[[[[\n",
+            "b: \"[[[[[[ \\\" [[[[\"\n",
+            "c: '[[[['' [[[['\n",
+            "d: [\"]]]]\", '[[[[[', x] # [[[[[\n",
+        );
+        assert_eq!(flow_nesting_exceeds(not_nested, 2), None);
     }
 
     #[test]
