@@ -68,5 +68,6 @@ async fn rules(State(state): State<AdminState>) -> axum::Json<serde_json::Value>
         "path": state.store.path().display().to_string(),
         "last_reload_success_unix_seconds": loaded_at.as_secs_f64(),
         "last_reload_error": status.last_error,
+        "warnings": status.warnings,
     }))
 }

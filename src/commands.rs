@@ -7,14 +7,19 @@ use std::process::ExitCode;
 use crate::cli::ExplainArgs;
 use crate::grpc::admin::to_explain_response;
 use crate::policy::{EgressRequest, HttpRequest, lint};
-use crate::reload::{LoadError, load_policy};
+use crate::reload::{LoadError, load_policy, load_policy_with_warnings};
 
 /// `egress-authz validate PATH...`: a summary line per file, or every error; exit 1 on any error.
+/// Directory entries that look like rule files but are not read are warnings (stdout, exit unchanged).
 pub fn validate(paths: &[impl AsRef<Path>]) -> ExitCode {
     let mut failed = false;
     for path in paths {
         let path = path.as_ref();
-        match load_policy(path) {
+        let (loaded, warnings) = load_policy_with_warnings(path);
+        for warning in warnings {
+            println!("{warning}");
+        }
+        match loaded {
             Ok(policy) => {
                 for (index, file) in policy.files().iter().enumerate() {
                     let rules = policy

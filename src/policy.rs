@@ -19,9 +19,10 @@ mod source;
 mod spec;
 #[cfg(test)]
 mod tests;
+mod yaml_limits;
 
 pub use compile::{
-    CompileError, CompileErrorKind, DEFAULT_TRUST_DOMAIN, Location, SourceFile, compile,
+    CompileError, CompileErrorKind, DEFAULT_TRUST_DOMAIN, Limit, Location, SourceFile, compile,
     compile_with_digest,
 };
 pub use decision::{

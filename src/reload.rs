@@ -12,7 +12,16 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 
 use crate::metrics;
-use crate::policy::{CompileError, Policy, SourceFile, compile, compile_with_digest};
+use crate::policy::{
+    CompileError, CompileErrorKind, Limit, Location, Policy, SourceFile, compile,
+    compile_with_digest,
+};
+
+/// Largest rule file read, in bytes. The 100k-rule benchmark file is 11 MiB in block style, and the
+/// server is sized for about 100k rules (64 MiB resident), so 32 MiB leaves ample room (about 280k such
+/// rules) while bounding what one file makes the parser build: it keeps a few dozen bytes of events per
+/// byte of input before any rule is compiled.
+pub const MAX_RULE_FILE_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Why a rule path could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +41,15 @@ pub enum LoadError {
         /// The offending path.
         path: PathBuf,
     },
+    /// A `*.yaml`/`*.yml` entry of the directory is a symlink to nothing. It stands for a rule file
+    /// that cannot be read, which may be a DENY list: loading the others without it could widen access.
+    #[error("{}: symlink to a missing file ({}); No such file or directory", path.display(), target.display())]
+    DanglingSymlink {
+        /// The symlink.
+        path: PathBuf,
+        /// Where it points.
+        target: PathBuf,
+    },
     /// A directory without any `*.yaml`/`*.yml` file: almost certainly a wrong mount, not "no rules".
     #[error("{}: no *.yaml or *.yml rule files in this directory", path.display())]
     NoRuleFiles {
@@ -43,63 +61,186 @@ pub enum LoadError {
     Invalid(Vec<CompileError>),
 }
 
+/// A directory entry that looks like a rule file but is not read: a warning, not an error, because the
+/// entry is not part of the rule set by the rules of naming (and a stray `notes.YAML` must not stop every
+/// reload), yet its author most likely meant it to be.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}: warning: not read as a rule file: {reason}", path.display())]
+pub struct LoadWarning {
+    /// The entry.
+    pub path: PathBuf,
+    /// Why it is skipped.
+    pub reason: &'static str,
+}
+
 /// Reads a rule file, or every `*.yaml`/`*.yml` in a directory (sorted by name; hidden entries such as a
 /// ConfigMap's `..data` are skipped), and compiles them into one policy.
 pub fn load_policy(path: &Path) -> Result<Policy, LoadError> {
-    let files = read_rule_files(path)?;
-    compile(&files).map_err(LoadError::Invalid)
+    load_policy_with_warnings(path).0
 }
 
-/// The rule files a path stands for, read into memory.
-pub fn read_rule_files(path: &Path) -> Result<Vec<SourceFile>, LoadError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| LoadError::Io { path, source }
+/// [`load_policy`], and the directory entries skipped with a warning (reported even when loading fails:
+/// a `rules.YAML` is likely why a directory has no rule files).
+pub fn load_policy_with_warnings(path: &Path) -> (Result<Policy, LoadError>, Vec<LoadWarning>) {
+    let (files, warnings) = read_rule_files(path);
+    (
+        files.and_then(|files| compile(&files).map_err(LoadError::Invalid)),
+        warnings,
+    )
+}
+
+/// The rule files a path stands for, read into memory, and the directory entries skipped with a warning.
+pub fn read_rule_files(path: &Path) -> (Result<Vec<SourceFile>, LoadError>, Vec<LoadWarning>) {
+    let (paths, warnings) = rule_file_paths(path);
+    let files = paths.and_then(|paths| paths.iter().map(|p| read_rule_file(p)).collect());
+    (files, warnings)
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + use<> {
+    let path = path.to_path_buf();
+    move |source| LoadError::Io { path, source }
+}
+
+/// The files a rules path stands for, and the directory entries skipped with a warning.
+///
+/// An entry named `*.yaml`/`*.yml` is part of the rule set, so one that cannot be read (dangling symlink,
+/// directory, FIFO, no permission) fails the whole load: dropping it silently could drop a DENY list and
+/// widen access, so the last good rules keep serving instead. An entry that only looks like a rule file
+/// (`rules.YAML`, `rules.yaml ` with a trailing space, `rules.json`) is not part of it, by the naming
+/// rule, and is reported as a warning.
+pub fn rule_file_paths(path: &Path) -> (Result<Vec<PathBuf>, LoadError>, Vec<LoadWarning>) {
+    let mut warnings = Vec::new();
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) => return (Err(io_error(path)(error)), warnings),
     };
-    let metadata = std::fs::metadata(path).map_err(io(path))?;
-    let paths = if metadata.is_dir() {
-        let mut paths = Vec::new();
-        for entry in std::fs::read_dir(path).map_err(io(path))? {
-            let entry = entry.map_err(io(path))?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let is_rule_file = name.ends_with(".yaml") || name.ends_with(".yml");
-            if !is_rule_file || name.starts_with('.') {
+    if metadata.is_file() {
+        return (Ok(vec![path.to_path_buf()]), warnings);
+    }
+    if !metadata.is_dir() {
+        let error = LoadError::NotAFile {
+            path: path.to_path_buf(),
+        };
+        return (Err(error), warnings);
+    }
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(error) => return (Err(io_error(path)(error)), warnings),
+    };
+    let mut paths = Vec::new();
+    // Every entry is looked at even after a failure, so that the warnings are complete.
+    let mut first_error = None;
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(error) => {
+                first_error.get_or_insert(io_error(path)(error));
                 continue;
             }
-            // Follows symlinks (ConfigMap keys are symlinks into `..data`), so this is the target's type.
-            match std::fs::metadata(entry.path()) {
-                Ok(target) if target.is_file() => paths.push(entry.path()),
-                Ok(_) => return Err(LoadError::NotAFile { path: entry.path() }),
-                // A dangling symlink is a removed file: its rules are gone, like a deleted ConfigMap key.
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => return Err(io(&entry.path())(error)),
+        };
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // Hidden entries are never rule files: a ConfigMap's `..data` and `..2026_…` internals, editors'
+        // swap and lock files.
+        if name.starts_with('.') {
+            continue;
+        }
+        if !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+            if let Some(reason) = near_miss(&name) {
+                warnings.push(LoadWarning {
+                    path: entry.path(),
+                    reason,
+                });
             }
+            continue;
         }
-        paths.sort();
-        if paths.is_empty() {
-            return Err(LoadError::NoRuleFiles {
-                path: path.to_path_buf(),
-            });
+        // Follows symlinks (ConfigMap keys are symlinks into `..data`), so this is the target's type.
+        let problem = match std::fs::metadata(entry.path()) {
+            Ok(target) if target.is_file() => {
+                paths.push(entry.path());
+                None
+            }
+            Ok(_) => Some(LoadError::NotAFile { path: entry.path() }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                Some(match std::fs::read_link(entry.path()) {
+                    Ok(target) => LoadError::DanglingSymlink {
+                        path: entry.path(),
+                        target,
+                    },
+                    // Removed between the listing and now: a file that is gone is not a rule file.
+                    Err(_) => continue,
+                })
+            }
+            Err(error) => Some(io_error(&entry.path())(error)),
+        };
+        if let Some(problem) = problem {
+            first_error.get_or_insert(problem);
         }
-        paths
-    } else if metadata.is_file() {
-        vec![path.to_path_buf()]
-    } else {
-        return Err(LoadError::NotAFile {
+    }
+    warnings.sort_by(|a, b| a.path.cmp(&b.path));
+    if let Some(error) = first_error {
+        return (Err(error), warnings);
+    }
+    paths.sort();
+    if paths.is_empty() {
+        let error = LoadError::NoRuleFiles {
             path: path.to_path_buf(),
-        });
+        };
+        return (Err(error), warnings);
+    }
+    (Ok(paths), warnings)
+}
+
+/// Why a name that is not `*.yaml`/`*.yml` still looks like a rule file, if it does.
+fn near_miss(name: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    let trimmed = lower.trim_end_matches(|c: char| c.is_whitespace() || c == '.');
+    if trimmed.ends_with(".yaml") || trimmed.ends_with(".yml") {
+        Some("the name must end exactly in .yaml or .yml (lower case, nothing after it)")
+    } else if trimmed.ends_with(".json") {
+        Some("rule files are named *.yaml or *.yml, also when they hold JSON")
+    } else {
+        None
+    }
+}
+
+/// Reads one rule file, refusing one over [`MAX_RULE_FILE_BYTES`]. The read itself is bounded, so a file
+/// that grows while it is read cannot make us hold more.
+fn read_rule_file(path: &Path) -> Result<SourceFile, LoadError> {
+    use std::io::Read as _;
+    let name = path.display().to_string();
+    let too_large = || {
+        LoadError::Invalid(vec![CompileError {
+            location: Location {
+                file: name.clone(),
+                line: 1,
+                column: 1,
+            },
+            rule: None,
+            kind: CompileErrorKind::LimitExceeded(Limit::FileBytes(MAX_RULE_FILE_BYTES)),
+        }])
     };
-    paths
-        .into_iter()
-        .map(|p| {
-            let text = std::fs::read_to_string(&p).map_err(io(&p))?;
-            Ok(SourceFile {
-                name: p.display().to_string(),
-                text,
-            })
-        })
-        .collect()
+    let file = std::fs::File::open(path).map_err(io_error(path))?;
+    if file
+        .metadata()
+        .is_ok_and(|metadata| metadata.len() > MAX_RULE_FILE_BYTES)
+    {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_RULE_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error(path))?;
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_RULE_FILE_BYTES {
+        return Err(too_large());
+    }
+    let text = String::from_utf8(bytes).map_err(|_| {
+        io_error(path)(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
+    })?;
+    Ok(SourceFile { name, text })
 }
 
 /// What a reload did.
@@ -131,6 +272,8 @@ pub struct StoreStatus {
     pub loaded_at: SystemTime,
     /// The error of the newest rejected reload, cleared by the next success.
     pub last_error: Option<String>,
+    /// Entries of the rules directory that look like rule files but are not read, as of the newest read.
+    pub warnings: Vec<String>,
 }
 
 /// The live rule set.
@@ -153,14 +296,34 @@ impl RuleStore {
             files: policy.files().to_vec(),
             loaded_at: SystemTime::now(),
             last_error: None,
+            warnings: Vec::new(),
         };
         metrics::record_rule_set(policy.rules().len(), status.loaded_at);
-        Self {
+        let store = Self {
             path,
             current: ArcSwap::from_pointee(policy),
             status: Mutex::new(status),
             last_rejected: Mutex::new(None),
+        };
+        // Listing the directory again is cheap, and spares every caller from passing the warnings of
+        // the load that made `policy`.
+        let (_, warnings) = rule_file_paths(&store.path);
+        store.note_warnings(&warnings);
+        store
+    }
+
+    /// Records the warnings of the newest read for `/rules`, and logs them when they changed: a resync
+    /// every few seconds must not repeat the same warnings in the log.
+    fn note_warnings(&self, warnings: &[LoadWarning]) {
+        let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if status.warnings == warnings {
+            return;
         }
+        for warning in &warnings {
+            tracing::warn!(%warning, path = %self.path.display(), "Rules directory entry not read");
+        }
+        status.warnings = warnings;
     }
 
     /// The rules path this store reloads from.
@@ -181,6 +344,16 @@ impl RuleStore {
             .clone()
     }
 
+    /// Records a reload that ended without an outcome (its thread panicked or could not start): the
+    /// rules in force stay, and the failure shows in `/rules` and the reload metrics like any other.
+    pub fn record_failed_reload(&self, why: &str) {
+        metrics::record_reload(false);
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_error = Some(why.to_owned());
+    }
+
     /// Re-reads the rules path and swaps the result in if it is valid and different.
     pub fn reload(&self) -> ReloadOutcome {
         let outcome = match self.load_if_changed() {
@@ -191,17 +364,22 @@ impl RuleStore {
                     policy.rules().len(),
                     policy.files().to_vec(),
                 );
-                let previous = self.current.swap(Arc::new(policy));
-                release_on_this_thread(previous);
                 let loaded_at = SystemTime::now();
-                metrics::record_rule_set(rules, loaded_at);
-                *self.status.lock().unwrap_or_else(|p| p.into_inner()) = StoreStatus {
+                // The swap happens under the status lock, so whoever sees the new rules decide and
+                // then reads the status sees them there too (no stale `last_error`).
+                let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+                let previous = self.current.swap(Arc::new(policy));
+                *status = StoreStatus {
                     digest: digest.clone(),
                     rules,
                     files,
                     loaded_at,
                     last_error: None,
+                    warnings: std::mem::take(&mut status.warnings),
                 };
+                drop(status);
+                metrics::record_rule_set(rules, loaded_at);
+                release_on_this_thread(previous);
                 ReloadOutcome::Applied { digest, rules }
             }
             Err(error) => {
@@ -243,7 +421,9 @@ impl RuleStore {
             *last = Some(fingerprint);
             Err(error)
         };
-        let files = match read_rule_files(&self.path) {
+        let (files, warnings) = read_rule_files(&self.path);
+        self.note_warnings(&warnings);
+        let files = match files {
             Ok(files) => files,
             Err(error) => return rejected(error.to_string(), error),
         };

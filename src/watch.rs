@@ -81,9 +81,11 @@ const RELOAD_THREAD_PRIORITY: u8 = 25;
 /// serve checks, and waits for it.
 async fn reload_in_background(store: Arc<RuleStore>) {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let reloading = Arc::clone(&store);
     let spawned = std::thread::Builder::new()
         .name("rules-reload".into())
         .spawn(move || {
+            let store = reloading;
             let lowered = thread_priority::ThreadPriorityValue::try_from(RELOAD_THREAD_PRIORITY)
                 .and_then(|value| {
                     thread_priority::set_current_thread_priority(
@@ -100,10 +102,12 @@ async fn reload_in_background(store: Arc<RuleStore>) {
         Ok(_) => {
             if done_rx.await.is_err() {
                 tracing::error!("Reload thread panicked; keeping previous rules");
+                store.record_failed_reload("the reload thread panicked");
             }
         }
         Err(error) => {
-            tracing::error!(%error, "Cannot start a reload thread; keeping previous rules")
+            tracing::error!(%error, "Cannot start a reload thread; keeping previous rules");
+            store.record_failed_reload(&format!("cannot start a reload thread: {error}"));
         }
     }
 }

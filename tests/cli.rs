@@ -205,3 +205,125 @@ fn flags_are_also_environment_variables() {
     assert_eq!(code, 2, "bad flags are a usage error");
     assert!(stderr.contains("--shutdown-grace"), "{stderr}");
 }
+
+#[test]
+fn validate_and_serve_refuse_an_alias_bomb_naming_the_bound_and_the_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = dir.path().join("bomb.yaml");
+    // About 300 kB written; 1.6 GB of descriptions once the aliases are expanded.
+    let mut text = format!(
+        "rules:\n- name: r0\n  description: &d {}\n",
+        "x".repeat(64 * 1024)
+    );
+    for i in 1..25_000 {
+        text.push_str(&format!("- {{name: r{i}, description: *d}}\n"));
+    }
+    std::fs::write(&bomb, text).unwrap();
+    let (code, _, stderr) = run(bin().arg("validate").arg(&bomb));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("bytes of text"), "{stderr}");
+    assert!(stderr.contains("refused to protect the server"), "{stderr}");
+    let located = format!("{}:", bomb.display());
+    assert!(stderr.starts_with(&located), "{stderr}");
+
+    let (code, _, stderr) = run(bin()
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--rules",
+        ])
+        .arg(&bomb));
+    assert_eq!(code, 1, "startup fails fast, it does not crash: {stderr}");
+    assert!(stderr.contains("bytes of text"), "{stderr}");
+}
+
+#[test]
+fn validate_rejects_empty_documents_rules_without_value_and_extra_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text, message) in [
+        ("only-marker.yaml", "---\n", "the file is empty"),
+        (
+            "cut-off.yaml",
+            "defaultAction: ALLOW\nrules:\n",
+            ":2:1: rules has no value",
+        ),
+        (
+            "two.yaml",
+            "rules: []\n---\nrules: []\n",
+            ":2:1: a second YAML document",
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let (code, stdout, stderr) = run(bin().arg("validate").arg(&path));
+        assert_eq!(code, 1, "{name}: {stdout}{stderr}");
+        assert!(stderr.contains(message), "{name}: {stderr}");
+    }
+}
+
+#[test]
+fn validate_warns_about_rule_file_lookalikes_and_rejects_unreadable_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = "rules:\n- name: a\n  to: {hosts: [a.com]}\n";
+    std::fs::write(dir.path().join("rules.yaml"), good).unwrap();
+    for lookalike in ["deny.YAML", "deny.yml ", "deny.json"] {
+        std::fs::write(dir.path().join(lookalike), good).unwrap();
+    }
+    // Not lookalikes: no warning.
+    std::fs::write(dir.path().join("README.md"), "notes").unwrap();
+    std::fs::write(dir.path().join(".hidden.yaml"), "not: [read").unwrap();
+    let (code, stdout, stderr) = run(bin().arg("validate").arg(dir.path()));
+    assert_eq!(code, 0, "warnings do not fail validation: {stdout}{stderr}");
+    let warnings: Vec<_> = stdout
+        .lines()
+        .filter(|l| l.contains("warning: not read as a rule file"))
+        .collect();
+    assert_eq!(warnings.len(), 3, "{stdout}");
+    for lookalike in ["deny.YAML:", "deny.yml :", "deny.json:"] {
+        assert!(
+            warnings.iter().any(|w| w.contains(lookalike)),
+            "{lookalike}: {stdout}"
+        );
+    }
+
+    // A rules directory with only a lookalike: the warning says why there are no rule files.
+    let only = tempfile::tempdir().unwrap();
+    std::fs::write(only.path().join("rules.YAML"), good).unwrap();
+    let (code, stdout, stderr) = run(bin().arg("validate").arg(only.path()));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no *.yaml or *.yml rule files"), "{stderr}");
+    assert!(stdout.contains("rules.YAML: warning"), "{stdout}");
+
+    // Entries named like rule files that cannot be read are errors.
+    std::os::unix::fs::symlink(dir.path().join("gone"), dir.path().join("deny.yaml")).unwrap();
+    let (code, _, stderr) = run(bin().arg("validate").arg(dir.path()));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("deny.yaml: symlink to a missing file"),
+        "{stderr}"
+    );
+    std::fs::remove_file(dir.path().join("deny.yaml")).unwrap();
+    std::fs::create_dir(dir.path().join("deny.yaml")).unwrap();
+    let (code, _, stderr) = run(bin().arg("validate").arg(dir.path()));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("deny.yaml: not a regular file"), "{stderr}");
+}
+
+#[test]
+fn validate_refuses_a_file_over_the_size_limit_before_reading_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.yaml");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(egress_authz::reload::MAX_RULE_FILE_BYTES + 1)
+        .unwrap();
+    let (code, _, stderr) = run(bin().arg("validate").arg(&big));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains(&format!("{}:1:1: the file is larger than", big.display())),
+        "{stderr}"
+    );
+}

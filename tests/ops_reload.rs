@@ -736,3 +736,162 @@ async fn the_same_bad_files_seen_again_are_not_another_failed_reload() {
     })
     .await;
 }
+
+// === Rule files cannot hurt the running server ===
+
+/// 32k rules sharing one 32 KiB description through an alias: about 1 MB written, 1 GiB once every
+/// alias is expanded.
+fn alias_bomb() -> String {
+    let mut text = format!(
+        "defaultAction: DENY\nrules:\n- name: r0\n  description: &d {}\n",
+        "x".repeat(32 * 1024)
+    );
+    for i in 1..32 * 1024 {
+        text.push_str(&format!("- {{name: r{i}, description: *d}}\n"));
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alias_bomb_is_rejected_and_the_previous_rules_keep_serving() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = rules_file(dir.path(), &rules_a());
+        let mut server = ServerBuilder::new(&path).spawn().await;
+        let error = assert_rejected(
+            &server,
+            || write_by_rename(&path, &alias_bomb()),
+            "aliases expanded",
+        )
+        .await;
+        assert!(has_location(&error, "rules.yaml"), "{error}");
+        assert!(server.is_running(), "the server survived the bomb");
+        assert_recovers(&server, &path).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_rule_file_keeps_the_previous_rules() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rules.d")).unwrap();
+        let path = rules_file(&dir.path().join("rules.d"), &rules_a());
+        let server = ServerBuilder::new(dir.path().join("rules.d")).spawn().await;
+        // Sparse, and made outside the directory, so the server only ever sees it whole.
+        let big = dir.path().join("big.yaml");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(egress_authz::reload::MAX_RULE_FILE_BYTES + 1)
+            .unwrap();
+        let error = assert_rejected(
+            &server,
+            || std::fs::rename(&big, dir.path().join("rules.d/big.yaml")).unwrap(),
+            "the limit for one rule file",
+        )
+        .await;
+        assert!(error.contains("big.yaml:1:1"), "{error}");
+        std::fs::remove_file(dir.path().join("rules.d/big.yaml")).unwrap();
+        assert_recovers(&server, &path).await;
+    })
+    .await;
+}
+
+/// A `*.yaml` entry that cannot be read may be a DENY list: loading the others without it would widen
+/// access, so the whole reload is rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dangling_symlink_in_the_rules_directory_keeps_the_previous_rules() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = rules_file(dir.path(), &rules_a());
+        let server = ServerBuilder::new(dir.path()).spawn().await;
+        let dangling = dir.path().join("20-deny.yaml");
+        assert_rejected(
+            &server,
+            || std::os::unix::fs::symlink(dir.path().join("gone.yaml"), &dangling).unwrap(),
+            "symlink to a missing file",
+        )
+        .await;
+        std::fs::remove_file(&dangling).unwrap();
+        assert_recovers(&server, &path).await;
+    })
+    .await;
+}
+
+/// Root reads through `chmod 000`, so when the tests run as root the server runs as `nobody`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_file_in_the_rules_directory_keeps_the_previous_rules() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = rules_file(dir.path(), &rules_a());
+        let mut builder = ServerBuilder::new(dir.path());
+        if std::fs::metadata(&path).unwrap().uid() == 0 {
+            const NOBODY: u32 = 65_534;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+            builder = builder.uid(NOBODY);
+        }
+        let server = builder.spawn().await;
+        assert_rejected(
+            &server,
+            || std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap(),
+            "Permission denied",
+        )
+        .await;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_recovers(&server, &path).await;
+    })
+    .await;
+}
+
+/// `rules.YAML` or `rules.yaml ` is not read (names are exact), but it most likely was meant to be:
+/// `/rules` and the log say so, at startup and when one appears, and the rules keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_file_lookalikes_are_reported_in_rules_status_and_the_log() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        rules_file(dir.path(), &rules_a());
+        std::fs::write(dir.path().join("deny.YAML"), rules_b()).unwrap();
+        let server = ServerBuilder::new(dir.path()).spawn().await;
+        let warnings = |status: &serde_json::Value| -> Vec<String> {
+            status["warnings"]
+                .as_array()
+                .unwrap_or_else(|| panic!("/rules has no warnings: {status}"))
+                .iter()
+                .map(|w| w.as_str().unwrap().to_owned())
+                .collect()
+        };
+        let at_start = warnings(&server.rules_status().await);
+        assert_eq!(at_start.len(), 1, "{at_start:?}");
+        assert!(
+            at_start[0].contains("deny.YAML: warning: not read"),
+            "{at_start:?}"
+        );
+        let logged = |name: &'static str| {
+            server.logs.wait_for(GIVE_UP, move |l| {
+                message_of(l) == Some("Rules directory entry not read")
+                    && l["fields"]["warning"]
+                        .as_str()
+                        .is_some_and(|w| w.contains(name))
+            })
+        };
+        assert!(
+            logged("deny.YAML").await.is_some(),
+            "startup warning logged"
+        );
+
+        std::fs::write(dir.path().join("more.yaml "), rules_b()).unwrap();
+        let both = poll_until(GIVE_UP, || async {
+            let now = warnings(&server.rules_status().await);
+            (now.len() == 2).then_some(now)
+        })
+        .await
+        .expect("the new lookalike is reported");
+        assert!(both[1].contains("more.yaml : warning"), "{both:?}");
+        assert!(logged("more.yaml ").await.is_some(), "new warning logged");
+        let mut client = server.authz().await;
+        assert_allowed(&mut client, true, "lookalikes are not read").await;
+        assert_eq!(reloads(&server, "failure").await, 0.0);
+    })
+    .await;
+}

@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 
+use serde::Deserialize as _;
+
 use super::decision::{Policy, Settings};
 use super::identity::is_valid_trust_domain;
 use super::matcher::{
@@ -13,7 +15,9 @@ use super::matcher::{
 use super::rule::{FromConditions, Rule, RuleMetadata, RuleOrigin, ToConditions};
 pub use super::source::{Location, SourceFile};
 use super::source::{Locator, digest};
-use super::spec::{Action, FromSpec, RuleFile, RuleSpec, ToSpec};
+use super::spec::{Action, FromSpec, RULES_WITHOUT_VALUE, RuleFile, RuleSpec, ToSpec};
+pub use super::yaml_limits::Limit;
+use super::yaml_limits::{Budget, MAX_DEPTH, flow_nesting_exceeds, walk_within_budget};
 
 /// The trust domain Istio uses unless the mesh configures another.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -36,7 +40,8 @@ pub enum CompileErrorKind {
     /// The YAML does not parse or does not fit the schema (includes unknown fields).
     #[error("{0}")]
     Syntax(String),
-    /// The file holds no YAML document at all (a truncated or half-written file).
+    /// The file holds no YAML document at all, or an empty one (only `---`): a truncated or half-written
+    /// file.
     #[error("the file is empty")]
     EmptyFile,
     /// A rule name that is not a DNS-label-like identifier.
@@ -72,6 +77,18 @@ pub enum CompileErrorKind {
     /// An invalid or empty `trustDomains`.
     #[error("trustDomains: {0}")]
     InvalidTrustDomains(String),
+    /// `rules:` with no value: what a deny list cut off after its `rules:` line looks like.
+    #[error("rules has no value; write `rules: []` for a file without rules")]
+    RulesWithoutValue,
+    /// The file would make the server build too much (an alias bomb, say); it is refused whole.
+    #[error("{0}; the file is refused to protect the server")]
+    LimitExceeded(Limit),
+    /// A second YAML document (`---`): one file holds one rule set, and a parser reading only the first
+    /// would silently ignore the rest.
+    #[error(
+        "a second YAML document starts here; a rule file holds one document (put each in a file of its own)"
+    )]
+    MultipleDocuments,
 }
 
 /// Compiles rule files, in the order given, into one policy; or returns every error found.
@@ -96,10 +113,26 @@ pub fn compile_with_digest(
         };
         let locator = Locator::new(file);
         settings.merge(&parsed, &locator, &mut errors);
+        // Where each rule starts, in file order; a rule's extent runs to the next rule's start, so that
+        // searching for a value never scans the rest of the file.
         let mut search_from = 0;
-        for spec in parsed.rules {
-            let (rule_offset, location) = locator.rule(&spec.name, search_from);
-            search_from = rule_offset + 1;
+        let rule_offsets: Vec<usize> = parsed
+            .rules
+            .iter()
+            .map(|spec| {
+                let offset = locator.rule(&spec.name, search_from);
+                search_from = offset + 1;
+                offset
+            })
+            .collect();
+        for (index, spec) in parsed.rules.into_iter().enumerate() {
+            let rule_offset = rule_offsets[index];
+            let rule_end = rule_offsets[index + 1..]
+                .first()
+                .copied()
+                .filter(|&next| next > rule_offset)
+                .unwrap_or(file.text.len());
+            let location = locator.at(rule_offset);
             let mut report = |kind| {
                 errors.push(CompileError {
                     location: location.clone(),
@@ -126,10 +159,23 @@ pub fn compile_with_digest(
             match compile_rule(spec, origin) {
                 Ok(rule) => rules.push(rule),
                 Err(kinds) => {
+                    // Invalid values are reported in the order they are written, mostly: search on from
+                    // the previous one first, so a rule with many bad values is still scanned once.
+                    let mut cursor = rule_offset;
                     for (kind, value) in kinds {
-                        let at = value
-                            .and_then(|v| locator.value_after(rule_offset, &v))
-                            .unwrap_or_else(|| location.clone());
+                        let found = value.and_then(|v| {
+                            locator
+                                .find_within(cursor..rule_end, &v)
+                                .or_else(|| locator.find_within(rule_offset..cursor, &v))
+                                .map(|at| (at, v.len()))
+                        });
+                        let at = match found {
+                            Some((at, len)) => {
+                                cursor = at + len;
+                                locator.at(at)
+                            }
+                            None => location.clone(),
+                        };
                         errors.push(CompileError {
                             location: at,
                             rule: Some(name.clone()),
@@ -155,39 +201,151 @@ fn parse_file(file: &SourceFile, errors: &mut Vec<CompileError>) -> Option<RuleF
         line,
         column,
     };
+    let mut report = |line, column, kind| {
+        errors.push(CompileError {
+            location: at(line, column),
+            rule: None,
+            kind,
+        });
+    };
     if file.text.trim().is_empty()
         || file
             .text
             .lines()
             .all(|l| l.trim_start().starts_with('#') || l.trim().is_empty())
     {
-        errors.push(CompileError {
-            location: at(1, 1),
-            rule: None,
-            kind: CompileErrorKind::EmptyFile,
-        });
+        report(1, 1, CompileErrorKind::EmptyFile);
         return None;
     }
     // Some editors on Windows start UTF-8 files with a byte-order mark; YAML allows it, the parser does not.
     let text = file.text.strip_prefix('\u{feff}').unwrap_or(&file.text);
-    match yaml_serde::from_str::<RuleFile>(text) {
-        Ok(parsed) => Some(parsed),
+    if let Some(offset) = flow_nesting_exceeds(text, MAX_DEPTH) {
+        let located = Locator::new(file).at(offset + (file.text.len() - text.len()));
+        report(
+            located.line,
+            located.column,
+            CompileErrorKind::LimitExceeded(Limit::Depth(MAX_DEPTH)),
+        );
+        return None;
+    }
+    // Only an anchor (`&name`) can make the file expand beyond what it writes out, so only a file that
+    // could hold one pays for the walk. Only the first document: the parse below expands no other.
+    if text.contains('&')
+        && let Some(first) = yaml_serde::Deserializer::from_str(text).next()
+    {
+        match walk_within_budget(first, Budget::for_file_of(text.len())) {
+            Ok(()) => {}
+            Err((error, Some(limit))) => {
+                let (line, column) = line_column(&error).unwrap_or((1, 1));
+                report(line, column, CompileErrorKind::LimitExceeded(limit));
+                return None;
+            }
+            // The parser's own guard on alias uses, which comes first on small files; it carries no
+            // location, so point at the first anchor.
+            Err((error, None)) if error.to_string().starts_with("repetition limit exceeded") => {
+                let located = Locator::new(file).at(first_anchor(&file.text).unwrap_or(0));
+                report(
+                    located.line,
+                    located.column,
+                    CompileErrorKind::LimitExceeded(Limit::AliasUses),
+                );
+                return None;
+            }
+            // A YAML error, which the parse below reports.
+            Err((_, None)) => {}
+        }
+    }
+    let mut documents = yaml_serde::Deserializer::from_str(text);
+    let first = documents.next()?;
+    match Option::<RuleFile>::deserialize(first) {
+        // A document that is only `---`, `~` or `null`: nothing was written, like an empty file. Treating
+        // it as "no rules" would let a file cut off right after its `---` drop all its rules silently.
+        Ok(None) => {
+            report(1, 1, CompileErrorKind::EmptyFile);
+            None
+        }
+        Ok(Some(parsed)) => {
+            // Whatever follows the first document would be silently ignored by the parse: refuse it.
+            if documents.next().is_some() {
+                let offset = second_document_start(text).unwrap_or(0);
+                let location = Locator::new(file).at(offset + (file.text.len() - text.len()));
+                report(
+                    location.line,
+                    location.column,
+                    CompileErrorKind::MultipleDocuments,
+                );
+                return None;
+            }
+            Some(parsed)
+        }
+        Err(error) if error.to_string().contains(RULES_WITHOUT_VALUE) => {
+            let location = Locator::new(file).key("rules");
+            report(
+                location.line,
+                location.column,
+                CompileErrorKind::RulesWithoutValue,
+            );
+            None
+        }
         Err(error) => {
-            let (line, column) = error.location().map_or((1, 1), |l| (l.line(), l.column()));
+            let (line, column) = line_column(&error).unwrap_or((1, 1));
             // The message repeats the location at its end; keep just the cause.
             let message = error.to_string();
             let message = message
                 .rsplit_once(" at line ")
                 .map_or(message.as_str(), |(cause, _)| cause)
                 .to_owned();
-            errors.push(CompileError {
-                location: at(line, column),
-                rule: None,
-                kind: CompileErrorKind::Syntax(message),
-            });
+            report(line, column, CompileErrorKind::Syntax(message));
             None
         }
     }
+}
+
+fn line_column(error: &yaml_serde::Error) -> Option<(usize, usize)> {
+    error.location().map(|l| (l.line(), l.column()))
+}
+
+/// The offset of the first thing that looks like an anchor (`&name` where a value starts), for locating
+/// an error about aliases that the parser does not locate.
+fn first_anchor(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    text.match_indices('&').map(|(i, _)| i).find(|&i| {
+        let starts_value =
+            i == 0 || matches!(bytes[i - 1], b' ' | b'\t' | b'\n' | b'[' | b'{' | b',');
+        starts_value && bytes.get(i + 1).is_some_and(|b| !b.is_ascii_whitespace())
+    })
+}
+
+/// The offset of the `---` (or of the content after a `...`) that starts the second YAML document.
+/// Document markers are only markers at the start of a line, even inside a block scalar.
+fn second_document_start(text: &str) -> Option<usize> {
+    let is_marker = |line: &str, marker: &str| {
+        line.strip_prefix(marker)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r']))
+    };
+    let mut in_document = false;
+    let mut ended = false;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let content = line.trim_end_matches(['\n', '\r']);
+        let blank = content.trim().is_empty() || content.trim_start().starts_with('#');
+        if is_marker(content, "---") {
+            if in_document || ended {
+                return Some(offset);
+            }
+            in_document = true;
+        } else if is_marker(content, "...") {
+            ended = true;
+            in_document = false;
+        } else if !blank && !content.starts_with('%') {
+            if ended {
+                return Some(offset);
+            }
+            in_document = true;
+        }
+        offset += line.len();
+    }
+    None
 }
 
 fn is_valid_rule_name(name: &str) -> bool {

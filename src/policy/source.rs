@@ -1,6 +1,8 @@
 //! Rule-file text: names, contents, locations of things written in it, and the rule set's digest.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::ops::Range;
 
 use sha2::{Digest, Sha256};
 
@@ -31,19 +33,42 @@ impl fmt::Display for Location {
 }
 
 /// Finds where things are written in a file's text, for error locations. serde's model does not keep
-/// spans, so rules are found by their `name:` line (in order) and values by searching inside the rule.
+/// spans, so rules are found by their `name` key (in order) and values by searching inside the rule.
+///
+/// Everything here is linear in the file's size whatever the style (block, flow on one line, JSON):
+/// rules are located by one pass over the text collecting every `name` key with its value, then by a
+/// lookup per rule; searches for a value stay inside their rule's extent. A search that runs to the end
+/// of the file for every rule (a name written in a way the search does not recognise) makes compiling
+/// 100k rules take minutes.
 pub(super) struct Locator<'a> {
     file: &'a SourceFile,
     /// Byte offset of every line's start. Every rule is located, so counting newlines from the top
     /// each time would make compiling quadratic in the file size (minutes at 100k rules).
     line_starts: Vec<usize>,
+    /// Every `name` key written in the file: its value as written (quotes removed) → byte offsets of
+    /// the key, ascending.
+    names: HashMap<&'a str, Vec<usize>>,
 }
 
 impl<'a> Locator<'a> {
     pub(super) fn new(file: &'a SourceFile) -> Self {
-        let newlines = file.text.match_indices('\n').map(|(i, _)| i + 1);
+        let text = file.text.as_str();
+        let newlines = text.match_indices('\n').map(|(i, _)| i + 1);
         let line_starts = std::iter::once(0).chain(newlines).collect();
-        Self { file, line_starts }
+        let mut names: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (offset, _) in text.match_indices("name") {
+            if let Some(key) = key_at(text, offset, "name") {
+                names
+                    .entry(scalar_after(text, key.value_start))
+                    .or_default()
+                    .push(key.offset);
+            }
+        }
+        Self {
+            file,
+            line_starts,
+            names,
+        }
     }
 
     pub(super) fn at(&self, offset: usize) -> Location {
@@ -58,46 +83,117 @@ impl<'a> Locator<'a> {
         }
     }
 
-    /// The byte offset and location of the `name: <name>` of a rule, searching from `from`.
-    pub(super) fn rule(&self, name: &str, from: usize) -> (usize, Location) {
+    /// The byte offset of the first `name` key at or after `from` whose value is `name`, or `from` when
+    /// there is none (a name written with escapes, say).
+    pub(super) fn rule(&self, name: &str, from: usize) -> usize {
+        self.names
+            .get(name)
+            .and_then(|offsets| {
+                let first = offsets.partition_point(|&offset| offset < from);
+                offsets.get(first).copied()
+            })
+            .unwrap_or(from)
+            .min(self.file.text.len())
+    }
+
+    /// The offset of the first occurrence of `value` in `within`, a range of byte offsets.
+    pub(super) fn find_within(&self, within: Range<usize>, value: &str) -> Option<usize> {
         let text = &self.file.text;
-        let mut offset = char_boundary(text, from);
-        while let Some(found) = text[offset..].find("name:") {
-            let start = offset + found;
-            let line_end = text[start..].find('\n').map_or(text.len(), |e| start + e);
-            let value = text[start + "name:".len()..line_end].trim();
-            let value = value
-                .split(" #")
-                .next()
-                .unwrap_or(value)
-                .trim()
-                .trim_matches(['"', '\'']);
-            if value == name {
-                return (start, self.at(start));
-            }
-            offset = start + 1;
-        }
-        (from, self.at(from))
+        let start = char_boundary(text, within.start);
+        let end = char_boundary(text, within.end.max(start));
+        text[start..end].find(value).map(|i| start + i)
     }
 
     /// The location of the first occurrence of `value` at or after `from`.
     pub(super) fn value_after(&self, from: usize, value: &str) -> Option<Location> {
-        let text = &self.file.text;
-        let from = char_boundary(text, from);
-        text[from..].find(value).map(|i| self.at(from + i))
+        self.find_within(from..self.file.text.len(), value)
+            .map(|offset| self.at(offset))
     }
 
-    /// The location of a top-level key.
+    /// The location of a top-level key, written plain or quoted (`key:`, `"key":`), or the file's start.
     pub(super) fn key(&self, key: &str) -> Location {
         let text = &self.file.text;
-        let mut offset = 0;
-        for line in text.split_inclusive('\n') {
-            if line.starts_with(key) && line[key.len()..].trim_start().starts_with(':') {
-                return self.at(offset);
-            }
-            offset += line.len();
+        text.match_indices(key)
+            .find_map(|(offset, _)| key_at(text, offset, key))
+            .map_or_else(|| self.at(0), |found| self.at(found.offset))
+    }
+}
+
+/// A mapping key found in the text.
+struct KeyAt {
+    /// Where the key starts (its opening quote, if quoted).
+    offset: usize,
+    /// Where its value starts, past the `:` and any blanks.
+    value_start: usize,
+}
+
+/// `key` written as a mapping key at `offset` (plain, `"key"` or `'key'`, then `:`), not as part of a
+/// longer word (`hostname:`) or of a value.
+fn key_at(text: &str, offset: usize, key: &str) -> Option<KeyAt> {
+    let bytes = text.as_bytes();
+    let mut start = offset;
+    let mut end = offset + key.len();
+    if let (Some(&open @ (b'"' | b'\'')), Some(&close)) =
+        (offset.checked_sub(1).map(|i| &bytes[i]), bytes.get(end))
+    {
+        if open != close {
+            return None;
         }
-        self.at(0)
+        start -= 1;
+        end += 1;
+    }
+    let before_ok =
+        start == 0 || matches!(bytes[start - 1], b' ' | b'\t' | b'\n' | b'\r' | b'{' | b',');
+    if !before_ok {
+        return None;
+    }
+    let mut colon = end;
+    while matches!(bytes.get(colon), Some(b' ' | b'\t')) {
+        colon += 1;
+    }
+    if bytes.get(colon) != Some(&b':') {
+        return None;
+    }
+    // A plain `key:` must be followed by a blank (or the end) to be a key; JSON's `"key":` need not be.
+    let after = colon + 1;
+    if start == offset && !matches!(bytes.get(after), None | Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        return None;
+    }
+    let mut value_start = after;
+    while matches!(bytes.get(value_start), Some(b' ' | b'\t')) {
+        value_start += 1;
+    }
+    Some(KeyAt {
+        offset: start,
+        value_start,
+    })
+}
+
+/// The scalar written at `start` as it reads, quotes removed: up to the closing quote, or for a plain
+/// scalar up to the end of the line, a comment, or what ends a value in flow style (`,`, `}`, `]`).
+/// Escapes are not decoded: a rule name that needs them is invalid anyway.
+fn scalar_after(text: &str, start: usize) -> &str {
+    let rest = &text[start..];
+    // Scans only as far as the value goes: a JSON file is often a single line, and finding the line's
+    // end for every name would make locating quadratic.
+    let end_of = |stops: &[u8]| {
+        rest.bytes()
+            .position(|b| b == b'\n' || b == b'\r' || stops.contains(&b))
+            .unwrap_or(rest.len())
+    };
+    match rest.as_bytes().first() {
+        Some(&quote @ (b'"' | b'\'')) => {
+            let inner = &rest[1..];
+            let close = inner
+                .bytes()
+                .position(|b| b == quote || b == b'\n' || b == b'\r')
+                .unwrap_or(inner.len());
+            &inner[..close]
+        }
+        _ => {
+            let value = &rest[..end_of(b",}]")];
+            value.split(" #").next().unwrap_or(value).trim_end()
+        }
     }
 }
 

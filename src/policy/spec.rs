@@ -2,7 +2,7 @@
 //! the README, and unknown fields are rejected everywhere so a typo (`namespace:`) is an error, not a
 //! silently wider rule.
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 /// One YAML rule file. Top-level settings are optional so a directory of files (a ConfigMap with several
 /// keys) can set them once; when two files both set one, they must agree.
@@ -15,9 +15,35 @@ pub struct RuleFile {
     pub trust_domains: Option<Vec<String>>,
     /// Deny an HTTP request whose TLS SNI names another host than its `:authority`. Default `true`.
     pub require_sni_matches_host: Option<bool>,
-    /// The rules, evaluated as documented in the README ("Decision semantics").
-    #[serde(default)]
+    /// The rules, evaluated as documented in the README ("Decision semantics"). Absent: none (a file
+    /// that only sets top-level settings). Written with no value (`rules:` and nothing after it): an
+    /// error, since that is what a deny list cut off after its `rules:` line looks like.
+    #[serde(default, deserialize_with = "rules_with_a_value")]
     pub rules: Vec<RuleSpec>,
+}
+
+/// The message of the error for `rules:` written with no value; the compiler recognises it to locate it
+/// at the key (the parser locates a field's error at the mapping that holds the field).
+pub(super) const RULES_WITHOUT_VALUE: &str = "rules has no value";
+
+fn rules_with_a_value<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<RuleSpec>, D::Error> {
+    Option::<Vec<RuleSpec>>::deserialize(deserializer)?
+        .ok_or_else(|| serde::de::Error::custom(RULES_WITHOUT_VALUE))
+}
+
+/// `from:` or `to:` written with no value is read as an empty block, which is an error (see
+/// `CompileErrorKind::EmptyBlock`), not as an absent one that matches anything: a rule cut off after
+/// `to:` must not allow every destination.
+fn block_even_if_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Some(
+        Option::<T>::deserialize(deserializer)?.unwrap_or_default(),
+    ))
 }
 
 /// What a rule (or the default) does with a request.
@@ -52,8 +78,10 @@ pub struct RuleSpec {
     /// Evaluated and reported, never enforced. Default `false`.
     pub dry_run: Option<bool>,
     /// Who is calling. Absent: anyone, including callers without an identity.
+    #[serde(default, deserialize_with = "block_even_if_null")]
     pub from: Option<FromSpec>,
     /// Where the request goes. Absent: anywhere.
+    #[serde(default, deserialize_with = "block_even_if_null")]
     pub to: Option<ToSpec>,
     /// Free text, kept and reported, never matched.
     pub description: Option<String>,

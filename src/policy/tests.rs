@@ -1347,3 +1347,249 @@ fn lint_on_deny_lists_knows_not_only_deny_rules_reach_callers_without_identity()
     );
     assert_eq!(lint_messages(&dry_guard).len(), 1);
 }
+
+// === Rule files cannot make the compiler build too much ===
+
+/// `n` rules that each alias the same `scalar_bytes`-long description: tiny to write, `n * scalar_bytes`
+/// bytes once the aliases are expanded.
+fn alias_bomb(n: usize, scalar_bytes: usize) -> String {
+    let mut text = format!(
+        "rules:\n- name: r0\n  description: &d {}\n",
+        "x".repeat(scalar_bytes)
+    );
+    for i in 1..n {
+        text.push_str(&format!("- {{name: r{i}, description: *d}}\n"));
+    }
+    text
+}
+
+#[test]
+fn aliases_expanding_a_long_scalar_are_refused_located_and_named() {
+    // 200 MB of descriptions from a 300 kB file.
+    let text = alias_bomb(10_000, 20_000);
+    let errors = mk_errors_located(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        matches!(
+            errors[0].kind,
+            CompileErrorKind::LimitExceeded(Limit::ExpandedTextBytes(_))
+        ),
+        "{errors:?}"
+    );
+    let message = errors[0].to_string();
+    assert!(message.starts_with("rules.yaml:"), "{message}");
+    assert!(message.contains("bytes of text"), "{message}");
+    assert!(
+        errors[0].location.line > 2,
+        "at the rule that overflows: {message}"
+    );
+}
+
+#[test]
+fn nested_aliases_are_refused() {
+    // The classic: 9 levels of 10 aliases each, a billion strings.
+    let mut text = "lol0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n".to_owned();
+    for level in 1..9 {
+        let previous = format!("*l{}", level - 1);
+        text.push_str(&format!(
+            "lol{level}: &l{level} [{}]\n",
+            [previous.as_str(); 10].join(", ")
+        ));
+    }
+    text.push_str("rules: []\n");
+    let errors = mk_errors_located(&text);
+    assert!(
+        matches!(errors[0].kind, CompileErrorKind::LimitExceeded(_)),
+        "{errors:?}"
+    );
+    assert!(errors[0].location.line >= 1 && errors[0].location.column >= 1);
+}
+
+#[test]
+fn deep_nesting_in_a_file_with_anchors_is_refused() {
+    let text = format!("rules: &r {}{}\n", "[".repeat(100), "]".repeat(100));
+    let errors = mk_errors(&text);
+    assert!(
+        matches!(
+            errors[0],
+            CompileErrorKind::LimitExceeded(Limit::Depth(yaml_limits::MAX_DEPTH))
+        ),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn deep_flow_nesting_is_refused_before_parsing_at_the_bracket() {
+    let text = format!("rules: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let errors = mk_errors_located(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        errors[0].kind,
+        CompileErrorKind::LimitExceeded(Limit::Depth(yaml_limits::MAX_DEPTH))
+    );
+    assert_eq!(errors[0].location.to_string(), "rules.yaml:1:72");
+    assert!(
+        errors[0]
+            .to_string()
+            .contains("nested more than 64 levels deep"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn anchors_for_sharing_values_are_fine() {
+    let mut text =
+        "rules:\n- name: r0\n  to:\n    hosts: &partners [a.example.com, b.example.com]\n"
+            .to_owned();
+    for i in 1..1_000 {
+        text.push_str(&format!("- {{name: r{i}, to: {{hosts: *partners}}}}\n"));
+    }
+    let policy = mk_policy(&text);
+    assert_eq!(policy.rules().len(), 1_000);
+}
+
+// === Empty and multiple documents ===
+
+#[test]
+fn documents_with_nothing_in_them_are_empty_files() {
+    for text in [
+        "---\n",
+        "---\n...\n",
+        "---\n---\n",
+        "# a comment\n---\n# another\n",
+        "~\n",
+        "null\n",
+    ] {
+        let errors = mk_errors_located(text);
+        assert!(
+            matches!(errors[0].kind, CompileErrorKind::EmptyFile),
+            "{text:?}: {errors:?}"
+        );
+    }
+}
+
+#[test]
+fn rules_with_no_value_is_an_error_at_the_key() {
+    for text in [
+        "defaultAction: ALLOW\nrules:\n",
+        "defaultAction: ALLOW\nrules: ~\n",
+        "defaultAction: ALLOW\nrules: null\n",
+        "defaultAction: ALLOW\nrules:\n# the deny rules were here\n",
+    ] {
+        let errors = mk_errors_located(text);
+        assert_eq!(errors.len(), 1, "{text:?}: {errors:?}");
+        assert_eq!(
+            errors[0].kind,
+            CompileErrorKind::RulesWithoutValue,
+            "{text:?}"
+        );
+        assert_eq!(errors[0].location.to_string(), "rules.yaml:2:1");
+    }
+    // Written empty, or left out, they are no rules.
+    assert!(
+        mk_policy("defaultAction: ALLOW\nrules: []\n")
+            .rules()
+            .is_empty()
+    );
+    assert!(mk_policy("defaultAction: ALLOW\n").rules().is_empty());
+}
+
+#[test]
+fn from_or_to_with_no_value_is_an_empty_block_not_a_wildcard() {
+    let errors = mk_errors("rules:\n- name: a\n  to: {hosts: [a.com]}\n  from:\n");
+    assert!(
+        matches!(errors[..], [CompileErrorKind::EmptyBlock("from", _)]),
+        "{errors:?}"
+    );
+    let errors = mk_errors("rules:\n- name: a\n  from: {namespaces: [x]}\n  to:\n");
+    assert!(
+        matches!(errors[..], [CompileErrorKind::EmptyBlock("to", _)]),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_second_document_is_an_error_where_it_starts() {
+    let cases = [
+        ("rules: []\n---\nrules: []\n", "rules.yaml:2:1"),
+        ("---\nrules: []\n---\n", "rules.yaml:3:1"),
+        (
+            "# header\n---\nrules: []\n...\n# trailer\nrules: []\n",
+            "rules.yaml:6:1",
+        ),
+        (
+            "rules:\n- name: a\n  description: |\n    text\n--- # next\nrules: []\n",
+            "rules.yaml:5:1",
+        ),
+    ];
+    for (text, location) in cases {
+        let errors = mk_errors_located(text);
+        assert_eq!(errors.len(), 1, "{text:?}: {errors:?}");
+        assert_eq!(
+            errors[0].kind,
+            CompileErrorKind::MultipleDocuments,
+            "{text:?}"
+        );
+        assert_eq!(errors[0].location.to_string(), location, "{text:?}");
+    }
+    // Explicit start and end markers around one document are one document.
+    assert_eq!(mk_policy("---\nrules: []\n...\n").rules().len(), 0);
+}
+
+// === Locations in every style ===
+
+#[test]
+fn errors_are_located_in_flow_style() {
+    let text = "rules:\n- {name: ok, to: {hosts: [a.com]}}\n- {name: bad, to: {hosts: [b.com, 'a.*.com']}}\n- {name: Upper}\n";
+    let errors = mk_errors_located(text);
+    let at: Vec<_> = errors.iter().map(|e| e.location.to_string()).collect();
+    assert_eq!(at, ["rules.yaml:3:36", "rules.yaml:4:4"], "{errors:?}");
+}
+
+#[test]
+fn errors_are_located_in_json() {
+    let text = r#"{
+  "defaultAction": "DENY",
+  "trustDomains": ["cluster.local"],
+  "rules": [
+    {"name": "ok", "to": {"hosts": ["a.com"]}},
+    {
+      "name": "bad",
+      "to": {"hosts": ["b.com", "a.*.com"]}
+    },
+    {"name": "Upper"}
+  ]
+}
+"#;
+    let errors = mk_errors_located(text);
+    let at: Vec<_> = errors.iter().map(|e| e.location.to_string()).collect();
+    assert_eq!(at, ["rules.yaml:8:34", "rules.yaml:10:6"], "{errors:?}");
+    // Settings in JSON are located at their key too.
+    let errors = compile(&[
+        SourceFile {
+            name: "a.json.yaml".into(),
+            text: r#"{"defaultAction": "DENY", "rules": []}"#.into(),
+        },
+        SourceFile {
+            name: "b.json.yaml".into(),
+            text: "{\n  \"defaultAction\": \"ALLOW\"\n}\n".into(),
+        },
+    ])
+    .unwrap_err();
+    assert_eq!(errors[0].location.to_string(), "b.json.yaml:2:3");
+    assert!(
+        errors[0].to_string().contains("a.json.yaml:1:2"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_rule_name_written_differently_is_located_near_its_rule_without_scanning_the_file() {
+    // The name is written with an escape, so it is not found as written: the rule falls back to the
+    // previous rule's position rather than to something far away.
+    let text = "rules:\n- name: first\n- name: \"sec\\u006fnd\"\n  to: {hosts: ['a.*.com']}\n";
+    let errors = mk_errors_located(text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].rule.as_deref(), Some("second"));
+    assert_eq!(errors[0].location.line, 4, "{errors:?}");
+}
