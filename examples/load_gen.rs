@@ -4,7 +4,7 @@
 //! (PERMISSION_DENIED), computed by deciding the same requests locally against the same rule files.
 //!
 //! ```text
-//! load_gen --addr 127.0.0.1:9000 --mix seeds|generated:N [--rules PATH | --expect-ok]
+//! load_gen --addr 127.0.0.1:9000 --mix walkthrough|generated:N [--rules PATH | --expect-ok]
 //!          [--duration-secs 10] [--connections 2] [--concurrency 64] [--threads 1]
 //! load_gen --mix … --write-bodies DIR   # gRPC-framed request bodies for h2load -d, one per request
 //! load_gen … --flood [--timeout-ms 2000] [--recover-secs 5 --recover-connections 2 --recover-concurrency 64]
@@ -72,7 +72,7 @@ struct Args {
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         addr: "127.0.0.1:9000".into(),
-        mix: "seeds".into(),
+        mix: "walkthrough".into(),
         rules: None,
         expect_ok: false,
         duration: Duration::from_secs(10),
@@ -112,8 +112,8 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(args)
 }
 
-/// The seeds' walkthrough: who calls which host, over HTTP and over TLS passthrough (TCP).
-fn seeds_mix() -> Vec<SampleRequest> {
+/// The Istio egress walkthrough: who calls which host, over HTTP and over TLS passthrough (TCP).
+fn walkthrough_mix() -> Vec<SampleRequest> {
     let mk = |kind, ns: &str, sa: &str, host: &str, http: bool| SampleRequest {
         kind,
         principal: format!("spiffe://cluster.local/ns/{ns}/sa/{sa}"),
@@ -313,8 +313,8 @@ fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let mix = match args.mix.split_once(':') {
         Some(("generated", n)) => rules::sample_requests(n.parse()?),
-        None if args.mix == "seeds" => seeds_mix(),
-        _ => bail!("--mix is seeds or generated:N"),
+        None if args.mix == "walkthrough" => walkthrough_mix(),
+        _ => bail!("--mix is walkthrough or generated:N"),
     };
     let requests: Vec<CheckRequest> = mix.iter().map(check_request).collect();
     if let Some(dir) = &args.write_bodies {

@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
-# Throughput through Envoy (issue 6, "≥ 0.95 of the ceiling through Envoy"). Envoy 1.40 (--concurrency 1)
+# Throughput through Envoy (target: "≥ 0.95 of the ceiling through Envoy"). Envoy 1.40 (--concurrency 1)
 # with the HTTP ext_authz filter (scripts/loadbench/envoy-ext-authz-bench.yaml: PLAINTEXT h2c listener,
 # gRPC ext_authz fail-closed with a 0.5 s timeout, direct_response 200, no upstream) in front of, alternating
 # round by round in one run:
-#   seeds  egress-authz with the seeds' rules (deploy/rules/egress.yaml) + the bench rule below
+#   walkthrough  egress-authz with the walkthrough's rules (deploy/rules/egress.yaml) + the bench rule below
 #   10k    egress-authz with 10,000 generated rules (benches/support/rules.rs) + the bench rule below
 #   empty  examples/empty_check_server.rs: answers OK at once (the ceiling)
 #   shaped the same server answering with egress-authz's precomputed responses for the two hosts (metadata,
-#          403 with header and body): the ceiling for egress-authz's response shape, which issue 2 requires;
+#          403 with header and body): the ceiling for egress-authz's response shape, which the Check contract requires;
 #          egress-authz vs shaped is egress-authz's own work, shaped vs empty is Envoy handling that response
 #   empty2 a second, identical empty server with its own Envoy: an A/A control. Its ratio to `empty` is
 #          this machine's resolution; a difference smaller than that is not a finding.
 # Load: h2load (nghttp2-client), two invocations at once per measurement, one with :authority
 # developers.google.com (expected 200 everywhere) and one with developer.yahoo.com (expected 403 from
 # egress-authz, 200 from the empty server). Plaintext means no peer certificate, so the CheckRequests carry no
-# principal: the seeds' rules all have `from`, so a rule without `from` (zz-bench-anyone.yaml, written below)
+# principal: the walkthrough's rules all have `from`, so a rule without `from` (zz-bench-anyone.yaml, written below)
 # lets anyone reach developers.google.com; yahoo is denied (reason invalid_principal: no identity).
 # Verified per measurement: h2load's status-code counts as expected, no errors/timeouts, and egress-authz's
 # egress_authz_checks_total allow/deny deltas lie between h2load's "done" and "started" counts (requests
@@ -98,7 +98,7 @@ parse() {
       rps, total, started, done, errored, timeout, s2, s3, s4, s5, mn, mx, mean, sd }' "$1"
 }
 
-mkdir -p "$WORK/seeds" "$WORK/10k"
+mkdir -p "$WORK/walkthrough" "$WORK/10k"
 cat >"$WORK/zz-bench-anyone.yaml" <<EOF
 # envoy-bench.sh only: plaintext requests carry no principal, so without this rule every check is denied.
 rules:
@@ -106,25 +106,25 @@ rules:
   to:
     hosts: [$ALLOW_HOST]
 EOF
-cp deploy/rules/egress.yaml "$WORK/seeds/"
-cp "$WORK/zz-bench-anyone.yaml" "$WORK/seeds/"
+cp deploy/rules/egress.yaml "$WORK/walkthrough/"
+cp "$WORK/zz-bench-anyone.yaml" "$WORK/walkthrough/"
 "$BIN/examples/gen_rules" 10000 >"$WORK/10k/rules.yaml"
 cp "$WORK/zz-bench-anyone.yaml" "$WORK/10k/"
 
 SERVE=(serve --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --log-format json --decision-log none --worker-threads "$SERVER_THREADS")
-start seeds "$BIN/egress-authz" "${SERVE[@]}" --rules "$WORK/seeds"
+start walkthrough "$BIN/egress-authz" "${SERVE[@]}" --rules "$WORK/walkthrough"
 start 10k "$BIN/egress-authz" "${SERVE[@]}" --rules "$WORK/10k"
 start empty "$BIN/examples/empty_check_server" --grpc-addr 127.0.0.1:0 --worker-threads "$SERVER_THREADS"
 start empty2 "$BIN/examples/empty_check_server" --grpc-addr 127.0.0.1:0 --worker-threads "$SERVER_THREADS"
 start shaped "$BIN/examples/empty_check_server" --grpc-addr 127.0.0.1:0 --worker-threads "$SERVER_THREADS" \
-  --shaped-rules "$WORK/seeds" --host "$ALLOW_HOST" --host "$DENY_HOST"
+  --shaped-rules "$WORK/walkthrough" --host "$ALLOW_HOST" --host "$DENY_HOST"
 
 echo "# $(date -u +%FT%TZ) $(nproc) CPUs, $("$ENVOY" --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*/[A-Za-z]*/[A-Z]*' | head -1), $(h2load --version | head -1)," \
   "duration ${DURATION}s x ${ROUNDS} rounds, 2 h2load x ${CLIENTS} connections x ${STREAMS} streams, server threads ${SERVER_THREADS}," \
   "pinned: $([[ ${#server_cpu[@]} -gt 0 ]] && echo "Envoy + Check server CPU 0, h2load CPU 1" || echo no)" >&2
 
 # Warm-up (not measured): connections, Envoy's gRPC client, the servers' caches.
-TARGETS=(seeds 10k empty shaped empty2)
+TARGETS=(walkthrough 10k empty shaped empty2)
 for target in "${TARGETS[@]}"; do
   v="LISTEN_$target"; h2 "$WORK/warm" "${!v}" "$ALLOW_HOST" 1 || true
 done
@@ -184,7 +184,7 @@ jq -rs '
   | def round_ratio(t; base): [ $all[] | select(.target == t) | . as $x
         | ($all[] | select(.target == base and .round == $x.round) | .rps) as $b | $x.rps / $b ] | med;
   ["target","req/s","min_ms","max_ms","mean_ms","sd_ms","rps/ceil","rps/ceil_rounds","rps/shaped_rounds","mean/ceil","server_cpu_us/req","envoy_cpu_us/req","requests","answers_ok","metrics_match"],
-    ( ["seeds","10k","empty","shaped","empty2"][] as $t
+    ( ["walkthrough","10k","empty","shaped","empty2"][] as $t
       | [ $t, (stat($t;"rps")|round), (stat($t;"min_us")/1000|r2), (stat($t;"max_us")/1000|r2),
           (stat($t;"mean_us")/1000|r2), (stat($t;"sd_us")/1000|r2),
           (stat($t;"rps") / ($all|stat("empty";"rps")) | r2),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Overload benchmark: egress-authz (seeds' rules, default limits: 1024 checks in flight, 1024 connections,
+# Overload benchmark: egress-authz (the walkthrough's rules, default limits: 1024 checks in flight, 1024 connections,
 # 1024 streams per connection) first at its capacity, then flooded, in one run:
 #   baseline  closed loop, CONNECTIONS x CONCURRENCY streams (the load benchmark's shape): capacity, p50/p99
 #   floods    closed loop with far more checks outstanding than --max-checks-in-flight, for each
@@ -62,7 +62,7 @@ sample_rss() {
 
 load() { # load CONNECTIONS STREAMS EXTRA... -> JSON line
   local connections=$1 streams=$2; shift 2
-  "${client_cpu[@]}" "$BIN/examples/load_gen" --addr "$GRPC_authz" --mix seeds --rules "$RULES" \
+  "${client_cpu[@]}" "$BIN/examples/load_gen" --addr "$GRPC_authz" --mix walkthrough --rules "$RULES" \
     --duration-secs "$DURATION" --connections "$connections" --concurrency "$streams" \
     --flood --timeout-ms "$TIMEOUT_MS" "$@"
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Load benchmark (issue 6). In one run, alternating round by round, drives with the in-repo load generator
+# Load benchmark. In one run, alternating round by round, drives with the in-repo load generator
 # (examples/load_gen.rs: Envoy-shaped CheckRequests, many concurrent HTTP/2 streams, every answer checked):
-#   seeds  egress-authz with the seeds' rules (deploy/rules/egress.yaml)
+#   walkthrough  egress-authz with the walkthrough's rules (deploy/rules/egress.yaml)
 #   10k    egress-authz with 10,000 generated rules (benches/support/rules.rs)
 #   empty  examples/empty_check_server.rs: answers OK at once, same tonic and server settings (the ceiling)
 # and reports throughput and p50/p99/p99.9 latency, each as a ratio to the ceiling measured in the same run.
@@ -45,19 +45,19 @@ failed=0
 # shellcheck disable=SC2206 # SERVER_FLAGS is split on purpose: extra `serve` flags to try.
 SERVE=(serve --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --log-format json --worker-threads "$SERVER_THREADS" ${SERVER_FLAGS:-})
 if [[ $SKIP_DIRECT != 1 ]]; then
-start_server seeds "$WORK/seeds.log" "$BIN/egress-authz" "${SERVE[@]}" --rules deploy/rules/egress.yaml
+start_server walkthrough "$WORK/walkthrough.log" "$BIN/egress-authz" "${SERVE[@]}" --rules deploy/rules/egress.yaml
 start_server 10k "$WORK/10k.log" "$BIN/egress-authz" "${SERVE[@]}" --rules "$WORK/rules10k"
 start_server empty "$WORK/empty.log" "$BIN/examples/empty_check_server" --grpc-addr 127.0.0.1:0 --worker-threads "$SERVER_THREADS"
 
 declare -A ARGS=(
-  [seeds]="seeds --rules deploy/rules/egress.yaml"
+  [walkthrough]="walkthrough --rules deploy/rules/egress.yaml"
   [10k]="generated:10000 --rules $WORK/rules10k"
-  [empty]="seeds --expect-ok"
+  [empty]="walkthrough --expect-ok"
 )
 RESULTS="$WORK/results.jsonl"
 echo "# $(date -u +%FT%TZ) $(nproc) CPUs, duration ${DURATION}s x ${ROUNDS} rounds, ${CONNECTIONS} connections, ${CONCURRENCY} streams, server threads ${SERVER_THREADS}, pinned: $([[ ${#server_cpu[@]} -gt 0 ]] && echo "servers CPU 0, generator CPU 1" || echo no)" >&2
 for round in $(seq 1 "$ROUNDS"); do
-  for target in seeds 10k empty; do
+  for target in walkthrough 10k empty; do
     addr_var="GRPC_$target" admin_var="ADMIN_$target"
     admin=${!admin_var:-}
     if [[ -n $admin ]]; then a0=$(checks allow "$admin"); d0=$(checks deny "$admin"); fi
@@ -78,7 +78,7 @@ jq -rs '
   def stat(t; k): [ .[] | select(.target == t) | .[k] ] | med;
   . as $all
   | ["target","rps","p50_us","p99_us","p999_us","rps/ceil","p50/ceil","p99/ceil","p999/ceil","allow","deny","wrong","metrics_match"],
-    ( ["seeds","10k","empty"][] as $t
+    ( ["walkthrough","10k","empty"][] as $t
       | [ $t, (stat($t;"rps")|round), stat($t;"p50_us"), stat($t;"p99_us"), stat($t;"p999_us"),
           ((stat($t;"rps") / ($all|stat("empty";"rps"))) * 100 | round / 100),
           ((stat($t;"p50_us") / ($all|stat("empty";"p50_us"))) * 100 | round / 100),
@@ -90,7 +90,7 @@ jq -rs '
           ([ $all[] | select(.target == $t) | .metrics_match ] | map(tostring) | unique | join(",")) ] )
   | @tsv' "$RESULTS" | column -t
 
-for pid in "$SERVER_PID_seeds" "$SERVER_PID_10k" "$SERVER_PID_empty"; do kill "$pid" 2>/dev/null || true; done
+for pid in "$SERVER_PID_walkthrough" "$SERVER_PID_10k" "$SERVER_PID_empty"; do kill "$pid" 2>/dev/null || true; done
 fi
 
 if [[ $SKIP_RELOAD != 1 ]]; then

@@ -40,7 +40,7 @@ fn validate_accepts_the_shipped_rules() {
         stdout.contains("namespace-level.yaml: ok, 2 rule(s)"),
         "{stdout}"
     );
-    // The seeds' deny-list stage is the one shape the linter warns about: identity-less callers pass it.
+    // The walkthrough's deny-list stage is the one shape the linter warns about: identity-less callers pass it.
     let warnings: Vec<_> = stdout.lines().filter(|l| l.contains("warning")).collect();
     assert_eq!(warnings.len(), 1, "{stdout}");
     assert!(

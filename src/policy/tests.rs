@@ -1,5 +1,5 @@
 //! Table-driven tests of the decision semantics (README, "Decision semantics"), including every step of
-//! the seeds' walkthroughs, over HTTP- and TCP-shaped requests.
+//! the Istio egress walkthrough's stages, over HTTP- and TCP-shaped requests.
 
 use super::*;
 
@@ -77,7 +77,7 @@ fn assert_walkthrough(policy: &Policy, steps: &[(&str, &str, Verdict)]) {
 }
 
 #[test]
-fn seeds_namespace_level() {
+fn walkthrough_namespace_level() {
     let policy = mk_policy(NAMESPACE_LEVEL);
     assert_walkthrough(
         &policy,
@@ -103,7 +103,7 @@ fn seeds_namespace_level() {
 }
 
 #[test]
-fn seeds_service_account_level() {
+fn walkthrough_service_account_level() {
     let policy = mk_policy(SERVICE_ACCOUNT_LEVEL);
     assert_walkthrough(
         &policy,
@@ -125,7 +125,7 @@ fn seeds_service_account_level() {
 }
 
 #[test]
-fn seeds_allow_nothing() {
+fn walkthrough_allow_nothing() {
     let policy = mk_policy(ALLOW_NOTHING);
     for principal in [DEFAULT_SLEEP, OTHERNS_SLEEP, SLEEP_GOOGLE, SLEEP_YAHOO] {
         for host in [GOOGLE, YAHOO] {
@@ -142,7 +142,7 @@ fn seeds_allow_nothing() {
 }
 
 #[test]
-fn deploy_rules_combine_the_seeds_final_stage() {
+fn deploy_rules_combine_the_walkthrough_final_stage() {
     let policy = mk_policy(DEPLOY_RULES);
     assert_walkthrough(
         &policy,
