@@ -12,8 +12,14 @@ from typing import Iterable
 # Labels of the istio-egressgateway pods (istioctl's egress gateway and the istio/gateway Helm chart with
 # release name istio-egressgateway). The sidecar overlay's patch repeats them; a test keeps both in step.
 GATEWAY_POD_LABELS = {"app": "istio-egressgateway", "istio": "egressgateway"}
-# Container ports of the gateway's mTLS servers: Gateway server port 80 -> 8080, 443 -> 8443.
-GATEWAY_TARGET_PORTS = {80: 8080, 443: 8443}
+# Listener (container) port of each Gateway server port, per install style. Istio binds a gateway
+# listener on the Service's targetPort for that server port, and AuthorizationPolicy ports and
+# NetworkPolicy ports both see that listener port. The bundle must work on either layout.
+GATEWAY_LAYOUTS = {
+    "istioctl": {80: 8080, 443: 8443},   # istio-egressgateway from `istioctl install`
+    "helm": {80: 80, 443: 443},          # the istio/gateway chart (charts/gateway/values.yaml)
+}
+GATEWAY_LISTENER_PORTS = {p for layout in GATEWAY_LAYOUTS.values() for p in layout.values()}
 
 HTTP_EXT_AUTHZ = "envoy.filters.http.ext_authz"
 NETWORK_EXT_AUTHZ = "envoy.filters.network.ext_authz"
@@ -334,24 +340,58 @@ def check_envoyfilter(objs: list[dict]) -> list[str]:
     return problems
 
 
+HTTP_ONLY_KEYS = ("methods", "paths", "hosts", "notMethods", "notPaths", "notHosts")
+
+
+def rule_matches_port(rule: dict, port: int) -> bool:
+    """Whether an AuthorizationPolicy rule can match traffic on a listener port, by its port conditions.
+
+    `from` and `when` are not port conditions; check_custom_policy_ports rejects them separately.
+    """
+    tos = rule.get("to")
+    if not tos:
+        return True
+    for to in tos:
+        op = to.get("operation", {})
+        ports, not_ports = op.get("ports"), op.get("notPorts", [])
+        if (not ports or str(port) in ports) and str(port) not in not_ports:
+            return True
+    return False
+
+
+def custom_policy_checks_port(policy: dict, port: int) -> bool:
+    return any(rule_matches_port(r, port) for r in policy["spec"].get("rules", []))
+
+
 def check_custom_policy_ports(objs: list[dict]) -> list[str]:
+    """The CUSTOM policy asks egress-authz about every request and connection, on any gateway port.
+
+    A rule narrowed by ports (or by anything else) leaves traffic unchecked on a gateway whose listeners
+    are elsewhere: the Helm chart's gateway listens on 80/443, istioctl's on 8080/8443.
+    """
     problems = []
-    for pol in find(objs, "AuthorizationPolicy"):
-        if pol["spec"].get("action") != "CUSTOM":
-            continue
-        ports, http_only = set(), []
-        for rule in pol["spec"].get("rules", []):
+    customs = [p for p in find(objs, "AuthorizationPolicy") if p["spec"].get("action") == "CUSTOM"]
+    for pol in customs:
+        name = pol["metadata"]["name"]
+        rules = pol["spec"].get("rules", [])
+        if not rules:
+            problems.append(f"CUSTOM policy {name} has no rules: Istio never calls the provider")
+        unconditional = [r for r in rules if not r.get("from") and not r.get("to") and not r.get("when")]
+        if rules and not unconditional:
+            problems.append(f"CUSTOM policy {name}: no rule without conditions, some traffic is never checked")
+        for rule in rules:
             for to in rule.get("to", []):
                 op = to.get("operation", {})
-                ports |= set(op.get("ports", []))
-                http_only += [k for k in ("methods", "paths", "hosts", "notMethods", "notPaths", "notHosts") if k in op]
-            if not rule.get("to"):
-                problems.append("a CUSTOM rule without `to.operation.ports` calls the server for every port")
-        want = {str(p) for p in GATEWAY_TARGET_PORTS.values()}
-        if ports != want:
-            problems.append(f"CUSTOM policy ports {sorted(ports)}, want the gateway container ports {sorted(want)}")
-        if http_only:
-            problems.append(f"CUSTOM policy uses HTTP-only fields {http_only}: dropped on TCP, the rule widens")
+                if "ports" in op or "notPorts" in op:
+                    problems.append(f"CUSTOM policy {name} scoped by ports {op.get('ports') or op.get('notPorts')}: "
+                                    "other listener ports go unchecked")
+                http_only = [k for k in HTTP_ONLY_KEYS if k in op]
+                if http_only:
+                    problems.append(f"CUSTOM policy {name} uses HTTP-only fields {http_only}: dropped on TCP")
+        for layout, ports in GATEWAY_LAYOUTS.items():
+            for port in sorted(set(ports.values())):
+                if not custom_policy_checks_port(pol, port):
+                    problems.append(f"CUSTOM policy {name} never checks port {port} ({layout} gateway)")
     return problems
 
 

@@ -286,7 +286,7 @@ def test_envoyfilter_targets_istio_filter_names(overlay):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_custom_policy_scoped_to_gateway_ports(overlay):
+def test_custom_policy_checks_every_gateway_port(overlay):
     assert checks.check_custom_policy_ports(rendered(overlay)) == []
 
 
@@ -359,11 +359,24 @@ def test_catches_envoyfilter_and_policy_drift():
         "envoy.ext_authz"
     ef["spec"]["configPatches"][1]["patch"]["value"]["typed_config"]["include_tls_session"] = False
     assert len(checks.check_envoyfilter(objs)) == 2
-    objs = mutated("standalone")
-    ap = checks.one(objs, "AuthorizationPolicy", "egress-authz")
-    ap["spec"]["rules"][0]["to"][0]["operation"]["ports"] = ["80", "443"]
-    ap["spec"]["rules"][0]["to"][0]["operation"]["methods"] = ["GET"]
-    assert len(checks.check_custom_policy_ports(objs)) == 2
+
+
+
+def test_catches_custom_policy_that_skips_some_traffic():
+    """Each way the CUSTOM policy can leave gateway traffic unchecked is reported."""
+    def problems_after(change):
+        objs = mutated("standalone")
+        change(checks.one(objs, "AuthorizationPolicy", "egress-authz")["spec"])
+        return checks.check_custom_policy_ports(objs)
+
+    # The old istioctl-only scope: Helm-chart gateways (80/443) never call egress-authz.
+    old = problems_after(lambda s: s.update(rules=[{"to": [{"operation": {"ports": ["8080", "8443"]}}]}]))
+    assert any("scoped by ports" in p for p in old)
+    assert any("port 80 (helm" in p for p in old) and any("port 443 (helm" in p for p in old)
+    assert problems_after(lambda s: s.update(rules=[{"to": [{"operation": {"notPorts": ["15443"]}}]}]))
+    assert any("no rules" in p for p in problems_after(lambda s: s.pop("rules")))
+    assert problems_after(lambda s: s.update(rules=[{"to": [{"operation": {"methods": ["GET"]}}]}]))
+    assert problems_after(lambda s: s.update(rules=[{"from": [{"source": {"namespaces": ["default"]}}]}]))
 
 
 def test_catches_fail_open_and_default_timeout(mesh_configs):
