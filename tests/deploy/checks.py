@@ -12,6 +12,9 @@ from typing import Iterable
 # Labels of the istio-egressgateway pods (istioctl's egress gateway and the istio/gateway Helm chart with
 # release name istio-egressgateway). The sidecar overlay's patch repeats them; a test keeps both in step.
 GATEWAY_POD_LABELS = {"app": "istio-egressgateway", "istio": "egressgateway"}
+# Istio's mesh root namespace (default rootNamespace) and where the egress gateway runs.
+ROOT_NAMESPACE = "istio-system"
+GATEWAY_NAMESPACE = "istio-system"
 # Listener (container) port of each Gateway server port, per install style. Istio binds a gateway
 # listener on the Service's targetPort for that server port, and AuthorizationPolicy ports and
 # NetworkPolicy ports both see that listener port. The bundle must work on either layout.
@@ -159,6 +162,8 @@ def check_provider_reaches_server(objs: list[dict], mesh_config: dict) -> list[s
     m = re.fullmatch(r"([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local", host)
     if m:
         name, ns = m.groups()
+        if "/" in provider["service"] and provider["service"].split("/", 1)[0] != ns:
+            problems.append(f"provider service {provider['service']}: the namespace prefix is not the host's")
         svcs = [s for s in find(objs, "Service", name) if s["metadata"].get("namespace") == ns]
         if not svcs:
             return [f"provider service {host}: no Service {ns}/{name} in the render"]
@@ -392,6 +397,74 @@ def check_custom_policy_ports(objs: list[dict]) -> list[str]:
             for port in sorted(set(ports.values())):
                 if not custom_policy_checks_port(pol, port):
                     problems.append(f"CUSTOM policy {name} never checks port {port} ({layout} gateway)")
+    return problems
+
+
+def check_peer_authentication(objs: list[dict]) -> list[str]:
+    """mTLS to egress-authz is enforced by a PeerAuthentication that Istio actually applies.
+
+    - istiod ignores a PeerAuthentication with a selector in the root namespace, so none may be there;
+    - a gateway never applies PeerAuthentication to its listeners, so none may select the gateway (it
+      would only suggest a protection that does not exist);
+    - when egress-authz is reached over the network (its own pods, not the gateway's), a workload policy
+      in its namespace selects its pods with STRICT on the gRPC port.
+    """
+    problems = []
+    dep = server_deployment(objs)
+    pod_labels = dep["spec"]["template"]["metadata"].get("labels", {})
+    server_ns = dep["metadata"].get("namespace")
+    grpc = served_ports(egress_authz_container(dep))["grpc"]
+    pas = find(objs, "PeerAuthentication")
+    for pa in pas:
+        name, ns, spec = pa["metadata"]["name"], pa["metadata"].get("namespace"), pa["spec"]
+        if ns == ROOT_NAMESPACE and spec.get("selector"):
+            problems.append(f"PeerAuthentication {ns}/{name} has a selector in the root namespace: istiod ignores it")
+        if selects(spec.get("selector"), GATEWAY_POD_LABELS) or (ns == GATEWAY_NAMESPACE and not spec.get("selector")):
+            problems.append(f"PeerAuthentication {ns}/{name} targets the gateway, whose listeners never apply it")
+    in_gateway_pod = selects({"matchLabels": GATEWAY_POD_LABELS}, pod_labels)
+    if in_gateway_pod:
+        return problems  # loopback only: no mesh hop to protect
+    if server_ns == ROOT_NAMESPACE:
+        problems.append(f"egress-authz runs in the root namespace {server_ns}: its workload PeerAuthentication "
+                        "would be ignored")
+    strict = []
+    for pa in pas:
+        spec = pa["spec"]
+        if pa["metadata"].get("namespace") != server_ns or not selects(spec.get("selector"), pod_labels):
+            continue
+        mode = spec.get("portLevelMtls", {}).get(str(grpc), {}).get("mode") or spec.get("mtls", {}).get("mode")
+        if mode == "STRICT":
+            strict.append(pa)
+        else:
+            problems.append(f"PeerAuthentication {pa['metadata']['name']}: gRPC port {grpc} is {mode}, not STRICT")
+    if not strict:
+        problems.append(f"no STRICT workload PeerAuthentication for egress-authz in its namespace {server_ns}")
+    return problems
+
+
+def check_callers_policy(objs: list[dict]) -> list[str]:
+    """An ALLOW policy in egress-authz's namespace lets only the gateway's namespace call the gRPC port."""
+    dep = server_deployment(objs)
+    pod_labels = dep["spec"]["template"]["metadata"].get("labels", {})
+    if selects({"matchLabels": GATEWAY_POD_LABELS}, pod_labels):
+        return []
+    grpc = str(served_ports(egress_authz_container(dep))["grpc"])
+    pols = [
+        p for p in find(objs, "AuthorizationPolicy")
+        if p["spec"].get("action", "ALLOW") == "ALLOW" and p["metadata"].get("namespace") == dep["metadata"].get(
+            "namespace") and selects(p["spec"].get("selector"), pod_labels)
+    ]
+    if not pols:
+        return ["no ALLOW AuthorizationPolicy on the egress-authz pods in their namespace"]
+    problems = []
+    for pol in pols:
+        for rule in pol["spec"].get("rules", []):
+            if not rule_matches_port(rule, int(grpc)):
+                continue
+            sources = [f.get("source", {}) for f in rule.get("from", [])]
+            if not sources or any(s.get("namespaces") != [GATEWAY_NAMESPACE] for s in sources):
+                problems.append(f"AuthorizationPolicy {pol['metadata']['name']} lets more than {GATEWAY_NAMESPACE} "
+                                f"call port {grpc}")
     return problems
 
 

@@ -23,6 +23,7 @@ from conftest import (
 
 SERVICEMONITOR = DEPLOY / "components" / "servicemonitor"
 MESH_SOURCES = ("istio-operator", "istiod-values")
+STANDALONE_NAMESPACE = "egress-authz"
 
 
 def all_shipped_objects():
@@ -54,7 +55,25 @@ def test_kustomization_renders(target):
     for obj in objs:
         assert obj.get("apiVersion") and obj.get("kind") and obj["metadata"].get("name")
         if obj["kind"] != "Namespace":
-            assert obj["metadata"].get("namespace") == "istio-system", f"{obj_id((target, obj))} not in istio-system"
+            assert obj["metadata"].get("namespace") == expected_namespace(target, obj), obj_id((target, obj))
+
+
+def expected_namespace(target, obj):
+    """The gateway wiring lives with the gateway; the standalone server in its own namespace."""
+    gateway_wiring = obj["kind"] == "EnvoyFilter" or (
+        obj["kind"] == "AuthorizationPolicy" and obj["spec"].get("action") == "CUSTOM"
+    )
+    if target == "standalone" and not gateway_wiring:
+        return STANDALONE_NAMESPACE
+    return checks.GATEWAY_NAMESPACE
+
+
+def test_standalone_namespace_is_shipped_and_not_the_root():
+    objs = rendered("standalone")
+    (ns,) = checks.find(objs, "Namespace")
+    assert ns["metadata"]["name"] == STANDALONE_NAMESPACE != checks.ROOT_NAMESPACE
+    # An injection label would override revision-based installs (istio.io/rev): the pods ask for it instead.
+    assert "istio-injection" not in ns["metadata"].get("labels", {})
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -263,6 +282,56 @@ def test_sidecar_patch_uses_the_gateway_labels():
     assert set(pod) == {"containers", "volumes"}
     assert [c["name"] for c in pod["containers"]] == ["egress-authz"]
     assert set(dep["spec"]) == {"selector", "template"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_peer_authentication_is_one_istio_applies(overlay):
+    assert checks.check_peer_authentication(rendered(overlay)) == []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_gateway_namespace_may_call_the_grpc_port(overlay):
+    assert checks.check_callers_policy(rendered(overlay)) == []
+
+
+def test_catches_peer_authentication_istio_ignores():
+    # Back in the root namespace with a selector (the old layout): istiod ignores it.
+    objs = mutated("standalone")
+    for o in objs:
+        if o["metadata"].get("namespace") == STANDALONE_NAMESPACE:
+            o["metadata"]["namespace"] = checks.ROOT_NAMESPACE
+    problems = checks.check_peer_authentication(objs)
+    assert any("root namespace" in p and "selector" in p for p in problems)
+    assert any("runs in the root namespace" in p for p in problems)
+    # A PeerAuthentication for the gateway: never applied to its listeners.
+    objs = mutated("standalone")
+    pa = copy.deepcopy(checks.one(objs, "PeerAuthentication"))
+    pa["metadata"].update(name="egressgateway-strict-mtls", namespace=checks.GATEWAY_NAMESPACE)
+    pa["spec"] = {"selector": {"matchLabels": {"istio": "egressgateway"}}, "mtls": {"mode": "STRICT"}}
+    assert any("targets the gateway" in p for p in checks.check_peer_authentication(objs + [pa]))
+    assert any("targets the gateway" in p for p in checks.check_peer_authentication(mutated("sidecar") + [pa]))
+    # The gRPC port left PERMISSIVE, or no policy at all.
+    objs = mutated("standalone")
+    checks.one(objs, "PeerAuthentication")["spec"]["portLevelMtls"]["9000"] = {"mode": "PERMISSIVE"}
+    assert any("not STRICT" in p for p in checks.check_peer_authentication(objs))
+    objs = [o for o in mutated("standalone") if o["kind"] != "PeerAuthentication"]
+    assert any("no STRICT" in p for p in checks.check_peer_authentication(objs))
+
+
+def test_catches_callers_policy_that_lets_anyone_in(mesh_configs):
+    objs = mutated("standalone")
+    pol = checks.one(objs, "AuthorizationPolicy", "egress-authz-callers")
+    pol["spec"]["rules"][0]["from"][0]["source"]["namespaces"] = ["istio-system", "default"]
+    assert checks.check_callers_policy(objs)
+    objs = mutated("standalone")
+    checks.one(objs, "AuthorizationPolicy", "egress-authz-callers")["spec"]["rules"][1]["to"] = []
+    assert checks.check_callers_policy(objs), "a rule without ports also opens the gRPC port"
+    objs = [o for o in mutated("standalone") if o["metadata"]["name"] != "egress-authz-callers"]
+    assert checks.check_callers_policy(objs)
+    # The provider host's namespace prefix must name the Service's namespace.
+    mesh = copy.deepcopy(mesh_configs["istio-operator"])
+    mesh["extensionProviders"][0]["envoyExtAuthzGrpc"]["service"] = "istio-system/egress-authz.egress-authz.svc.cluster.local"
+    assert checks.check_provider_reaches_server(rendered("standalone"), mesh)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
