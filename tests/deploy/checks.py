@@ -468,6 +468,62 @@ def check_callers_policy(objs: list[dict]) -> list[str]:
     return problems
 
 
+MIN_SHUTDOWN_DELAY_S = 5.0
+
+
+def check_shutdown_timings(objs: list[dict]) -> list[str]:
+    """Rollouts without 503 bursts: the server keeps answering while it leaves the endpoints, and the
+    kubelet waits for it.
+
+    --shutdown-delay (serve, not ready) must cover endpoint propagation and Envoy's drain (5 s by
+    default); terminationGracePeriodSeconds (Kubernetes' default 30 s when unset) must exceed delay plus
+    grace, or the kubelet's SIGKILL cuts checks that are still in flight.
+    """
+    problems = []
+    dep = server_deployment(objs)
+    container = egress_authz_container(dep)
+    delay = flag(container, "shutdown-delay")
+    grace = flag(container, "shutdown-grace") or "10s"
+    if delay is None:
+        return ["no --shutdown-delay: the server closes while endpoints still send checks to it"]
+    delay_s, grace_s = duration_seconds(delay), duration_seconds(grace)
+    if delay_s < MIN_SHUTDOWN_DELAY_S:
+        problems.append(f"--shutdown-delay {delay} is under {MIN_SHUTDOWN_DELAY_S:g}s")
+    tgp = dep["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+    if not tgp > delay_s + grace_s:
+        problems.append(f"terminationGracePeriodSeconds {tgp} is not above delay {delay} + grace {grace}")
+    return problems
+
+
+def check_hpa(objs: list[dict]) -> list[str]:
+    """The HPA scales on the egress-authz container's CPU, and owns the replica count alone."""
+    problems = []
+    for hpa in find(objs, "HorizontalPodAutoscaler"):
+        ref = hpa["spec"]["scaleTargetRef"]
+        targets = find(objs, ref["kind"], ref["name"])
+        if not targets:
+            problems.append(f"HPA {hpa['metadata']['name']} targets {ref['kind']}/{ref['name']}, not rendered")
+            continue
+        target = targets[0]
+        if "replicas" in target["spec"]:
+            problems.append(f"{ref['kind']} {ref['name']} sets replicas: every apply resets what the HPA chose")
+        containers = {c["name"]: c for c in target["spec"]["template"]["spec"]["containers"]}
+        metrics = hpa["spec"].get("metrics", [])
+        if not metrics:
+            problems.append(f"HPA {hpa['metadata']['name']} has no metrics (defaults to pod CPU)")
+        for m in metrics:
+            if m.get("type") != "ContainerResource":
+                problems.append(f"HPA metric {m.get('type')}: want ContainerResource (the pod's CPU includes "
+                                "the sidecar's)")
+                continue
+            cr = m["containerResource"]
+            if cr.get("name") != "cpu" or cr.get("container") != "egress-authz":
+                problems.append(f"HPA scales on {cr.get('container')}/{cr.get('name')}, want egress-authz/cpu")
+            elif "cpu" not in containers.get("egress-authz", {}).get("resources", {}).get("requests", {}):
+                problems.append("HPA CPU utilization needs a CPU request on the egress-authz container")
+    return problems
+
+
 ISTIO_PROVIDER_DEFAULTS = {"timeout": "600s", "failOpen": False}
 
 

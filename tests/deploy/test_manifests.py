@@ -208,18 +208,20 @@ def test_standalone_availability():
     objs = rendered("standalone")
     dep = checks.one(objs, "Deployment", "egress-authz")
     spec = dep["spec"]
-    assert spec["replicas"] == 2
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     keys = {t["topologyKey"] for t in spec["template"]["spec"]["topologySpreadConstraints"]}
     assert keys == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
-    pdb = checks.one(objs, "PodDisruptionBudget")
-    assert pdb["spec"]["minAvailable"] < spec["replicas"], "the PDB must allow draining a node"
     hpa = checks.one(objs, "HorizontalPodAutoscaler")
-    assert hpa["spec"]["minReplicas"] == spec["replicas"] <= hpa["spec"]["maxReplicas"]
-    (metric,) = hpa["spec"]["metrics"]
-    assert metric["resource"]["name"] == "cpu"
+    assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    pdb = checks.one(objs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"], "the PDB must allow draining a node"
+    assert checks.check_hpa(objs) == []
+    # The sidecar carries the checks in; it must not drain away before the server has finished.
     container = checks.egress_authz_container(dep)
-    assert "cpu" in container["resources"]["requests"], "CPU utilization needs a CPU request"
+    drain = yaml.safe_load(spec["template"]["metadata"]["annotations"]["proxy.istio.io/config"])
+    shutdown = checks.duration_seconds(checks.flag(container, "shutdown-delay")) + checks.duration_seconds(
+        checks.flag(container, "shutdown-grace"))
+    assert checks.duration_seconds(drain["terminationDrainDuration"]) >= shutdown
     labels = spec["template"]["metadata"]["labels"]
     assert labels.get("sidecar.istio.io/inject") == "true", "the gateway reaches the server over mesh mTLS"
     sa = checks.one(objs, "ServiceAccount")
@@ -279,9 +281,52 @@ def test_sidecar_patch_uses_the_gateway_labels():
     assert dep["spec"]["template"]["metadata"]["labels"] == checks.GATEWAY_POD_LABELS
     # A patch: nothing but the container and its volume, so server-side apply touches nothing else.
     pod = dep["spec"]["template"]["spec"]
-    assert set(pod) == {"containers", "volumes"}
+    assert set(pod) == {"containers", "volumes", "terminationGracePeriodSeconds"}
     assert [c["name"] for c in pod["containers"]] == ["egress-authz"]
     assert set(dep["spec"]) == {"selector", "template"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_shutdown_outlasts_endpoint_removal(overlay):
+    assert checks.check_shutdown_timings(rendered(overlay)) == []
+
+
+def test_catches_shutdown_timings_that_cut_checks():
+    objs = mutated("sidecar")
+    c = checks.egress_authz_container(checks.server_deployment(objs))
+    c["args"] = [a for a in c["args"] if not a.startswith("--shutdown-delay")]
+    assert any("no --shutdown-delay" in p for p in checks.check_shutdown_timings(objs))
+    objs = mutated("standalone")
+    c = checks.egress_authz_container(checks.server_deployment(objs))
+    c["args"] = [a.replace("--shutdown-delay=5s", "--shutdown-delay=2s") for a in c["args"]]
+    assert any("under" in p for p in checks.check_shutdown_timings(objs))
+    for overlay, tgp in (("standalone", 15), ("sidecar", None)):
+        objs = mutated(overlay)
+        pod = checks.server_deployment(objs)["spec"]["template"]["spec"]
+        c = checks.egress_authz_container(checks.server_deployment(objs))
+        c["args"] = [a.replace("--shutdown-grace=10s", "--shutdown-grace=30s") for a in c["args"]]
+        if tgp is None:
+            del pod["terminationGracePeriodSeconds"]  # Kubernetes' default 30 s is not above 5 + 30
+        else:
+            pod["terminationGracePeriodSeconds"] = tgp
+        assert any("terminationGracePeriodSeconds" in p for p in checks.check_shutdown_timings(objs)), overlay
+
+
+def test_catches_hpa_on_pod_cpu_or_fixed_replicas():
+    objs = mutated("standalone")
+    hpa = checks.one(objs, "HorizontalPodAutoscaler")
+    hpa["spec"]["metrics"] = [{"type": "Resource", "resource": {
+        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]
+    checks.server_deployment(objs)["spec"]["replicas"] = 2
+    problems = checks.check_hpa(objs)
+    assert any("ContainerResource" in p for p in problems) and any("sets replicas" in p for p in problems)
+    objs = mutated("standalone")
+    checks.one(objs, "HorizontalPodAutoscaler")["spec"]["metrics"][0]["containerResource"]["container"] = \
+        "istio-proxy"
+    assert checks.check_hpa(objs)
+    objs = mutated("standalone")
+    del checks.egress_authz_container(checks.server_deployment(objs))["resources"]["requests"]["cpu"]
+    assert any("CPU request" in p for p in checks.check_hpa(objs))
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
