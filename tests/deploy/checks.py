@@ -468,6 +468,36 @@ def check_callers_policy(objs: list[dict]) -> list[str]:
     return problems
 
 
+# A Kubernetes object is at most 1 MiB (API server / etcd request limit), metadata included; keep the
+# rules well under it so the ConfigMap's labels and managed fields fit too.
+CONFIGMAP_LIMIT_BYTES = 1024 * 1024
+RULES_BUDGET_BYTES = 900 * 1024
+
+
+def check_rules_configmap_size(objs: list[dict]) -> list[str]:
+    problems = []
+    for cm in find(objs, "ConfigMap"):
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in cm.get("data", {}).items())
+        size += sum(len(k.encode()) + len(v) for k, v in cm.get("binaryData", {}).items())
+        if size > RULES_BUDGET_BYTES:
+            problems.append(f"ConfigMap {cm['metadata']['name']}: {size} bytes of data, over the "
+                            f"{RULES_BUDGET_BYTES} budget under Kubernetes' {CONFIGMAP_LIMIT_BYTES}-byte object limit")
+    return problems
+
+
+def helm_commands(text: str) -> list[str]:
+    """helm install/upgrade/template commands in a text (shell continuations joined, comment marks dropped)."""
+    lines = [re.sub(r"^\s*#\s?", "", line) for line in text.splitlines()]
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    return [m.group(0) for m in re.finditer(r"helm\s+(?:upgrade|install|template)\b[^\n`]*", joined)]
+
+
+def check_helm_versions_pinned(text: str) -> list[str]:
+    """Every helm command that installs a chart pins its version: unpinned, it takes the newest chart."""
+    return [f"helm command without --version: {cmd.strip()}" for cmd in helm_commands(text)
+            if not re.search(r"--version[ =]\S+", cmd)]
+
+
 MIN_SHUTDOWN_DELAY_S = 5.0
 
 

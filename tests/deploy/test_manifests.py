@@ -175,13 +175,55 @@ def test_mesh_config_files_structure(mesh_configs):
     (values,) = load_yaml_docs(DEPLOY / "istio" / "mesh" / "istiod-values.yaml")
     assert set(values) == {"meshConfig"}, "istiod chart values: only meshConfig is set"
     for source, mesh in mesh_configs.items():
-        assert mesh["outboundTrafficPolicy"]["mode"] == "REGISTRY_ONLY", source
+        # Registry-only egress cuts off every unregistered host mesh-wide: its own step, not a side effect.
+        assert set(mesh) == {"extensionProviders"}, f"{source}: the provider files set only the providers"
         for p in mesh["extensionProviders"]:
             assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", p["name"]), f"{source}: provider name not a DNS label"
             grpc = p["envoyExtAuthzGrpc"]
             assert set(grpc) <= {"service", "port", "timeout", "failOpen", "statusOnError",
                                  "includeRequestBodyInCheck", "clearRouteCache"}, source
             assert isinstance(grpc["port"], int) and isinstance(grpc["statusOnError"], str), source
+
+
+def test_registry_only_is_its_own_step():
+    (operator,) = load_yaml_docs(DEPLOY / "istio" / "mesh" / "registry-only.istio-operator.yaml")
+    (values,) = load_yaml_docs(DEPLOY / "istio" / "mesh" / "registry-only.istiod-values.yaml")
+    assert operator["kind"] == "IstioOperator" and set(operator["spec"]) == {"meshConfig"}
+    for mesh in (operator["spec"]["meshConfig"], values["meshConfig"]):
+        assert mesh == {"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}
+    assert set(values) == {"meshConfig"}
+
+
+DOCS = [ROOT / "README.md", DEPLOY / "README.md", *sorted(DEPLOY.rglob("*.yaml")), *sorted(DEPLOY.rglob("Kustomization"))]
+
+
+def test_every_helm_command_pins_the_chart_version():
+    commands = [c for path in DOCS for c in checks.helm_commands(path.read_text())]
+    assert len(commands) >= 4, "the helm commands of the docs were not found"
+    for path in DOCS:
+        assert checks.check_helm_versions_pinned(path.read_text()) == [], path.name
+
+
+def test_helm_version_check_catches_an_unpinned_command():
+    text = (DEPLOY / "README.md").read_text()
+    unpinned = text.replace('--version "$ISTIO_VERSION" ', "", 1)
+    assert unpinned != text
+    assert len(checks.check_helm_versions_pinned(unpinned)) == 1
+    # Continuation lines and comments count: the version may sit on the next line, or be missing there.
+    assert checks.check_helm_versions_pinned("#   helm upgrade x istio/istiod \\\n#     --version 1.28.0 -f v.yaml") == []
+    assert checks.check_helm_versions_pinned("#   helm upgrade x istio/istiod \\\n#     -f v.yaml")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rules_configmap_fits_the_object_limit(overlay):
+    assert checks.check_rules_configmap_size(rendered(overlay)) == []
+
+
+def test_size_check_catches_rules_near_the_limit():
+    objs = mutated("standalone")
+    cm = checks.one(objs, "ConfigMap")
+    cm["data"]["big.yaml"] = "#" * (checks.RULES_BUDGET_BYTES + 1)
+    assert checks.check_rules_configmap_size(objs)
 
 
 # -------------------------------------------------------------------------------------------- hardening
