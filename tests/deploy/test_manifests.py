@@ -321,7 +321,8 @@ def test_sidecar_patch_uses_the_gateway_labels():
     assert dep["metadata"]["name"] == "istio-egressgateway"
     assert dep["spec"]["selector"]["matchLabels"] == checks.GATEWAY_POD_LABELS
     assert dep["spec"]["template"]["metadata"]["labels"] == checks.GATEWAY_POD_LABELS
-    # A patch: nothing but the container and its volume, so server-side apply touches nothing else.
+    # A patch: the container, its volume and a grace period long enough for its shutdown; server-side apply
+    # touches nothing else.
     pod = dep["spec"]["template"]["spec"]
     assert set(pod) == {"containers", "volumes", "terminationGracePeriodSeconds"}
     assert [c["name"] for c in pod["containers"]] == ["egress-authz"]
