@@ -12,8 +12,17 @@ from typing import Iterable
 # Labels of the istio-egressgateway pods (istioctl's egress gateway and the istio/gateway Helm chart with
 # release name istio-egressgateway). The sidecar overlay's patch repeats them; a test keeps both in step.
 GATEWAY_POD_LABELS = {"app": "istio-egressgateway", "istio": "egressgateway"}
-# Container ports of the gateway's mTLS servers: Gateway server port 80 -> 8080, 443 -> 8443.
-GATEWAY_TARGET_PORTS = {80: 8080, 443: 8443}
+# Istio's mesh root namespace (default rootNamespace) and where the egress gateway runs.
+ROOT_NAMESPACE = "istio-system"
+GATEWAY_NAMESPACE = "istio-system"
+# Listener (container) port of each Gateway server port, per install style. Istio binds a gateway
+# listener on the Service's targetPort for that server port, and AuthorizationPolicy ports and
+# NetworkPolicy ports both see that listener port. The bundle must work on either layout.
+GATEWAY_LAYOUTS = {
+    "istioctl": {80: 8080, 443: 8443},   # istio-egressgateway from `istioctl install`
+    "helm": {80: 80, 443: 443},          # the istio/gateway chart (charts/gateway/values.yaml)
+}
+GATEWAY_LISTENER_PORTS = {p for layout in GATEWAY_LAYOUTS.values() for p in layout.values()}
 
 HTTP_EXT_AUTHZ = "envoy.filters.http.ext_authz"
 NETWORK_EXT_AUTHZ = "envoy.filters.network.ext_authz"
@@ -153,6 +162,8 @@ def check_provider_reaches_server(objs: list[dict], mesh_config: dict) -> list[s
     m = re.fullmatch(r"([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local", host)
     if m:
         name, ns = m.groups()
+        if "/" in provider["service"] and provider["service"].split("/", 1)[0] != ns:
+            problems.append(f"provider service {provider['service']}: the namespace prefix is not the host's")
         svcs = [s for s in find(objs, "Service", name) if s["metadata"].get("namespace") == ns]
         if not svcs:
             return [f"provider service {host}: no Service {ns}/{name} in the render"]
@@ -334,24 +345,212 @@ def check_envoyfilter(objs: list[dict]) -> list[str]:
     return problems
 
 
+HTTP_ONLY_KEYS = ("methods", "paths", "hosts", "notMethods", "notPaths", "notHosts")
+
+
+def rule_matches_port(rule: dict, port: int) -> bool:
+    """Whether an AuthorizationPolicy rule can match traffic on a listener port, by its port conditions.
+
+    `from` and `when` are not port conditions; check_custom_policy_ports rejects them separately.
+    """
+    tos = rule.get("to")
+    if not tos:
+        return True
+    for to in tos:
+        op = to.get("operation", {})
+        ports, not_ports = op.get("ports"), op.get("notPorts", [])
+        if (not ports or str(port) in ports) and str(port) not in not_ports:
+            return True
+    return False
+
+
+def custom_policy_checks_port(policy: dict, port: int) -> bool:
+    return any(rule_matches_port(r, port) for r in policy["spec"].get("rules", []))
+
+
 def check_custom_policy_ports(objs: list[dict]) -> list[str]:
+    """The CUSTOM policy asks egress-authz about every request and connection, on any gateway port.
+
+    A rule narrowed by ports (or by anything else) leaves traffic unchecked on a gateway whose listeners
+    are elsewhere: the Helm chart's gateway listens on 80/443, istioctl's on 8080/8443.
+    """
     problems = []
-    for pol in find(objs, "AuthorizationPolicy"):
-        if pol["spec"].get("action") != "CUSTOM":
-            continue
-        ports, http_only = set(), []
-        for rule in pol["spec"].get("rules", []):
+    customs = [p for p in find(objs, "AuthorizationPolicy") if p["spec"].get("action") == "CUSTOM"]
+    for pol in customs:
+        name = pol["metadata"]["name"]
+        rules = pol["spec"].get("rules", [])
+        if not rules:
+            problems.append(f"CUSTOM policy {name} has no rules: Istio never calls the provider")
+        unconditional = [r for r in rules if not r.get("from") and not r.get("to") and not r.get("when")]
+        if rules and not unconditional:
+            problems.append(f"CUSTOM policy {name}: no rule without conditions, some traffic is never checked")
+        for rule in rules:
             for to in rule.get("to", []):
                 op = to.get("operation", {})
-                ports |= set(op.get("ports", []))
-                http_only += [k for k in ("methods", "paths", "hosts", "notMethods", "notPaths", "notHosts") if k in op]
-            if not rule.get("to"):
-                problems.append("a CUSTOM rule without `to.operation.ports` calls the server for every port")
-        want = {str(p) for p in GATEWAY_TARGET_PORTS.values()}
-        if ports != want:
-            problems.append(f"CUSTOM policy ports {sorted(ports)}, want the gateway container ports {sorted(want)}")
-        if http_only:
-            problems.append(f"CUSTOM policy uses HTTP-only fields {http_only}: dropped on TCP, the rule widens")
+                if "ports" in op or "notPorts" in op:
+                    problems.append(f"CUSTOM policy {name} scoped by ports {op.get('ports') or op.get('notPorts')}: "
+                                    "other listener ports go unchecked")
+                http_only = [k for k in HTTP_ONLY_KEYS if k in op]
+                if http_only:
+                    problems.append(f"CUSTOM policy {name} uses HTTP-only fields {http_only}: dropped on TCP")
+        for layout, ports in GATEWAY_LAYOUTS.items():
+            for port in sorted(set(ports.values())):
+                if not custom_policy_checks_port(pol, port):
+                    problems.append(f"CUSTOM policy {name} never checks port {port} ({layout} gateway)")
+    return problems
+
+
+def check_peer_authentication(objs: list[dict]) -> list[str]:
+    """mTLS to egress-authz is enforced by a PeerAuthentication that Istio actually applies.
+
+    - istiod ignores a PeerAuthentication with a selector in the root namespace, so none may be there;
+    - a gateway never applies PeerAuthentication to its listeners, so none may select the gateway (it
+      would only suggest a protection that does not exist);
+    - when egress-authz is reached over the network (its own pods, not the gateway's), a workload policy
+      in its namespace selects its pods with STRICT on the gRPC port.
+    """
+    problems = []
+    dep = server_deployment(objs)
+    pod_labels = dep["spec"]["template"]["metadata"].get("labels", {})
+    server_ns = dep["metadata"].get("namespace")
+    grpc = served_ports(egress_authz_container(dep))["grpc"]
+    pas = find(objs, "PeerAuthentication")
+    for pa in pas:
+        name, ns, spec = pa["metadata"]["name"], pa["metadata"].get("namespace"), pa["spec"]
+        if ns == ROOT_NAMESPACE and spec.get("selector"):
+            problems.append(f"PeerAuthentication {ns}/{name} has a selector in the root namespace: istiod ignores it")
+        if selects(spec.get("selector"), GATEWAY_POD_LABELS) or (ns == GATEWAY_NAMESPACE and not spec.get("selector")):
+            problems.append(f"PeerAuthentication {ns}/{name} targets the gateway, whose listeners never apply it")
+    in_gateway_pod = selects({"matchLabels": GATEWAY_POD_LABELS}, pod_labels)
+    if in_gateway_pod:
+        return problems  # loopback only: no mesh hop to protect
+    if server_ns == ROOT_NAMESPACE:
+        problems.append(f"egress-authz runs in the root namespace {server_ns}: its workload PeerAuthentication "
+                        "would be ignored")
+    strict = []
+    for pa in pas:
+        spec = pa["spec"]
+        if pa["metadata"].get("namespace") != server_ns or not selects(spec.get("selector"), pod_labels):
+            continue
+        mode = spec.get("portLevelMtls", {}).get(str(grpc), {}).get("mode") or spec.get("mtls", {}).get("mode")
+        if mode == "STRICT":
+            strict.append(pa)
+        else:
+            problems.append(f"PeerAuthentication {pa['metadata']['name']}: gRPC port {grpc} is {mode}, not STRICT")
+    if not strict:
+        problems.append(f"no STRICT workload PeerAuthentication for egress-authz in its namespace {server_ns}")
+    return problems
+
+
+def check_callers_policy(objs: list[dict]) -> list[str]:
+    """An ALLOW policy in egress-authz's namespace lets only the gateway's namespace call the gRPC port."""
+    dep = server_deployment(objs)
+    pod_labels = dep["spec"]["template"]["metadata"].get("labels", {})
+    if selects({"matchLabels": GATEWAY_POD_LABELS}, pod_labels):
+        return []
+    grpc = str(served_ports(egress_authz_container(dep))["grpc"])
+    pols = [
+        p for p in find(objs, "AuthorizationPolicy")
+        if p["spec"].get("action", "ALLOW") == "ALLOW" and p["metadata"].get("namespace") == dep["metadata"].get(
+            "namespace") and selects(p["spec"].get("selector"), pod_labels)
+    ]
+    if not pols:
+        return ["no ALLOW AuthorizationPolicy on the egress-authz pods in their namespace"]
+    problems = []
+    for pol in pols:
+        for rule in pol["spec"].get("rules", []):
+            if not rule_matches_port(rule, int(grpc)):
+                continue
+            sources = [f.get("source", {}) for f in rule.get("from", [])]
+            if not sources or any(s.get("namespaces") != [GATEWAY_NAMESPACE] for s in sources):
+                problems.append(f"AuthorizationPolicy {pol['metadata']['name']} lets more than {GATEWAY_NAMESPACE} "
+                                f"call port {grpc}")
+    return problems
+
+
+# A Kubernetes object is at most 1 MiB (API server / etcd request limit), metadata included; keep the
+# rules well under it so the ConfigMap's labels and managed fields fit too.
+CONFIGMAP_LIMIT_BYTES = 1024 * 1024
+RULES_BUDGET_BYTES = 900 * 1024
+
+
+def check_rules_configmap_size(objs: list[dict]) -> list[str]:
+    problems = []
+    for cm in find(objs, "ConfigMap"):
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in cm.get("data", {}).items())
+        size += sum(len(k.encode()) + len(v) for k, v in cm.get("binaryData", {}).items())
+        if size > RULES_BUDGET_BYTES:
+            problems.append(f"ConfigMap {cm['metadata']['name']}: {size} bytes of data, over the "
+                            f"{RULES_BUDGET_BYTES} budget under Kubernetes' {CONFIGMAP_LIMIT_BYTES}-byte object limit")
+    return problems
+
+
+def helm_commands(text: str) -> list[str]:
+    """helm install/upgrade/template commands in a text (shell continuations joined, comment marks dropped)."""
+    lines = [re.sub(r"^\s*#\s?", "", line) for line in text.splitlines()]
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    return [m.group(0) for m in re.finditer(r"helm\s+(?:upgrade|install|template)\b[^\n`]*", joined)]
+
+
+def check_helm_versions_pinned(text: str) -> list[str]:
+    """Every helm command that installs a chart pins its version: unpinned, it takes the newest chart."""
+    return [f"helm command without --version: {cmd.strip()}" for cmd in helm_commands(text)
+            if not re.search(r"--version[ =]\S+", cmd)]
+
+
+MIN_SHUTDOWN_DELAY_S = 5.0
+
+
+def check_shutdown_timings(objs: list[dict]) -> list[str]:
+    """Rollouts without 503 bursts: the server keeps answering while it leaves the endpoints, and the
+    kubelet waits for it.
+
+    --shutdown-delay (serve, not ready) must cover endpoint propagation and Envoy's drain (5 s by
+    default); terminationGracePeriodSeconds (Kubernetes' default 30 s when unset) must exceed delay plus
+    grace, or the kubelet's SIGKILL cuts checks that are still in flight.
+    """
+    problems = []
+    dep = server_deployment(objs)
+    container = egress_authz_container(dep)
+    delay = flag(container, "shutdown-delay")
+    grace = flag(container, "shutdown-grace") or "10s"
+    if delay is None:
+        return ["no --shutdown-delay: the server closes while endpoints still send checks to it"]
+    delay_s, grace_s = duration_seconds(delay), duration_seconds(grace)
+    if delay_s < MIN_SHUTDOWN_DELAY_S:
+        problems.append(f"--shutdown-delay {delay} is under {MIN_SHUTDOWN_DELAY_S:g}s")
+    tgp = dep["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+    if not tgp > delay_s + grace_s:
+        problems.append(f"terminationGracePeriodSeconds {tgp} is not above delay {delay} + grace {grace}")
+    return problems
+
+
+def check_hpa(objs: list[dict]) -> list[str]:
+    """The HPA scales on the egress-authz container's CPU, and owns the replica count alone."""
+    problems = []
+    for hpa in find(objs, "HorizontalPodAutoscaler"):
+        ref = hpa["spec"]["scaleTargetRef"]
+        targets = find(objs, ref["kind"], ref["name"])
+        if not targets:
+            problems.append(f"HPA {hpa['metadata']['name']} targets {ref['kind']}/{ref['name']}, not rendered")
+            continue
+        target = targets[0]
+        if "replicas" in target["spec"]:
+            problems.append(f"{ref['kind']} {ref['name']} sets replicas: every apply resets what the HPA chose")
+        containers = {c["name"]: c for c in target["spec"]["template"]["spec"]["containers"]}
+        metrics = hpa["spec"].get("metrics", [])
+        if not metrics:
+            problems.append(f"HPA {hpa['metadata']['name']} has no metrics (defaults to pod CPU)")
+        for m in metrics:
+            if m.get("type") != "ContainerResource":
+                problems.append(f"HPA metric {m.get('type')}: want ContainerResource (the pod's CPU includes "
+                                "the sidecar's)")
+                continue
+            cr = m["containerResource"]
+            if cr.get("name") != "cpu" or cr.get("container") != "egress-authz":
+                problems.append(f"HPA scales on {cr.get('container')}/{cr.get('name')}, want egress-authz/cpu")
+            elif "cpu" not in containers.get("egress-authz", {}).get("resources", {}).get("requests", {}):
+                problems.append("HPA CPU utilization needs a CPU request on the egress-authz container")
     return problems
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+
+import pytest
+
 import checks
 from conftest import DEPLOY, load_yaml_docs, rendered
 
@@ -23,7 +27,7 @@ def test_every_host_has_both_mtls_servers_and_routes():
         gw = gateways[gw_ref]
         assert checks.selects({"matchLabels": gw["spec"]["selector"]}, checks.GATEWAY_POD_LABELS)
         servers = {s["port"]["number"]: s for s in gw["spec"]["servers"]}
-        assert set(servers) == set(checks.GATEWAY_TARGET_PORTS), "HTTP-in-mTLS on 80, TLS-in-mTLS on 443"
+        assert set(servers) == set(checks.GATEWAY_LAYOUTS["istioctl"]), "HTTP-in-mTLS on 80, TLS-in-mTLS on 443"
         assert servers[80]["port"]["protocol"] == "HTTPS" and servers[443]["port"]["protocol"] == "TLS"
         for s in servers.values():
             assert s["tls"]["mode"] == "ISTIO_MUTUAL", "no principal unless the gateway terminates mesh mTLS"
@@ -50,13 +54,27 @@ def test_every_host_has_both_mtls_servers_and_routes():
         assert "trafficPolicy" not in host_dr["spec"], "a host-wide TLS policy would re-wrap the passthrough TLS"
 
 
-def test_custom_policy_covers_the_gateway_servers():
-    """Every gateway server port egress uses is a container port the CUSTOM policy asks egress-authz about."""
+@pytest.mark.parametrize("layout", sorted(checks.GATEWAY_LAYOUTS))
+def test_custom_policy_covers_the_gateway_servers(layout):
+    """Every Gateway server egress uses is a listener the CUSTOM policy checks, whichever way the gateway was
+    installed (listener ports are the Service's targetPorts)."""
     ap = checks.one(rendered("istio-gateway"), "AuthorizationPolicy")
-    ports = {p for r in ap["spec"]["rules"] for t in r["to"] for p in t["operation"]["ports"]}
-    for gw in checks.find(rendered("istio-egress"), "Gateway"):
-        for server in gw["spec"]["servers"]:
-            assert str(checks.GATEWAY_TARGET_PORTS[server["port"]["number"]]) in ports
+    servers = [s for gw in checks.find(rendered("istio-egress"), "Gateway") for s in gw["spec"]["servers"]]
+    assert servers
+    for server in servers:
+        listener = checks.GATEWAY_LAYOUTS[layout][server["port"]["number"]]
+        assert checks.custom_policy_checks_port(ap, listener), f"{layout}: port {listener} unchecked"
+
+
+def test_port_coverage_catches_a_policy_scoped_to_one_layout():
+    """The old policy (ports 8080/8443) checked nothing on a Helm-installed gateway."""
+    ap = copy.deepcopy(checks.one(rendered("istio-gateway"), "AuthorizationPolicy"))
+    ap["spec"]["rules"] = [{"to": [{"operation": {"ports": ["8080", "8443"]}}]}]
+    assert all(checks.custom_policy_checks_port(ap, p) for p in checks.GATEWAY_LAYOUTS["istioctl"].values())
+    assert not any(checks.custom_policy_checks_port(ap, p) for p in checks.GATEWAY_LAYOUTS["helm"].values())
+    ap["spec"]["rules"] = [{"to": [{"operation": {"notPorts": ["443"]}}]}]
+    assert not checks.custom_policy_checks_port(ap, 443)
+    assert checks.custom_policy_checks_port(ap, 8443)
 
 
 def test_networkpolicy_lets_apps_out_only_through_the_gateway():
@@ -74,6 +92,31 @@ def test_networkpolicy_lets_apps_out_only_through_the_gateway():
                for p in r["to"])
     ]
     (gw_rule,) = gw_rules
-    assert {p["port"] for p in gw_rule["ports"]} == set(checks.GATEWAY_TARGET_PORTS.values())
+    assert networkpolicy_gateway_ports(np) == checks.GATEWAY_LISTENER_PORTS
     dns = [r for r in spec["egress"] if any(p.get("port") == 53 for p in r.get("ports", []))]
     assert dns and {p["protocol"] for p in dns[0]["ports"]} == {"UDP", "TCP"}
+
+
+def networkpolicy_gateway_ports(np: dict) -> set[int]:
+    """TCP ports the NetworkPolicy opens towards the egress gateway pods."""
+    return {
+        p["port"]
+        for r in np["spec"]["egress"]
+        if any(checks.selects(peer.get("podSelector"), checks.GATEWAY_POD_LABELS) for peer in r.get("to", []))
+        for p in r.get("ports", [])
+        if p.get("protocol", "TCP") == "TCP"
+    }
+
+
+@pytest.mark.parametrize("layout", sorted(checks.GATEWAY_LAYOUTS))
+def test_networkpolicy_opens_every_gateway_listener(layout):
+    (np,) = load_yaml_docs(DEPLOY / "istio" / "networkpolicy" / "egress-via-gateway.yaml")
+    assert set(checks.GATEWAY_LAYOUTS[layout].values()) <= networkpolicy_gateway_ports(np)
+
+
+def test_networkpolicy_check_catches_a_missing_layout():
+    (np,) = load_yaml_docs(DEPLOY / "istio" / "networkpolicy" / "egress-via-gateway.yaml")
+    for rule in np["spec"]["egress"]:
+        if "ports" in rule:
+            rule["ports"] = [p for p in rule["ports"] if p["port"] not in (80, 443)]
+    assert not set(checks.GATEWAY_LAYOUTS["helm"].values()) <= networkpolicy_gateway_ports(np)

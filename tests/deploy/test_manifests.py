@@ -23,6 +23,7 @@ from conftest import (
 
 SERVICEMONITOR = DEPLOY / "components" / "servicemonitor"
 MESH_SOURCES = ("istio-operator", "istiod-values")
+STANDALONE_NAMESPACE = "egress-authz"
 
 
 def all_shipped_objects():
@@ -54,7 +55,25 @@ def test_kustomization_renders(target):
     for obj in objs:
         assert obj.get("apiVersion") and obj.get("kind") and obj["metadata"].get("name")
         if obj["kind"] != "Namespace":
-            assert obj["metadata"].get("namespace") == "istio-system", f"{obj_id((target, obj))} not in istio-system"
+            assert obj["metadata"].get("namespace") == expected_namespace(target, obj), obj_id((target, obj))
+
+
+def expected_namespace(target, obj):
+    """The gateway wiring lives with the gateway; the standalone server in its own namespace."""
+    gateway_wiring = obj["kind"] == "EnvoyFilter" or (
+        obj["kind"] == "AuthorizationPolicy" and obj["spec"].get("action") == "CUSTOM"
+    )
+    if target == "standalone" and not gateway_wiring:
+        return STANDALONE_NAMESPACE
+    return checks.GATEWAY_NAMESPACE
+
+
+def test_standalone_namespace_is_shipped_and_not_the_root():
+    objs = rendered("standalone")
+    (ns,) = checks.find(objs, "Namespace")
+    assert ns["metadata"]["name"] == STANDALONE_NAMESPACE != checks.ROOT_NAMESPACE
+    # An injection label would override revision-based installs (istio.io/rev): the pods ask for it instead.
+    assert "istio-injection" not in ns["metadata"].get("labels", {})
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -156,13 +175,55 @@ def test_mesh_config_files_structure(mesh_configs):
     (values,) = load_yaml_docs(DEPLOY / "istio" / "mesh" / "istiod-values.yaml")
     assert set(values) == {"meshConfig"}, "istiod chart values: only meshConfig is set"
     for source, mesh in mesh_configs.items():
-        assert mesh["outboundTrafficPolicy"]["mode"] == "REGISTRY_ONLY", source
+        # Registry-only egress cuts off every unregistered host mesh-wide: its own step, not a side effect.
+        assert set(mesh) == {"extensionProviders"}, f"{source}: the provider files set only the providers"
         for p in mesh["extensionProviders"]:
             assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", p["name"]), f"{source}: provider name not a DNS label"
             grpc = p["envoyExtAuthzGrpc"]
             assert set(grpc) <= {"service", "port", "timeout", "failOpen", "statusOnError",
                                  "includeRequestBodyInCheck", "clearRouteCache"}, source
             assert isinstance(grpc["port"], int) and isinstance(grpc["statusOnError"], str), source
+
+
+def test_registry_only_is_its_own_step():
+    (operator,) = load_yaml_docs(DEPLOY / "istio" / "mesh" / "registry-only.istio-operator.yaml")
+    (values,) = load_yaml_docs(DEPLOY / "istio" / "mesh" / "registry-only.istiod-values.yaml")
+    assert operator["kind"] == "IstioOperator" and set(operator["spec"]) == {"meshConfig"}
+    for mesh in (operator["spec"]["meshConfig"], values["meshConfig"]):
+        assert mesh == {"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}
+    assert set(values) == {"meshConfig"}
+
+
+DOCS = [ROOT / "README.md", DEPLOY / "README.md", *sorted(DEPLOY.rglob("*.yaml")), *sorted(DEPLOY.rglob("Kustomization"))]
+
+
+def test_every_helm_command_pins_the_chart_version():
+    commands = [c for path in DOCS for c in checks.helm_commands(path.read_text())]
+    assert len(commands) >= 4, "the helm commands of the docs were not found"
+    for path in DOCS:
+        assert checks.check_helm_versions_pinned(path.read_text()) == [], path.name
+
+
+def test_helm_version_check_catches_an_unpinned_command():
+    text = (DEPLOY / "README.md").read_text()
+    unpinned = text.replace('--version "$ISTIO_VERSION" ', "", 1)
+    assert unpinned != text
+    assert len(checks.check_helm_versions_pinned(unpinned)) == 1
+    # Continuation lines and comments count: the version may sit on the next line, or be missing there.
+    assert checks.check_helm_versions_pinned("#   helm upgrade x istio/istiod \\\n#     --version 1.28.0 -f v.yaml") == []
+    assert checks.check_helm_versions_pinned("#   helm upgrade x istio/istiod \\\n#     -f v.yaml")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rules_configmap_fits_the_object_limit(overlay):
+    assert checks.check_rules_configmap_size(rendered(overlay)) == []
+
+
+def test_size_check_catches_rules_near_the_limit():
+    objs = mutated("standalone")
+    cm = checks.one(objs, "ConfigMap")
+    cm["data"]["big.yaml"] = "#" * (checks.RULES_BUDGET_BYTES + 1)
+    assert checks.check_rules_configmap_size(objs)
 
 
 # -------------------------------------------------------------------------------------------- hardening
@@ -189,18 +250,20 @@ def test_standalone_availability():
     objs = rendered("standalone")
     dep = checks.one(objs, "Deployment", "egress-authz")
     spec = dep["spec"]
-    assert spec["replicas"] == 2
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     keys = {t["topologyKey"] for t in spec["template"]["spec"]["topologySpreadConstraints"]}
     assert keys == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
-    pdb = checks.one(objs, "PodDisruptionBudget")
-    assert pdb["spec"]["minAvailable"] < spec["replicas"], "the PDB must allow draining a node"
     hpa = checks.one(objs, "HorizontalPodAutoscaler")
-    assert hpa["spec"]["minReplicas"] == spec["replicas"] <= hpa["spec"]["maxReplicas"]
-    (metric,) = hpa["spec"]["metrics"]
-    assert metric["resource"]["name"] == "cpu"
+    assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    pdb = checks.one(objs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"], "the PDB must allow draining a node"
+    assert checks.check_hpa(objs) == []
+    # The sidecar carries the checks in; it must not drain away before the server has finished.
     container = checks.egress_authz_container(dep)
-    assert "cpu" in container["resources"]["requests"], "CPU utilization needs a CPU request"
+    drain = yaml.safe_load(spec["template"]["metadata"]["annotations"]["proxy.istio.io/config"])
+    shutdown = checks.duration_seconds(checks.flag(container, "shutdown-delay")) + checks.duration_seconds(
+        checks.flag(container, "shutdown-grace"))
+    assert checks.duration_seconds(drain["terminationDrainDuration"]) >= shutdown
     labels = spec["template"]["metadata"]["labels"]
     assert labels.get("sidecar.istio.io/inject") == "true", "the gateway reaches the server over mesh mTLS"
     sa = checks.one(objs, "ServiceAccount")
@@ -258,11 +321,105 @@ def test_sidecar_patch_uses_the_gateway_labels():
     assert dep["metadata"]["name"] == "istio-egressgateway"
     assert dep["spec"]["selector"]["matchLabels"] == checks.GATEWAY_POD_LABELS
     assert dep["spec"]["template"]["metadata"]["labels"] == checks.GATEWAY_POD_LABELS
-    # A patch: nothing but the container and its volume, so server-side apply touches nothing else.
+    # A patch: the container, its volume and a grace period long enough for its shutdown; server-side apply
+    # touches nothing else.
     pod = dep["spec"]["template"]["spec"]
-    assert set(pod) == {"containers", "volumes"}
+    assert set(pod) == {"containers", "volumes", "terminationGracePeriodSeconds"}
     assert [c["name"] for c in pod["containers"]] == ["egress-authz"]
     assert set(dep["spec"]) == {"selector", "template"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_shutdown_outlasts_endpoint_removal(overlay):
+    assert checks.check_shutdown_timings(rendered(overlay)) == []
+
+
+def test_catches_shutdown_timings_that_cut_checks():
+    objs = mutated("sidecar")
+    c = checks.egress_authz_container(checks.server_deployment(objs))
+    c["args"] = [a for a in c["args"] if not a.startswith("--shutdown-delay")]
+    assert any("no --shutdown-delay" in p for p in checks.check_shutdown_timings(objs))
+    objs = mutated("standalone")
+    c = checks.egress_authz_container(checks.server_deployment(objs))
+    c["args"] = [a.replace("--shutdown-delay=5s", "--shutdown-delay=2s") for a in c["args"]]
+    assert any("under" in p for p in checks.check_shutdown_timings(objs))
+    for overlay, tgp in (("standalone", 15), ("sidecar", None)):
+        objs = mutated(overlay)
+        pod = checks.server_deployment(objs)["spec"]["template"]["spec"]
+        c = checks.egress_authz_container(checks.server_deployment(objs))
+        c["args"] = [a.replace("--shutdown-grace=10s", "--shutdown-grace=30s") for a in c["args"]]
+        if tgp is None:
+            del pod["terminationGracePeriodSeconds"]  # Kubernetes' default 30 s is not above 5 + 30
+        else:
+            pod["terminationGracePeriodSeconds"] = tgp
+        assert any("terminationGracePeriodSeconds" in p for p in checks.check_shutdown_timings(objs)), overlay
+
+
+def test_catches_hpa_on_pod_cpu_or_fixed_replicas():
+    objs = mutated("standalone")
+    hpa = checks.one(objs, "HorizontalPodAutoscaler")
+    hpa["spec"]["metrics"] = [{"type": "Resource", "resource": {
+        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]
+    checks.server_deployment(objs)["spec"]["replicas"] = 2
+    problems = checks.check_hpa(objs)
+    assert any("ContainerResource" in p for p in problems) and any("sets replicas" in p for p in problems)
+    objs = mutated("standalone")
+    checks.one(objs, "HorizontalPodAutoscaler")["spec"]["metrics"][0]["containerResource"]["container"] = \
+        "istio-proxy"
+    assert checks.check_hpa(objs)
+    objs = mutated("standalone")
+    del checks.egress_authz_container(checks.server_deployment(objs))["resources"]["requests"]["cpu"]
+    assert any("CPU request" in p for p in checks.check_hpa(objs))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_peer_authentication_is_one_istio_applies(overlay):
+    assert checks.check_peer_authentication(rendered(overlay)) == []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_gateway_namespace_may_call_the_grpc_port(overlay):
+    assert checks.check_callers_policy(rendered(overlay)) == []
+
+
+def test_catches_peer_authentication_istio_ignores():
+    # Back in the root namespace with a selector (the old layout): istiod ignores it.
+    objs = mutated("standalone")
+    for o in objs:
+        if o["metadata"].get("namespace") == STANDALONE_NAMESPACE:
+            o["metadata"]["namespace"] = checks.ROOT_NAMESPACE
+    problems = checks.check_peer_authentication(objs)
+    assert any("root namespace" in p and "selector" in p for p in problems)
+    assert any("runs in the root namespace" in p for p in problems)
+    # A PeerAuthentication for the gateway: never applied to its listeners.
+    objs = mutated("standalone")
+    pa = copy.deepcopy(checks.one(objs, "PeerAuthentication"))
+    pa["metadata"].update(name="egressgateway-strict-mtls", namespace=checks.GATEWAY_NAMESPACE)
+    pa["spec"] = {"selector": {"matchLabels": {"istio": "egressgateway"}}, "mtls": {"mode": "STRICT"}}
+    assert any("targets the gateway" in p for p in checks.check_peer_authentication(objs + [pa]))
+    assert any("targets the gateway" in p for p in checks.check_peer_authentication(mutated("sidecar") + [pa]))
+    # The gRPC port left PERMISSIVE, or no policy at all.
+    objs = mutated("standalone")
+    checks.one(objs, "PeerAuthentication")["spec"]["portLevelMtls"]["9000"] = {"mode": "PERMISSIVE"}
+    assert any("not STRICT" in p for p in checks.check_peer_authentication(objs))
+    objs = [o for o in mutated("standalone") if o["kind"] != "PeerAuthentication"]
+    assert any("no STRICT" in p for p in checks.check_peer_authentication(objs))
+
+
+def test_catches_callers_policy_that_lets_anyone_in(mesh_configs):
+    objs = mutated("standalone")
+    pol = checks.one(objs, "AuthorizationPolicy", "egress-authz-callers")
+    pol["spec"]["rules"][0]["from"][0]["source"]["namespaces"] = ["istio-system", "default"]
+    assert checks.check_callers_policy(objs)
+    objs = mutated("standalone")
+    checks.one(objs, "AuthorizationPolicy", "egress-authz-callers")["spec"]["rules"][1]["to"] = []
+    assert checks.check_callers_policy(objs), "a rule without ports also opens the gRPC port"
+    objs = [o for o in mutated("standalone") if o["metadata"]["name"] != "egress-authz-callers"]
+    assert checks.check_callers_policy(objs)
+    # The provider host's namespace prefix must name the Service's namespace.
+    mesh = copy.deepcopy(mesh_configs["istio-operator"])
+    mesh["extensionProviders"][0]["envoyExtAuthzGrpc"]["service"] = "istio-system/egress-authz.egress-authz.svc.cluster.local"
+    assert checks.check_provider_reaches_server(rendered("standalone"), mesh)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -286,7 +443,7 @@ def test_envoyfilter_targets_istio_filter_names(overlay):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_custom_policy_scoped_to_gateway_ports(overlay):
+def test_custom_policy_checks_every_gateway_port(overlay):
     assert checks.check_custom_policy_ports(rendered(overlay)) == []
 
 
@@ -359,11 +516,24 @@ def test_catches_envoyfilter_and_policy_drift():
         "envoy.ext_authz"
     ef["spec"]["configPatches"][1]["patch"]["value"]["typed_config"]["include_tls_session"] = False
     assert len(checks.check_envoyfilter(objs)) == 2
-    objs = mutated("standalone")
-    ap = checks.one(objs, "AuthorizationPolicy", "egress-authz")
-    ap["spec"]["rules"][0]["to"][0]["operation"]["ports"] = ["80", "443"]
-    ap["spec"]["rules"][0]["to"][0]["operation"]["methods"] = ["GET"]
-    assert len(checks.check_custom_policy_ports(objs)) == 2
+
+
+
+def test_catches_custom_policy_that_skips_some_traffic():
+    """Each way the CUSTOM policy can leave gateway traffic unchecked is reported."""
+    def problems_after(change):
+        objs = mutated("standalone")
+        change(checks.one(objs, "AuthorizationPolicy", "egress-authz")["spec"])
+        return checks.check_custom_policy_ports(objs)
+
+    # The old istioctl-only scope: Helm-chart gateways (80/443) never call egress-authz.
+    old = problems_after(lambda s: s.update(rules=[{"to": [{"operation": {"ports": ["8080", "8443"]}}]}]))
+    assert any("scoped by ports" in p for p in old)
+    assert any("port 80 (helm" in p for p in old) and any("port 443 (helm" in p for p in old)
+    assert problems_after(lambda s: s.update(rules=[{"to": [{"operation": {"notPorts": ["15443"]}}]}]))
+    assert any("no rules" in p for p in problems_after(lambda s: s.pop("rules")))
+    assert problems_after(lambda s: s.update(rules=[{"to": [{"operation": {"methods": ["GET"]}}]}]))
+    assert problems_after(lambda s: s.update(rules=[{"from": [{"source": {"namespaces": ["default"]}}]}]))
 
 
 def test_catches_fail_open_and_default_timeout(mesh_configs):
