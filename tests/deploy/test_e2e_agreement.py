@@ -22,13 +22,6 @@ BOOTSTRAPS = sorted(BOOTSTRAP_DIR.glob("*.yaml")) if BOOTSTRAP_DIR.is_dir() else
 
 pytestmark = pytest.mark.skipif(not BOOTSTRAPS, reason="no end-to-end Envoy bootstraps in tests/e2e/envoy")
 
-# Provider host the bundle used while egress-authz ran in istio-system. It moved to its own namespace (a
-# workload PeerAuthentication in the root namespace is ignored), and these bootstraps still carry the old
-# name. Accepted only here, only for these files and only this exact name, because the name is a label in
-# the bootstraps: the cluster points at a loopback stand-in, and the server does not read :authority.
-# Remove an entry once its bootstrap uses the provider host.
-PRE_NAMESPACE_MOVE_HOST = "egress-authz.istio-system.svc.cluster.local"
-STALE_PROVIDER_HOST = {"http-istio.yaml", "http-tls-session.yaml"}
 
 
 def load_bootstrap(path):
@@ -81,8 +74,6 @@ def assert_agrees(path, bootstrap, mesh_configs):
     providers = [p["envoyExtAuthzGrpc"] for p in mesh_configs["istio-operator"]["extensionProviders"]]
     timeouts = {p["timeout"] for p in providers}
     hosts = {p["service"].split("/", 1)[-1] for p in providers}
-    if path.name in STALE_PROVIDER_HOST:
-        hosts.add(PRE_NAMESPACE_MOVE_HOST)
     ports = {int(p["port"]) for p in providers}
     assert not any(p["failOpen"] for p in providers)
     clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
