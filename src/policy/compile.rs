@@ -17,7 +17,7 @@ pub use super::source::{Location, SourceFile};
 use super::source::{Locator, digest};
 use super::spec::{Action, FromSpec, RULES_WITHOUT_VALUE, RuleFile, RuleSpec, ToSpec};
 pub use super::yaml_limits::Limit;
-use super::yaml_limits::{Budget, MAX_DEPTH, flow_nesting_exceeds, walk_within_budget};
+use super::yaml_limits::{Budget, MAX_DEPTH, MAX_NODES, pre_parse_check, walk_within_budget};
 
 /// The trust domain Istio uses unless the mesh configures another.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -219,12 +219,12 @@ fn parse_file(file: &SourceFile, errors: &mut Vec<CompileError>) -> Option<RuleF
     }
     // Some editors on Windows start UTF-8 files with a byte-order mark; YAML allows it, the parser does not.
     let text = file.text.strip_prefix('\u{feff}').unwrap_or(&file.text);
-    if let Some(offset) = flow_nesting_exceeds(text, MAX_DEPTH) {
+    if let Err((offset, limit)) = pre_parse_check(text, MAX_DEPTH, MAX_NODES) {
         let located = Locator::new(file).at(offset + (file.text.len() - text.len()));
         report(
             located.line,
             located.column,
-            CompileErrorKind::LimitExceeded(Limit::Depth(MAX_DEPTH)),
+            CompileErrorKind::LimitExceeded(limit),
         );
         return None;
     }

@@ -1419,6 +1419,31 @@ fn deep_nesting_in_a_file_with_anchors_is_refused() {
 }
 
 #[test]
+fn a_flood_of_tiny_nodes_is_refused_before_parsing_at_the_node_past_the_bound() {
+    // Counted: the root, 2 per `:`, 1 for `[`, 2 per `,`; the 1,999,998th comma passes 4 million.
+    let text = format!(
+        "defaultAction: DENY\nrules: [{}a]\n",
+        "a,".repeat(2_000_000)
+    );
+    let errors = mk_errors_located(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        errors[0].kind,
+        CompileErrorKind::LimitExceeded(Limit::Nodes(yaml_limits::MAX_NODES))
+    );
+    assert_eq!(
+        errors[0].location.to_string(),
+        format!("rules.yaml:2:{}", 10 + 2 * (1_999_998 - 1))
+    );
+    assert!(
+        errors[0]
+            .to_string()
+            .contains("more than 4000000 YAML nodes"),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn deep_flow_nesting_is_refused_before_parsing_at_the_bracket() {
     let text = format!("rules: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
     let errors = mk_errors_located(&text);
