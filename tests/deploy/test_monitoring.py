@@ -21,6 +21,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -439,12 +440,22 @@ def test_grouping_labels_exist_on_the_series(prometheus):
             assert any(query(prometheus, f'{m}{{{label}!=""}}') for m in metrics), f"{label} in {expr!r}"
 
 
+def timestamp(rfc3339: str) -> datetime:
+    """Prometheus' RFC 3339 times carry nanoseconds; Python reads up to microseconds."""
+    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", rfc3339).replace("Z", "+00:00"))
+
+
 def test_rules_load_and_evaluate_without_errors(prometheus):
+    status, body = http_get(prometheus + "/api/v1/targets")
+    (target,) = json.loads(body)["data"]["activeTargets"]
+    scraped = timestamp(target["lastScrape"])
+
+    # Rules evaluated before the first scrape saw no `up` yet; only evaluations after it count.
     def evaluated():
         status, body = http_get(prometheus + "/api/v1/rules")
         groups = json.loads(body)["data"]["groups"] if status == 200 else []
         rules = [r for g in groups for r in g["rules"]]
-        done = rules and all(not r.get("lastEvaluation", "").startswith("0001") for r in rules)
+        done = rules and all(timestamp(r["lastEvaluation"]) > scraped for r in rules)
         return rules if done else None
 
     rules = wait_for(evaluated, "every rule's first evaluation")
