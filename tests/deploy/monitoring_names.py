@@ -20,12 +20,17 @@ GATEWAY_LISTENER_PORTS = (80, 443, 8080, 8443)
 # Per-cluster upstream stats (Envoy's cluster manager docs): the request time histogram in ms, timeouts.
 CLUSTER_STATS = ("upstream_rq_time", "upstream_rq_timeout")
 CLUSTER_HISTOGRAMS = {"upstream_rq_time"}
-# Istio's cluster for the extension provider's service: outbound|<port>||<host>. Standalone overlay's
-# provider host is the Service, the sidecar overlay's the ServiceEntry host egress-authz.local.
-AUTHZ_CLUSTERS = (
-    "outbound|9000||egress-authz.istio-system.svc.cluster.local",
-    "outbound|9000||egress-authz.local",
-)
+
+
+def authz_clusters(mesh_config: dict) -> list[str]:
+    """Istio's cluster for each ext_authz provider's service: outbound|<port>||<host> (the standalone
+    overlay's provider is the Service, the sidecar overlay's the ServiceEntry host egress-authz.local)."""
+    return [
+        f"outbound|{p['envoyExtAuthzGrpc']['port']}||{p['envoyExtAuthzGrpc']['service']}"
+        for p in mesh_config["extensionProviders"]
+        if "envoyExtAuthzGrpc" in p
+    ]
+
 
 # The tag extractors from Istio's proxy bootstrap (istio/istio tools/packaging/common/envoy_bootstrap.json,
 # stats_config.stats_tags, with use_all_default_tags false), the two that apply to the names above;
@@ -41,14 +46,14 @@ ISTIO_METRICS = {"istio_requests_total", "istio_tcp_connections_opened_total"}
 OTHER_METRICS = {"kube_deployment_status_replicas_available", "up"}
 
 
-def envoy_stat_names() -> list[tuple[str, bool]]:
+def envoy_stat_names(clusters: list[str]) -> list[tuple[str, bool]]:
     """(Envoy stat name, is histogram) for every stat the gateway-side queries may read."""
     names = [
         (f"http.outbound_0.0.0.0_{port}.ext_authz.{stat}", False)
         for port in GATEWAY_LISTENER_PORTS
         for stat in HTTP_EXT_AUTHZ_STATS
     ]
-    names += [(f"cluster.{c}.{s}", s in CLUSTER_HISTOGRAMS) for c in AUTHZ_CLUSTERS for s in CLUSTER_STATS]
+    names += [(f"cluster.{c}.{s}", s in CLUSTER_HISTOGRAMS) for c in clusters for s in CLUSTER_STATS]
     return names
 
 
@@ -67,9 +72,9 @@ def envoy_prometheus_series(stat: str) -> tuple[str, dict[str, str]]:
     return "envoy_" + re.sub(r"[^a-zA-Z0-9_]", "_", stat), labels
 
 
-def envoy_metric_names() -> set[str]:
+def envoy_metric_names(clusters: list[str]) -> set[str]:
     out = set()
-    for stat, histogram in envoy_stat_names():
+    for stat, histogram in envoy_stat_names(clusters):
         name, _ = envoy_prometheus_series(stat)
         out |= {name + s for s in ("_bucket", "_sum", "_count")} if histogram else {name}
     return out

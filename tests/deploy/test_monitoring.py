@@ -165,7 +165,7 @@ def test_gateway_stats_matcher_keeps_every_envoy_stat_the_queries_read():
     used = set()
     for expr in [r["expr"] for r in all_rules()] + dashboard_exprs():
         used |= {n for n, _ in names.selectors(expr) if n.startswith("envoy_")}
-    for stat, histogram in names.envoy_stat_names():
+    for stat, histogram in names.envoy_stat_names(authz_clusters()):
         metric, _ = names.envoy_prometheus_series(stat)
         if {metric, metric + "_bucket"} & used:
             assert any(re.fullmatch(r, stat) for r in regexps), f"{stat} is read but Istio drops it"
@@ -198,12 +198,18 @@ def test_envoy_names_derive_from_istio_stats_tags():
         "envoy_cluster_local_upstream_rq_time", {"cluster_name": "outbound|9000||egress-authz"})
 
 
+def authz_clusters() -> list[str]:
+    """The egress-authz clusters of the bundle's own providers, so moving the Service is noticed here."""
+    (operator,) = load_yaml_docs(DEPLOY / "istio" / "mesh" / "istio-operator.yaml")
+    return names.authz_clusters(operator["spec"]["meshConfig"])
+
+
 def check_names(exprs: list[str], exported: set[str], allowed_extra: set[str]) -> list[str]:
     """Problems: names nobody exports, Envoy selectors whose cluster_name no gateway exports."""
-    envoy = names.envoy_metric_names()
+    envoy = names.envoy_metric_names(authz_clusters())
     # (name, cluster_name) pairs: Istio's tag moves part of the sidecar overlay's cluster into the name
     envoy_clusters = set()
-    for stat, _ in names.envoy_stat_names():
+    for stat, _ in names.envoy_stat_names(authz_clusters()):
         base, labels = names.envoy_prometheus_series(stat)
         envoy_clusters |= {(base + s, labels.get("cluster_name")) for s in ("", "_bucket", "_sum", "_count")}
     problems = []
