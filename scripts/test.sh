@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs the whole suite: unit, socket-level and CLI tests, the ops tests,
-# the end-to-end tests against a real Envoy 1.40, and the offline validation of the deploy bundle.
+# the end-to-end tests against a real Envoy 1.40, and the offline validation of the deploy bundle (with its
+# alert rules and dashboard, checked by promtool and against a real Prometheus).
 # Needs only what a fresh machine has: cargo (with cargo-nextest), Python 3.11 with pip, kubectl; on Debian
-# it installs the openssl command line tool with apt-get when it is missing (as root).
+# it installs the openssl command line tool and Prometheus with apt-get when they are missing (as root).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -21,6 +22,8 @@ fi
 ENVOY_BIN="$(scripts/install-envoy.sh)"
 export ENVOY_BIN
 scripts/install-deploy-tools.sh >&2
+# promtool and Prometheus for the alert-rule and dashboard tests in tests/deploy.
+scripts/install-prometheus.sh
 GRPCURL_BIN="$(scripts/install-grpcurl.sh)"
 export GRPCURL_BIN
 # The Envoy tests skip themselves when Envoy is missing in a plain `cargo test`; here they must run.
