@@ -26,7 +26,7 @@ def authz_clusters(mesh_config: dict) -> list[str]:
     """Istio's cluster for each ext_authz provider's service: outbound|<port>||<host> (the standalone
     overlay's provider is the Service, the sidecar overlay's the ServiceEntry host egress-authz.local)."""
     return [
-        f"outbound|{p['envoyExtAuthzGrpc']['port']}||{p['envoyExtAuthzGrpc']['service']}"
+        f"outbound|{p['envoyExtAuthzGrpc']['port']}||{p['envoyExtAuthzGrpc']['service'].split('/', 1)[-1]}"
         for p in mesh_config["extensionProviders"]
         if "envoyExtAuthzGrpc" in p
     ]

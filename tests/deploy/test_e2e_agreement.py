@@ -59,7 +59,7 @@ def test_agreement_catches_another_provider_host(mesh_configs):
     text = path.read_text().replace("egress-authz.egress-authz.svc", "egress-authz.default.svc")
     with pytest.raises(AssertionError, match="no provider's service host"):
         assert_agrees(path, load_bootstrap_text(text), mesh_configs)
-    # The old istio-system name is accepted only for the bootstraps listed as stale.
+    # The name from before egress-authz had a namespace of its own is rejected too.
     text = path.read_text().replace("egress-authz.egress-authz.svc", "egress-authz.istio-system.svc")
     with pytest.raises(AssertionError, match="no provider's service host"):
         assert_agrees(path, load_bootstrap_text(text), mesh_configs)
