@@ -1,0 +1,778 @@
+//! `audit-gateway`: reads an Envoy admin `/config_dump` and reports every way traffic could leave the
+//! gateway without an ext_authz check, or with a check that cannot work. Pure: JSON in, findings out.
+//!
+//! Field names are looked up in both spellings, because the admin API prints proto field names
+//! (`failure_mode_allow`) while `istioctl proxy-config ... -o json` prints JSON names (`failureModeAllow`).
+//!
+//! "Checked" is decided conservatively: whatever the audit cannot prove to trigger a check (a shadow RBAC
+//! rule on headers, routes from RDS it cannot see, an unknown terminal filter) is reported, since a wrong
+//! finding costs a look while a missed one is an open egress path.
+
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// A finding's kind. The names are a stable interface (`--json`, alerts, scripts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Code {
+    /// An HTTP connection manager without `envoy.filters.http.ext_authz` (or with it disabled).
+    UncheckedHttpChain,
+    /// A TCP chain whose terminal filter (`tcp_proxy`) is not preceded by `envoy.filters.network.ext_authz`.
+    UncheckedTcpChain,
+    /// ext_authz is gated by `filter_enabled_metadata` on Istio's shadow RBAC, and the shadow rules are not
+    /// proven to match every request on the listener's port: the unmatched ones are never checked.
+    CheckNotTriggeredOnPort,
+    /// `failure_mode_allow: true`: a failed or timed-out check lets the traffic through.
+    FailOpen,
+    /// No `grpc_service.timeout`: Envoy then waits as long as Istio's default of 600 s.
+    NoTimeout,
+    /// A check timeout above one second: a stalled server holds every request that long.
+    LongTimeout,
+    /// HTTP ext_authz without `include_tls_session`: the server never sees the SNI, so it cannot deny an
+    /// SNI that differs from the Host.
+    NoTlsSession,
+    /// The ext_authz gRPC cluster is not in the dump: every check fails.
+    MissingAuthzCluster,
+    /// The ext_authz cluster does not speak HTTP/2: gRPC over HTTP/1.1 fails every check.
+    AuthzClusterNotHttp2,
+    /// No `authority` on `envoy_grpc`, and the cluster name (Envoy's default `:authority`) holds characters
+    /// an HTTP/2 server rejects, such as Istio's `|`: every check fails.
+    BadGrpcAuthority,
+    /// The ext_authz filter has no `grpc_service` (an HTTP service, or none): egress-authz is not asked.
+    NoGrpcService,
+}
+
+impl Code {
+    /// Every code, in the order the documentation lists them.
+    pub const ALL: [Self; 11] = [
+        Self::UncheckedHttpChain,
+        Self::UncheckedTcpChain,
+        Self::CheckNotTriggeredOnPort,
+        Self::FailOpen,
+        Self::NoTimeout,
+        Self::LongTimeout,
+        Self::NoTlsSession,
+        Self::MissingAuthzCluster,
+        Self::AuthzClusterNotHttp2,
+        Self::BadGrpcAuthority,
+        Self::NoGrpcService,
+    ];
+
+    /// The code as printed and serialized.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::UncheckedHttpChain => "unchecked_http_chain",
+            Self::UncheckedTcpChain => "unchecked_tcp_chain",
+            Self::CheckNotTriggeredOnPort => "check_not_triggered_on_port",
+            Self::FailOpen => "fail_open",
+            Self::NoTimeout => "no_timeout",
+            Self::LongTimeout => "long_timeout",
+            Self::NoTlsSession => "no_tls_session",
+            Self::MissingAuthzCluster => "missing_authz_cluster",
+            Self::AuthzClusterNotHttp2 => "authz_cluster_not_http2",
+            Self::BadGrpcAuthority => "bad_grpc_authority",
+            Self::NoGrpcService => "no_grpc_service",
+        }
+    }
+
+    /// Errors are ways traffic leaves unchecked, or checks that cannot succeed or hang. `no_tls_session`
+    /// is only a warning: every request is still checked, only the SNI/Host comparison is off, and Istio
+    /// does not generate the field (the deploy bundle adds it with an EnvoyFilter).
+    pub const fn severity(self) -> Severity {
+        match self {
+            Self::NoTlsSession => Severity::Warning,
+            _ => Severity::Error,
+        }
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How bad a finding is; any error makes `audit-gateway` exit 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+impl Severity {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warning => "warning",
+        }
+    }
+}
+
+/// One problem, located at a listener's filter chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub code: Code,
+    pub severity: Severity,
+    pub listener: String,
+    /// The chain's name, or `#<index>` when it has none, or `default` for the default filter chain.
+    pub filter_chain: String,
+    /// The listener's port; `None` when it has no socket address or binds port 0 (any free port).
+    pub port: Option<u32>,
+    pub detail: String,
+}
+
+/// What was audited and what was found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub listeners: usize,
+    pub filter_chains: usize,
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    pub fn errors(&self) -> usize {
+        self.count(Severity::Error)
+    }
+
+    pub fn warnings(&self) -> usize {
+        self.count(Severity::Warning)
+    }
+
+    fn count(&self, severity: Severity) -> usize {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == severity)
+            .count()
+    }
+
+    /// The codes found, sorted and deduplicated (for tests and summaries).
+    pub fn codes(&self) -> Vec<Code> {
+        let mut codes: Vec<Code> = self.findings.iter().map(|f| f.code).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        codes
+    }
+}
+
+/// The input is not something the audit can read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DumpError {
+    #[error("not an Envoy config dump: the top level is not a JSON object")]
+    NotAnObject,
+    #[error(
+        "not an Envoy config dump: no `configs` with a ListenersConfigDump or BootstrapConfigDump, and no bootstrap `static_resources`"
+    )]
+    NoListeners,
+}
+
+const LISTENERS_DUMP: &str = "type.googleapis.com/envoy.admin.v3.ListenersConfigDump";
+const CLUSTERS_DUMP: &str = "type.googleapis.com/envoy.admin.v3.ClustersConfigDump";
+const BOOTSTRAP_DUMP: &str = "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump";
+
+const HCM: &str = "envoy.filters.network.http_connection_manager";
+const HCM_TYPE: &str =
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const HTTP_EXT_AUTHZ: &str = "envoy.filters.http.ext_authz";
+const HTTP_EXT_AUTHZ_TYPE: &str = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
+const NETWORK_EXT_AUTHZ: &str = "envoy.filters.network.ext_authz";
+const NETWORK_EXT_AUTHZ_TYPE: &str = "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz";
+const HTTP_RBAC_TYPE: &str = "envoy.extensions.filters.http.rbac.v3.RBAC";
+const NETWORK_RBAC_TYPE: &str = "envoy.extensions.filters.network.rbac.v3.RBAC";
+const HTTP_RBAC: &str = "envoy.filters.http.rbac";
+const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
+/// The RBAC filter writes the matched shadow policy under `<shadow_rules_stat_prefix>` + this key.
+const SHADOW_POLICY_KEY: &str = "shadow_effective_policy_id";
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+/// Above this a stalled authz server holds every request noticeably; the deploy bundle uses 0.5 s.
+const MAX_TIMEOUT_SECS: f64 = 1.0;
+
+/// Audits a config dump (admin `/config_dump`, `istioctl proxy-config all -o json`) or a bare bootstrap.
+pub fn audit(dump: &Value) -> Result<Report, DumpError> {
+    let root = dump.as_object().ok_or(DumpError::NotAnObject)?;
+    let (listeners, clusters) = if let Some(configs) = root.get("configs").and_then(Value::as_array)
+    {
+        from_configs(configs).ok_or(DumpError::NoListeners)?
+    } else if let Some(resources) = field(dump, "static_resources") {
+        from_bootstrap(resources)
+    } else {
+        return Err(DumpError::NoListeners);
+    };
+    let mut report = Report::default();
+    for listener in &listeners {
+        audit_listener(listener, &clusters, &mut report);
+    }
+    Ok(report)
+}
+
+fn from_configs(configs: &[Value]) -> Option<(Vec<&Value>, Vec<&Value>)> {
+    let of_type = |ty: &'static str| configs.iter().filter(move |c| c["@type"] == ty);
+    let mut listeners = Vec::new();
+    let mut clusters = Vec::new();
+    let mut found = false;
+    for dump in of_type(LISTENERS_DUMP) {
+        found = true;
+        listeners.extend(list(dump, "static_listeners").filter_map(|l| field(l, "listener")));
+        // Only the active state serves traffic; warming and draining copies would repeat it.
+        listeners.extend(
+            list(dump, "dynamic_listeners")
+                .filter_map(|l| field(l, "active_state").and_then(|s| field(s, "listener"))),
+        );
+    }
+    for dump in of_type(CLUSTERS_DUMP) {
+        for key in [
+            "static_clusters",
+            "dynamic_active_clusters",
+            "dynamic_warming_clusters",
+        ] {
+            clusters.extend(list(dump, key).filter_map(|c| field(c, "cluster")));
+        }
+    }
+    if !found {
+        // A dump filtered to the bootstrap (`/config_dump?resource=bootstrap`, or an old Envoy) still
+        // carries the static listeners and clusters.
+        let resources = of_type(BOOTSTRAP_DUMP)
+            .find_map(|b| field(b, "bootstrap").and_then(|b| field(b, "static_resources")))?;
+        let (l, c) = from_bootstrap(resources);
+        return Some((l, c));
+    }
+    if clusters.is_empty() {
+        // Without a ClustersConfigDump the bootstrap's static clusters are the best evidence there is.
+        if let Some(resources) = of_type(BOOTSTRAP_DUMP)
+            .find_map(|b| field(b, "bootstrap").and_then(|b| field(b, "static_resources")))
+        {
+            clusters.extend(list(resources, "clusters"));
+        }
+    }
+    Some((listeners, clusters))
+}
+
+fn from_bootstrap(resources: &Value) -> (Vec<&Value>, Vec<&Value>) {
+    (
+        list(resources, "listeners").collect(),
+        list(resources, "clusters").collect(),
+    )
+}
+
+/// `value[name]` under the proto name or its lowerCamelCase JSON name.
+fn field<'a>(value: &'a Value, name: &str) -> Option<&'a Value> {
+    let object = value.as_object()?;
+    if let Some(v) = object.get(name) {
+        return Some(v);
+    }
+    if !name.contains('_') {
+        return None;
+    }
+    let mut camel = String::with_capacity(name.len());
+    let mut upper = false;
+    for c in name.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            camel.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            camel.push(c);
+        }
+    }
+    object.get(&camel)
+}
+
+fn list<'a>(value: &'a Value, name: &str) -> impl Iterator<Item = &'a Value> {
+    field(value, name)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
+fn str_field<'a>(value: &'a Value, name: &str) -> Option<&'a str> {
+    field(value, name).and_then(Value::as_str)
+}
+
+fn bool_field(value: &Value, name: &str) -> bool {
+    field(value, name).and_then(Value::as_bool).unwrap_or(false)
+}
+
+/// Numbers may arrive as JSON numbers or, for 64-bit fields, strings.
+fn u64_field(value: &Value, name: &str) -> Option<u64> {
+    let v = field(value, name)?;
+    v.as_u64().or_else(|| v.as_str()?.parse().ok())
+}
+
+/// The filter's typed config type without the `type.googleapis.com/` prefix.
+fn filter_type(filter: &Value) -> Option<&str> {
+    let ty = field(filter, "typed_config").and_then(|c| c["@type"].as_str())?;
+    Some(ty.rsplit('/').next().unwrap_or(ty))
+}
+
+/// A filter is identified by its typed config's type, or by its well-known name when the config comes
+/// from elsewhere (ECDS) and only the name is in the dump.
+fn is_filter(filter: &Value, name: &str, ty: &str) -> bool {
+    match filter_type(filter) {
+        Some(t) => t == ty,
+        None => str_field(filter, "name") == Some(name),
+    }
+}
+
+struct Chain<'a> {
+    listener: &'a str,
+    name: String,
+    port: Option<u32>,
+}
+
+impl Chain<'_> {
+    fn finding(&self, code: Code, detail: impl Into<String>) -> Finding {
+        Finding {
+            code,
+            severity: code.severity(),
+            listener: self.listener.to_owned(),
+            filter_chain: self.name.clone(),
+            port: self.port,
+            detail: detail.into(),
+        }
+    }
+}
+
+fn audit_listener(listener: &Value, clusters: &[&Value], report: &mut Report) {
+    report.listeners += 1;
+    let name = str_field(listener, "name").unwrap_or("<unnamed>");
+    let port = field(listener, "address")
+        .and_then(|a| field(a, "socket_address"))
+        .and_then(|s| u64_field(s, "port_value"))
+        .and_then(|p| u32::try_from(p).ok())
+        .filter(|&p| p != 0);
+    let chains = list(listener, "filter_chains")
+        .enumerate()
+        .map(|(i, c)| {
+            let chain_name = str_field(c, "name")
+                .filter(|n| !n.is_empty())
+                .map_or_else(|| format!("#{i}"), str::to_owned);
+            (chain_name, c)
+        })
+        .chain(field(listener, "default_filter_chain").map(|c| ("default".to_owned(), c)));
+    for (chain_name, chain) in chains {
+        report.filter_chains += 1;
+        let at = Chain {
+            listener: name,
+            name: chain_name,
+            port,
+        };
+        audit_chain(&at, chain, clusters, &mut report.findings);
+    }
+}
+
+fn audit_chain(at: &Chain<'_>, chain: &Value, clusters: &[&Value], out: &mut Vec<Finding>) {
+    let filters: Vec<&Value> = list(chain, "filters").collect();
+    if let Some(hcm_at) = filters.iter().position(|f| is_filter(f, HCM, HCM_TYPE)) {
+        let hcm = field(filters[hcm_at], "typed_config").unwrap_or(&Value::Null);
+        audit_http(at, hcm, clusters, out);
+        return;
+    }
+    let Some(terminal) = filters.last() else {
+        // No filters: Envoy rejects such a chain, so it cannot pass traffic.
+        return;
+    };
+    let terminal_name = str_field(terminal, "name").unwrap_or("<unnamed>");
+    let config = field(terminal, "typed_config").unwrap_or(&Value::Null);
+    if reaches_only_loopback(std::iter::once(str_field(config, "cluster")), clusters) {
+        return;
+    }
+    let before = &filters[..filters.len() - 1];
+    let checks: Vec<(usize, &Value)> = before
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| is_filter(f, NETWORK_EXT_AUTHZ, NETWORK_EXT_AUTHZ_TYPE))
+        .map(|(i, f)| (i, *f))
+        .collect();
+    if checks.is_empty() {
+        out.push(at.finding(
+            Code::UncheckedTcpChain,
+            format!("{terminal_name} is not preceded by {NETWORK_EXT_AUTHZ}: connections are never checked"),
+        ));
+        return;
+    }
+    for (index, check) in checks {
+        let config = field(check, "typed_config").unwrap_or(&Value::Null);
+        audit_ext_authz(at, config, &before[..index], false, clusters, out);
+    }
+}
+
+fn audit_http(at: &Chain<'_>, hcm: &Value, clusters: &[&Value], out: &mut Vec<Finding>) {
+    if let Some(routes) = field(hcm, "route_config") {
+        // Inline routes that only reach the proxy itself (Istio's stats and health listeners) carry no
+        // egress traffic. Routes from RDS are not in the listener dump, so they get the full audit.
+        let mut targets = Vec::new();
+        for route in list(routes, "virtual_hosts").flat_map(|vh| list(vh, "routes")) {
+            if field(route, "direct_response").is_some() || field(route, "redirect").is_some() {
+                continue;
+            }
+            // Weighted or header-chosen clusters stay `None`: not proven to stay on loopback.
+            targets.push(field(route, "route").and_then(|r| str_field(r, "cluster")));
+        }
+        if reaches_only_loopback(targets, clusters) {
+            return;
+        }
+    }
+    let filters: Vec<&Value> = list(hcm, "http_filters").collect();
+    let checks: Vec<(usize, &Value)> = filters
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| is_filter(f, HTTP_EXT_AUTHZ, HTTP_EXT_AUTHZ_TYPE))
+        .map(|(i, f)| (i, *f))
+        .collect();
+    let enabled: Vec<_> = checks
+        .iter()
+        .filter(|(_, f)| !bool_field(f, "disabled"))
+        .collect();
+    if enabled.is_empty() {
+        let detail = if checks.is_empty() {
+            format!("no {HTTP_EXT_AUTHZ} in the HTTP filters: requests are never checked")
+        } else {
+            format!(
+                "{HTTP_EXT_AUTHZ} is `disabled: true` (enabled only by per-route config the audit cannot see)"
+            )
+        };
+        out.push(at.finding(Code::UncheckedHttpChain, detail));
+        return;
+    }
+    for (index, check) in enabled {
+        let config = field(check, "typed_config").unwrap_or(&Value::Null);
+        audit_ext_authz(at, config, &filters[..*index], true, clusters, out);
+    }
+}
+
+/// True when every target is a cluster whose endpoints are all loopback addresses (the proxy talking to
+/// itself or its agent). Unknown clusters or non-address endpoints prove nothing.
+fn reaches_only_loopback<'a>(
+    targets: impl IntoIterator<Item = Option<&'a str>>,
+    clusters: &[&Value],
+) -> bool {
+    let mut any = false;
+    for target in targets {
+        any = true;
+        let Some(name) = target else { return false };
+        let Some(cluster) = find_cluster(clusters, name) else {
+            return false;
+        };
+        let Some(assignment) = field(cluster, "load_assignment") else {
+            return false;
+        };
+        let mut endpoints = list(assignment, "endpoints")
+            .flat_map(|e| list(e, "lb_endpoints"))
+            .peekable();
+        if endpoints.peek().is_none() {
+            return false;
+        }
+        let all_loopback = endpoints.all(|e| {
+            field(e, "endpoint")
+                .and_then(|e| field(e, "address"))
+                .and_then(|a| field(a, "socket_address"))
+                .and_then(|s| str_field(s, "address"))
+                .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+                .is_some_and(|ip| ip.is_loopback())
+        });
+        if !all_loopback {
+            return false;
+        }
+    }
+    any
+}
+
+fn find_cluster<'a>(clusters: &[&'a Value], name: &str) -> Option<&'a Value> {
+    clusters
+        .iter()
+        .copied()
+        .find(|c| str_field(c, "name") == Some(name))
+}
+
+/// One ext_authz filter's settings; `before` are the filters that run ahead of it in the same chain.
+fn audit_ext_authz(
+    at: &Chain<'_>,
+    config: &Value,
+    before: &[&Value],
+    http: bool,
+    clusters: &[&Value],
+    out: &mut Vec<Finding>,
+) {
+    if let Some(gate) = field(config, "filter_enabled_metadata") {
+        if let Err(why) = gate_covers_port(gate, before, http, at.port) {
+            out.push(at.finding(Code::CheckNotTriggeredOnPort, why));
+        }
+    }
+    if bool_field(config, "failure_mode_allow") {
+        out.push(at.finding(
+            Code::FailOpen,
+            "failure_mode_allow: true: a failed or timed-out check lets the traffic through",
+        ));
+    }
+    if http && !bool_field(config, "include_tls_session") {
+        out.push(at.finding(
+            Code::NoTlsSession,
+            "no include_tls_session: the server cannot compare the SNI with the Host",
+        ));
+    }
+    let Some(grpc) = field(config, "grpc_service") else {
+        out.push(at.finding(
+            Code::NoGrpcService,
+            "ext_authz has no grpc_service: egress-authz (gRPC) is not the service asked",
+        ));
+        return;
+    };
+    match field(grpc, "timeout").map(duration_secs) {
+        None => out.push(at.finding(
+            Code::NoTimeout,
+            "no grpc_service.timeout: a stalled check holds the request for Istio's default of 600s",
+        )),
+        Some(None) => out.push(at.finding(
+            Code::LongTimeout,
+            "grpc_service.timeout is not a duration the audit can read",
+        )),
+        Some(Some(secs)) if secs > MAX_TIMEOUT_SECS => out.push(at.finding(
+            Code::LongTimeout,
+            format!("grpc_service.timeout is {secs}s, above {MAX_TIMEOUT_SECS}s"),
+        )),
+        Some(Some(_)) => {}
+    }
+    // A Google gRPC client names its target itself and needs no Envoy cluster.
+    let Some(envoy_grpc) = field(grpc, "envoy_grpc") else {
+        return;
+    };
+    let cluster_name = str_field(envoy_grpc, "cluster_name").unwrap_or("");
+    let authority = str_field(envoy_grpc, "authority").unwrap_or("");
+    if authority.is_empty() {
+        if let Some(bad) = cluster_name.chars().find(|&c| !authority_char(c)) {
+            out.push(at.finding(
+                Code::BadGrpcAuthority,
+                format!(
+                    "no envoy_grpc.authority: :authority is the cluster name {cluster_name:?}, whose {bad:?} an HTTP/2 server rejects"
+                ),
+            ));
+        }
+    }
+    match find_cluster(clusters, cluster_name) {
+        None => out.push(at.finding(
+            Code::MissingAuthzCluster,
+            format!("ext_authz cluster {cluster_name:?} is not in the dump: every check fails"),
+        )),
+        Some(cluster) if !speaks_http2(cluster) => out.push(at.finding(
+            Code::AuthzClusterNotHttp2,
+            format!(
+                "cluster {cluster_name:?} has no explicit HTTP/2 (http2_protocol_options): gRPC checks fail"
+            ),
+        )),
+        Some(_) => {}
+    }
+}
+
+/// Characters RFC 3986 allows in an authority (reg-name, IP literal, port, userinfo).
+fn authority_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@[]%".contains(c)
+}
+
+fn speaks_http2(cluster: &Value) -> bool {
+    if field(cluster, "http2_protocol_options").is_some() {
+        return true;
+    }
+    // Only an explicit HTTP/2 config counts: `auto_config` falls back to HTTP/1.1 without TLS ALPN, and
+    // `use_downstream_protocol_config` follows whatever the client spoke.
+    field(cluster, "typed_extension_protocol_options")
+        .and_then(|o| o.get(HTTP_PROTOCOL_OPTIONS))
+        .and_then(|o| field(o, "explicit_http_config"))
+        .and_then(|e| field(e, "http2_protocol_options"))
+        .is_some()
+}
+
+/// Seconds of a protobuf Duration in its JSON form (`"0.500s"`) or as `{seconds, nanos}`.
+fn duration_secs(value: &Value) -> Option<f64> {
+    if let Some(s) = value.as_str() {
+        return s.strip_suffix('s')?.parse().ok();
+    }
+    let seconds = u64_field(value, "seconds").unwrap_or(0);
+    let nanos = u64_field(value, "nanos").unwrap_or(0);
+    #[allow(clippy::cast_precision_loss)] // durations are far below 2^52 s
+    Some(seconds as f64 + nanos as f64 / 1e9)
+}
+
+/// Whether ext_authz's `filter_enabled_metadata` is proven to be set for every connection or request on
+/// `port`. Err says why not.
+fn gate_covers_port(
+    gate: &Value,
+    before: &[&Value],
+    http: bool,
+    port: Option<u32>,
+) -> Result<(), String> {
+    let (rbac_name, rbac_type) = if http {
+        (HTTP_RBAC, HTTP_RBAC_TYPE)
+    } else {
+        (NETWORK_RBAC, NETWORK_RBAC_TYPE)
+    };
+    let namespace = str_field(gate, "filter").unwrap_or("");
+    if namespace != rbac_name {
+        return Err(format!(
+            "ext_authz is gated on metadata of {namespace:?}, not of {rbac_name}; the audit cannot prove it is set"
+        ));
+    }
+    if bool_field(gate, "invert") {
+        return Err("ext_authz's filter_enabled_metadata is inverted".to_owned());
+    }
+    let keys: Vec<&str> = list(gate, "path")
+        .filter_map(|p| str_field(p, "key"))
+        .collect();
+    let [key] = keys[..] else {
+        return Err(format!(
+            "filter_enabled_metadata path {keys:?} is not a single key"
+        ));
+    };
+    let matcher = field(gate, "value")
+        .and_then(|v| field(v, "string_match"))
+        .ok_or("filter_enabled_metadata matches no string value")?;
+    let id_matches = |id: &str| -> bool {
+        if let Some(prefix) = str_field(matcher, "prefix") {
+            id.starts_with(prefix)
+        } else if let Some(exact) = str_field(matcher, "exact") {
+            id == exact
+        } else {
+            false
+        }
+    };
+    // The RBAC filter that writes `key`: several may run (an ALLOW policy's dry run writes
+    // `istio_dry_run_...`), told apart by their shadow stat prefix.
+    let rbac = before.iter().rev().find_map(|f| {
+        if !is_filter(f, rbac_name, rbac_type) {
+            return None;
+        }
+        let config = field(f, "typed_config")?;
+        let prefix = str_field(config, "shadow_rules_stat_prefix").unwrap_or("");
+        (format!("{prefix}{SHADOW_POLICY_KEY}") == key).then_some(config)
+    });
+    let Some(rbac) = rbac else {
+        return Err(format!(
+            "ext_authz runs only when {rbac_name} sets {key}, and no such RBAC filter runs before it: never checked"
+        ));
+    };
+    let Some(rules) = field(rbac, "shadow_rules") else {
+        return Err(format!(
+            "the {rbac_name} filter that sets {key} has no shadow_rules the audit can read"
+        ));
+    };
+    let Some(policies) = field(rules, "policies").and_then(Value::as_object) else {
+        return Err(format!(
+            "the shadow rules have no policies: {key} is never set, so nothing is checked"
+        ));
+    };
+    let covering = policies.iter().any(|(id, policy)| {
+        id_matches(id)
+            && any_of(list(policy, "permissions"), &|p| permission(p, port)) == Tri::Always
+            && any_of(list(policy, "principals"), &principal) == Tri::Always
+    });
+    if covering {
+        return Ok(());
+    }
+    let port_text = port.map_or_else(|| "an unknown port".to_owned(), |p| format!("port {p}"));
+    Err(format!(
+        "no shadow policy matching the gate ({}) is proven to match every caller on {port_text}: requests it misses are never checked",
+        policies
+            .keys()
+            .filter(|id| id_matches(id))
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// Whether a matcher matches: for every request on the port, for none, or it depends on more than the
+/// port (headers, paths, callers) or on something the audit does not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tri {
+    Always,
+    Never,
+    Unknown,
+}
+
+impl Tri {
+    const fn not(self) -> Self {
+        match self {
+            Self::Always => Self::Never,
+            Self::Never => Self::Always,
+            Self::Unknown => Self::Unknown,
+        }
+    }
+}
+
+fn any_of<'a>(items: impl Iterator<Item = &'a Value>, f: &dyn Fn(&Value) -> Tri) -> Tri {
+    let mut result = Tri::Never;
+    for item in items {
+        match f(item) {
+            Tri::Always => return Tri::Always,
+            Tri::Unknown => result = Tri::Unknown,
+            Tri::Never => {}
+        }
+    }
+    result
+}
+
+fn all_of<'a>(items: impl Iterator<Item = &'a Value>, f: &dyn Fn(&Value) -> Tri) -> Tri {
+    let mut result = Tri::Always;
+    for item in items {
+        match f(item) {
+            Tri::Never => return Tri::Never,
+            Tri::Unknown => result = Tri::Unknown,
+            Tri::Always => {}
+        }
+    }
+    result
+}
+
+/// An RBAC `Permission` evaluated for requests on `port` (unknown port: only `any` is decidable).
+fn permission(p: &Value, port: Option<u32>) -> Tri {
+    let recurse = |v: &Value| permission(v, port);
+    if bool_field(p, "any") {
+        return Tri::Always;
+    }
+    if let Some(wanted) = u64_field(p, "destination_port") {
+        return match port {
+            Some(port) if u64::from(port) == wanted => Tri::Always,
+            Some(_) => Tri::Never,
+            None => Tri::Unknown,
+        };
+    }
+    if let Some(range) = field(p, "destination_port_range") {
+        let start = u64_field(range, "start").unwrap_or(0);
+        let end = u64_field(range, "end").unwrap_or(0);
+        return match port {
+            // Envoy's Int32Range: start inclusive, end exclusive.
+            Some(port) if (start..end).contains(&u64::from(port)) => Tri::Always,
+            Some(_) => Tri::Never,
+            None => Tri::Unknown,
+        };
+    }
+    if let Some(rules) = field(p, "and_rules") {
+        return all_of(list(rules, "rules"), &recurse);
+    }
+    if let Some(rules) = field(p, "or_rules") {
+        return any_of(list(rules, "rules"), &recurse);
+    }
+    if let Some(inner) = field(p, "not_rule") {
+        return permission(inner, port).not();
+    }
+    Tri::Unknown
+}
+
+/// An RBAC `Principal`: only `any` (possibly inside and/or/not) is decidable without the caller.
+fn principal(p: &Value) -> Tri {
+    if bool_field(p, "any") {
+        return Tri::Always;
+    }
+    if let Some(ids) = field(p, "and_ids") {
+        return all_of(list(ids, "ids"), &principal);
+    }
+    if let Some(ids) = field(p, "or_ids") {
+        return any_of(list(ids, "ids"), &principal);
+    }
+    if let Some(inner) = field(p, "not_id") {
+        return principal(inner).not();
+    }
+    Tri::Unknown
+}
