@@ -375,10 +375,6 @@ fn audit_chain(at: &Chain<'_>, chain: &Value, clusters: &[&Value], out: &mut Vec
         return;
     };
     let terminal_name = str_field(terminal, "name").unwrap_or("<unnamed>");
-    let config = field(terminal, "typed_config").unwrap_or(&Value::Null);
-    if reaches_only_loopback(std::iter::once(str_field(config, "cluster")), clusters) {
-        return;
-    }
     let before = &filters[..filters.len() - 1];
     let checks: Vec<(usize, &Value)> = before
         .iter()
@@ -401,7 +397,7 @@ fn audit_chain(at: &Chain<'_>, chain: &Value, clusters: &[&Value], out: &mut Vec
 
 fn audit_http(at: &Chain<'_>, hcm: &Value, clusters: &[&Value], out: &mut Vec<Finding>) {
     if let Some(routes) = field(hcm, "route_config") {
-        // Inline routes that only reach the proxy itself (Istio's stats and health listeners) carry no
+        // Istio's own listeners (15090 stats, 15021 health) route only to the proxy itself and carry no
         // egress traffic. Routes from RDS are not in the listener dump, so they get the full audit.
         let mut targets = Vec::new();
         for route in list(routes, "virtual_hosts").flat_map(|vh| list(vh, "routes")) {
@@ -411,7 +407,7 @@ fn audit_http(at: &Chain<'_>, hcm: &Value, clusters: &[&Value], out: &mut Vec<Fi
             // Weighted or header-chosen clusters stay `None`: not proven to stay on loopback.
             targets.push(field(route, "route").and_then(|r| str_field(r, "cluster")));
         }
-        if reaches_only_loopback(targets, clusters) {
+        if reaches_only_proxy_itself(targets, clusters) {
             return;
         }
     }
@@ -443,16 +439,23 @@ fn audit_http(at: &Chain<'_>, hcm: &Value, clusters: &[&Value], out: &mut Vec<Fi
     }
 }
 
-/// True when every target is a cluster whose endpoints are all loopback addresses (the proxy talking to
-/// itself or its agent). Unknown clusters or non-address endpoints prove nothing.
-fn reaches_only_loopback<'a>(
+/// Istio's bootstrap clusters for the proxy's own stats (admin port) and for pilot-agent's health and
+/// stats endpoints.
+const PROXY_LOCAL_CLUSTERS: [&str; 2] = ["prometheus_stats", "agent"];
+
+/// True when every target is one of [`PROXY_LOCAL_CLUSTERS`] and its endpoints are all loopback
+/// addresses. The name alone is not enough (anyone can name a cluster `agent`), and loopback alone is not
+/// either (a sidecar-style gateway or a test reaches real hosts through loopback).
+fn reaches_only_proxy_itself<'a>(
     targets: impl IntoIterator<Item = Option<&'a str>>,
     clusters: &[&Value],
 ) -> bool {
     let mut any = false;
     for target in targets {
         any = true;
-        let Some(name) = target else { return false };
+        let Some(name) = target.filter(|n| PROXY_LOCAL_CLUSTERS.contains(n)) else {
+            return false;
+        };
         let Some(cluster) = find_cluster(clusters, name) else {
             return false;
         };
@@ -775,4 +778,519 @@ fn principal(p: &Value) -> Tri {
         return principal(inner).not();
     }
     Tri::Unknown
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const HTTP_FILTERS: &str = "/configs/2/dynamic_listeners/0/active_state/listener/filter_chains/0/filters/0/typed_config/http_filters";
+    const HTTP_AUTHZ: &str = "/configs/2/dynamic_listeners/0/active_state/listener/filter_chains/0/filters/0/typed_config/http_filters/0/typed_config";
+    const TCP_FILTERS: &str =
+        "/configs/2/dynamic_listeners/1/active_state/listener/filter_chains/0/filters";
+    const TCP_AUTHZ: &str = "/configs/2/dynamic_listeners/1/active_state/listener/filter_chains/0/filters/0/typed_config";
+    const AUTHZ_CLUSTER: &str = "/configs/1/dynamic_active_clusters/0/cluster";
+
+    fn fixture(name: &str) -> Value {
+        let text = match name {
+            "clean" => include_str!("../tests/fixtures/audit/clean.json"),
+            "any" => include_str!("../tests/fixtures/audit/istiod-custom-any-80-443.json"),
+            "ports" => include_str!("../tests/fixtures/audit/istiod-custom-ports-8080-8443.json"),
+            "ports-on-80" => {
+                include_str!("../tests/fixtures/audit/istiod-custom-ports-on-80-443.json")
+            }
+            _ => panic!("no fixture {name}"),
+        };
+        serde_json::from_str(text).unwrap()
+    }
+
+    fn at<'a>(dump: &'a mut Value, pointer: &str) -> &'a mut Value {
+        dump.pointer_mut(pointer)
+            .unwrap_or_else(|| panic!("{pointer}"))
+    }
+
+    fn set(dump: &mut Value, pointer: &str, key: &str, value: Value) {
+        at(dump, pointer)
+            .as_object_mut()
+            .unwrap()
+            .insert(key.to_owned(), value);
+    }
+
+    fn remove(dump: &mut Value, pointer: &str, key: &str) {
+        at(dump, pointer)
+            .as_object_mut()
+            .unwrap()
+            .remove(key)
+            .unwrap();
+    }
+
+    /// The findings as (code, listener, chain, port).
+    fn found(dump: &Value) -> Vec<(Code, String, String, Option<u32>)> {
+        let report = audit(dump).unwrap();
+        report
+            .findings
+            .into_iter()
+            .map(|f| {
+                assert_eq!(f.severity, f.code.severity());
+                (f.code, f.listener, f.filter_chain, f.port)
+            })
+            .collect()
+    }
+
+    fn http(code: Code) -> (Code, String, String, Option<u32>) {
+        (code, "0.0.0.0_8080".into(), "#0".into(), Some(8080))
+    }
+
+    fn tcp(code: Code) -> (Code, String, String, Option<u32>) {
+        (
+            code,
+            "0.0.0.0_8443".into(),
+            "developers.google.com".into(),
+            Some(8443),
+        )
+    }
+
+    #[test]
+    fn the_fixtures_the_bundle_produces_are_clean() {
+        for name in ["clean", "any", "ports"] {
+            let report = audit(&fixture(name)).unwrap();
+            assert_eq!(report.findings, [], "{name}");
+            // Istio's stats listener plus one HTTP and one TCP gateway listener were all looked at.
+            assert_eq!((report.listeners, report.filter_chains), (3, 3), "{name}");
+        }
+    }
+
+    #[test]
+    fn an_http_chain_without_ext_authz_is_unchecked() {
+        let mut dump = fixture("clean");
+        at(&mut dump, HTTP_FILTERS)
+            .as_array_mut()
+            .unwrap()
+            .remove(0);
+        assert_eq!(found(&dump), [http(Code::UncheckedHttpChain)]);
+
+        let mut dump = fixture("clean");
+        set(
+            &mut dump,
+            &format!("{HTTP_FILTERS}/0"),
+            "disabled",
+            json!(true),
+        );
+        assert_eq!(found(&dump), [http(Code::UncheckedHttpChain)]);
+    }
+
+    #[test]
+    fn a_tcp_proxy_not_preceded_by_ext_authz_is_unchecked() {
+        let mut dump = fixture("clean");
+        at(&mut dump, TCP_FILTERS).as_array_mut().unwrap().remove(0);
+        assert_eq!(found(&dump), [tcp(Code::UncheckedTcpChain)]);
+
+        // After tcp_proxy, ext_authz never sees the connection.
+        let mut dump = fixture("clean");
+        at(&mut dump, TCP_FILTERS)
+            .as_array_mut()
+            .unwrap()
+            .swap(0, 1);
+        assert_eq!(found(&dump), [tcp(Code::UncheckedTcpChain)]);
+    }
+
+    #[test]
+    fn istios_stats_listener_is_exempt_only_while_it_stays_on_loopback() {
+        let mut dump = fixture("clean");
+        let endpoint = "/configs/1/static_clusters/0/cluster/load_assignment/endpoints/0/lb_endpoints/0/endpoint/address/socket_address";
+        set(&mut dump, endpoint, "address", json!("203.0.113.7"));
+        assert_eq!(
+            found(&dump),
+            [(
+                Code::UncheckedHttpChain,
+                "0.0.0.0_15090".into(),
+                "#0".into(),
+                Some(15090)
+            )]
+        );
+    }
+
+    #[test]
+    fn a_shadow_policy_for_other_ports_never_triggers_the_check() {
+        assert_eq!(
+            found(&fixture("ports-on-80")),
+            [
+                (
+                    Code::CheckNotTriggeredOnPort,
+                    "0.0.0.0_80".into(),
+                    "#0".into(),
+                    Some(80)
+                ),
+                (
+                    Code::CheckNotTriggeredOnPort,
+                    "0.0.0.0_443".into(),
+                    "developers.google.com".into(),
+                    Some(443)
+                ),
+            ]
+        );
+    }
+
+    /// Replaces the permissions of every shadow policy (HTTP and TCP) in the `any` fixture.
+    fn with_permissions(permissions: &Value) -> Value {
+        let mut dump = fixture("any");
+        for listener in 0..2 {
+            let filter = if listener == 0 {
+                "filters/0/typed_config/http_filters/0"
+            } else {
+                "filters/0"
+            };
+            let policy = format!(
+                "/configs/2/dynamic_listeners/{listener}/active_state/listener/filter_chains/0/{filter}/typed_config/shadow_rules/policies/istio-ext-authz-ns[istio-system]-policy[egress-ext-authz]-rule[0]"
+            );
+            set(&mut dump, &policy, "permissions", permissions.clone());
+        }
+        dump
+    }
+
+    #[test]
+    fn shadow_permissions_are_read_conservatively() {
+        let flagged = |permissions: Value| {
+            found(&with_permissions(&permissions))
+                .iter()
+                .map(|f| (f.0, f.3))
+                .collect::<Vec<_>>()
+        };
+        let both = vec![
+            (Code::CheckNotTriggeredOnPort, Some(80)),
+            (Code::CheckNotTriggeredOnPort, Some(443)),
+        ];
+        let on_443 = vec![(Code::CheckNotTriggeredOnPort, Some(443))];
+        assert_eq!(flagged(json!([{"any": true}])), []);
+        assert_eq!(
+            flagged(
+                json!([{"or_rules": {"rules": [{"destination_port": 80}, {"destination_port": 443}]}}])
+            ),
+            []
+        );
+        assert_eq!(flagged(json!([{"destination_port": 80}])), on_443);
+        // Two permissions: either one matching is enough.
+        assert_eq!(
+            flagged(json!([{"destination_port": 443}, {"destination_port": 80}])),
+            []
+        );
+        // Int32Range: end is exclusive.
+        assert_eq!(
+            flagged(json!([{"destination_port_range": {"start": 80, "end": 443}}])),
+            on_443
+        );
+        assert_eq!(
+            flagged(json!([{"not_rule": {"destination_port": 9000}}])),
+            []
+        );
+        assert_eq!(
+            flagged(json!([{"not_rule": {"destination_port": 80}}])),
+            vec![(Code::CheckNotTriggeredOnPort, Some(80))]
+        );
+        // Matches only some requests on the port: the others pass unchecked.
+        assert_eq!(
+            flagged(
+                json!([{"and_rules": {"rules": [{"any": true}, {"url_path": {"path": {"prefix": "/"}}}]}}])
+            ),
+            both
+        );
+        assert_eq!(
+            flagged(json!([{"requested_server_name": {"exact": "a"}}])),
+            both
+        );
+        assert_eq!(flagged(json!([])), both);
+    }
+
+    #[test]
+    fn shadow_principals_restricting_callers_leave_the_others_unchecked() {
+        let mut dump = fixture("any");
+        let policy = "/configs/2/dynamic_listeners/1/active_state/listener/filter_chains/0/filters/0/typed_config/shadow_rules/policies/istio-ext-authz-ns[istio-system]-policy[egress-ext-authz]-rule[0]";
+        set(
+            &mut dump,
+            policy,
+            "principals",
+            json!([{"authenticated": {"principal_name": {"exact": "spiffe://cluster.local/ns/a/sa/b"}}}]),
+        );
+        assert_eq!(
+            found(&dump).iter().map(|f| f.0).collect::<Vec<_>>(),
+            [Code::CheckNotTriggeredOnPort]
+        );
+    }
+
+    #[test]
+    fn a_gate_no_shadow_rbac_can_open_never_triggers_the_check() {
+        // The shadow RBAC filter is gone.
+        let mut dump = fixture("any");
+        at(&mut dump, TCP_FILTERS).as_array_mut().unwrap().remove(0);
+        assert_eq!(
+            found(&dump),
+            [(
+                Code::CheckNotTriggeredOnPort,
+                "0.0.0.0_443".into(),
+                "developers.google.com".into(),
+                Some(443)
+            )]
+        );
+        // Its policy ids do not match the gate's prefix (another provider's filter).
+        let mut dump = fixture("any");
+        let gate = "/configs/2/dynamic_listeners/0/active_state/listener/filter_chains/0/filters/0/typed_config/http_filters/1/typed_config/filter_enabled_metadata/value/string_match";
+        set(&mut dump, gate, "prefix", json!("istio-ext-authz-other"));
+        // The stat prefix decides the key: the dry-run RBAC of an ALLOW policy does not open the gate.
+        let rbac = "/configs/2/dynamic_listeners/1/active_state/listener/filter_chains/0/filters/0/typed_config";
+        set(
+            &mut dump,
+            rbac,
+            "shadow_rules_stat_prefix",
+            json!("istio_dry_run_"),
+        );
+        assert_eq!(
+            found(&dump).iter().map(|f| f.3).collect::<Vec<_>>(),
+            [Some(80), Some(443)]
+        );
+    }
+
+    #[test]
+    fn an_unknown_port_is_covered_only_by_any() {
+        for (name, findings) in [("any", 0), ("ports", 2)] {
+            let mut dump = fixture(name);
+            for listener in 0..2 {
+                let address = format!(
+                    "/configs/2/dynamic_listeners/{listener}/active_state/listener/address/socket_address"
+                );
+                set(&mut dump, &address, "port_value", json!(0));
+            }
+            let report = audit(&dump).unwrap();
+            assert_eq!(report.findings.len(), findings, "{name}");
+            assert!(report.findings.iter().all(|f| f.port.is_none()));
+        }
+    }
+
+    #[test]
+    fn each_ext_authz_setting_is_checked() {
+        let cases: [(String, &str, Option<Value>, Code); 8] = [
+            (
+                HTTP_AUTHZ.into(),
+                "failure_mode_allow",
+                Some(json!(true)),
+                Code::FailOpen,
+            ),
+            (
+                TCP_AUTHZ.into(),
+                "failure_mode_allow",
+                Some(json!(true)),
+                Code::FailOpen,
+            ),
+            (
+                HTTP_AUTHZ.into(),
+                "include_tls_session",
+                None,
+                Code::NoTlsSession,
+            ),
+            (HTTP_AUTHZ.into(), "grpc_service", None, Code::NoGrpcService),
+            (
+                format!("{TCP_AUTHZ}/grpc_service"),
+                "timeout",
+                None,
+                Code::NoTimeout,
+            ),
+            (
+                format!("{HTTP_AUTHZ}/grpc_service"),
+                "timeout",
+                Some(json!("1.500s")),
+                Code::LongTimeout,
+            ),
+            (
+                format!("{TCP_AUTHZ}/grpc_service"),
+                "timeout",
+                Some(json!({"seconds": 2})),
+                Code::LongTimeout,
+            ),
+            (
+                AUTHZ_CLUSTER.into(),
+                "typed_extension_protocol_options",
+                None,
+                Code::AuthzClusterNotHttp2,
+            ),
+        ];
+        for (pointer, key, value, code) in cases {
+            let pointer = pointer.as_str();
+            let mut dump = fixture("clean");
+            match &value {
+                Some(v) => set(&mut dump, pointer, key, v.clone()),
+                None => remove(&mut dump, pointer, key),
+            }
+            let findings = found(&dump);
+            let codes: Vec<Code> = findings.iter().map(|f| f.0).collect();
+            let expected = if code == Code::AuthzClusterNotHttp2 {
+                2
+            } else {
+                1
+            };
+            assert_eq!(codes, vec![code; expected], "{pointer} {key} = {value:?}");
+        }
+        assert_eq!(Code::NoTlsSession.severity(), Severity::Warning);
+        let mut dump = fixture("clean");
+        set(
+            &mut dump,
+            &format!("{HTTP_AUTHZ}/grpc_service"),
+            "timeout",
+            json!("1s"),
+        );
+        assert_eq!(found(&dump), [], "exactly one second is fine");
+    }
+
+    #[test]
+    fn the_authz_cluster_must_exist_and_be_named_reachably() {
+        let mut dump = fixture("clean");
+        set(&mut dump, AUTHZ_CLUSTER, "name", json!("egress-authz"));
+        assert_eq!(
+            found(&dump),
+            [
+                http(Code::MissingAuthzCluster),
+                tcp(Code::MissingAuthzCluster)
+            ]
+        );
+
+        let mut dump = fixture("clean");
+        remove(
+            &mut dump,
+            &format!("{TCP_AUTHZ}/grpc_service/envoy_grpc"),
+            "authority",
+        );
+        assert_eq!(found(&dump), [tcp(Code::BadGrpcAuthority)]);
+
+        // A cluster name that is a valid authority is sent as one.
+        let mut dump = fixture("clean");
+        remove(
+            &mut dump,
+            &format!("{TCP_AUTHZ}/grpc_service/envoy_grpc"),
+            "authority",
+        );
+        set(
+            &mut dump,
+            &format!("{TCP_AUTHZ}/grpc_service/envoy_grpc"),
+            "cluster_name",
+            json!("egress-authz.svc:9000"),
+        );
+        set(
+            &mut dump,
+            AUTHZ_CLUSTER,
+            "name",
+            json!("egress-authz.svc:9000"),
+        );
+        assert_eq!(found(&dump), [http(Code::MissingAuthzCluster)]);
+
+        // The deprecated cluster-level field still makes it HTTP/2.
+        let mut dump = fixture("clean");
+        remove(&mut dump, AUTHZ_CLUSTER, "typed_extension_protocol_options");
+        set(
+            &mut dump,
+            AUTHZ_CLUSTER,
+            "http2_protocol_options",
+            json!({}),
+        );
+        assert_eq!(found(&dump), []);
+    }
+
+    /// `istioctl proxy-config all -o json` prints lowerCamelCase JSON names; map keys (policy ids,
+    /// extension names, `@type`) stay as they are.
+    fn camel_case(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| {
+                        let keep = k.contains(['.', '[', '@']);
+                        let key = if keep {
+                            k.clone()
+                        } else {
+                            let mut out = String::new();
+                            let mut upper = false;
+                            for c in k.chars() {
+                                if c == '_' {
+                                    upper = true;
+                                } else {
+                                    out.push(if upper { c.to_ascii_uppercase() } else { c });
+                                    upper = false;
+                                }
+                            }
+                            out
+                        };
+                        (key, camel_case(v))
+                    })
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(items.iter().map(camel_case).collect()),
+            other => other.clone(),
+        }
+    }
+
+    #[test]
+    fn istioctl_json_names_read_the_same() {
+        for name in ["clean", "any", "ports", "ports-on-80"] {
+            let dump = fixture(name);
+            let camel = camel_case(&dump);
+            assert_ne!(camel, dump);
+            assert_eq!(audit(&camel), audit(&dump), "{name}");
+        }
+        let mut dump = fixture("clean");
+        set(&mut dump, HTTP_AUTHZ, "failure_mode_allow", json!(true));
+        assert_eq!(found(&camel_case(&dump)), [http(Code::FailOpen)]);
+    }
+
+    #[test]
+    fn a_bare_bootstrap_and_a_bootstrap_dump_are_read() {
+        let dump = fixture("clean");
+        let listeners: Vec<Value> = dump["configs"][2]["dynamic_listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["active_state"]["listener"].clone())
+            .collect();
+        let clusters: Vec<Value> = dump["configs"][1]["dynamic_active_clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["cluster"].clone())
+            .collect();
+        let mut resources = json!({"listeners": listeners, "clusters": clusters});
+        let bootstrap = json!({"static_resources": resources});
+        assert_eq!(audit(&bootstrap).unwrap().filter_chains, 2);
+        assert_eq!(found(&bootstrap), []);
+        resources["clusters"] = json!([]);
+        let filtered = json!({"configs": [{
+            "@type": BOOTSTRAP_DUMP, "bootstrap": {"static_resources": resources}
+        }]});
+        assert_eq!(
+            found(&filtered),
+            [
+                http(Code::MissingAuthzCluster),
+                tcp(Code::MissingAuthzCluster)
+            ]
+        );
+    }
+
+    #[test]
+    fn input_that_is_not_a_config_dump_is_rejected() {
+        assert_eq!(audit(&json!([1])), Err(DumpError::NotAnObject));
+        assert_eq!(audit(&json!({"configs": []})), Err(DumpError::NoListeners));
+        assert_eq!(audit(&json!({"rules": []})), Err(DumpError::NoListeners));
+    }
+
+    #[test]
+    fn codes_serialize_as_they_print() {
+        let names: Vec<String> = Code::ALL
+            .iter()
+            .map(|c| {
+                serde_json::to_value(c)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        let shown: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names, shown);
+    }
 }
