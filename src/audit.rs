@@ -499,10 +499,10 @@ fn audit_ext_authz(
     clusters: &[&Value],
     out: &mut Vec<Finding>,
 ) {
-    if let Some(gate) = field(config, "filter_enabled_metadata") {
-        if let Err(why) = gate_covers_port(gate, before, http, at.port) {
-            out.push(at.finding(Code::CheckNotTriggeredOnPort, why));
-        }
+    if let Some(gate) = field(config, "filter_enabled_metadata")
+        && let Err(why) = gate_covers_port(gate, before, http, at.port)
+    {
+        out.push(at.finding(Code::CheckNotTriggeredOnPort, why));
     }
     if bool_field(config, "failure_mode_allow") {
         out.push(at.finding(
@@ -544,15 +544,15 @@ fn audit_ext_authz(
     };
     let cluster_name = str_field(envoy_grpc, "cluster_name").unwrap_or("");
     let authority = str_field(envoy_grpc, "authority").unwrap_or("");
-    if authority.is_empty() {
-        if let Some(bad) = cluster_name.chars().find(|&c| !authority_char(c)) {
-            out.push(at.finding(
-                Code::BadGrpcAuthority,
-                format!(
-                    "no envoy_grpc.authority: :authority is the cluster name {cluster_name:?}, whose {bad:?} an HTTP/2 server rejects"
-                ),
-            ));
-        }
+    if authority.is_empty()
+        && let Some(bad) = cluster_name.chars().find(|&c| !authority_char(c))
+    {
+        out.push(at.finding(
+            Code::BadGrpcAuthority,
+            format!(
+                "no envoy_grpc.authority: :authority is the cluster name {cluster_name:?}, whose {bad:?} an HTTP/2 server rejects"
+            ),
+        ));
     }
     match find_cluster(clusters, cluster_name) {
         None => out.push(at.finding(
