@@ -73,6 +73,14 @@ async fn envoy_bootstraps_validate() {
                     fail_open: true,
                     google_wildcard: true,
                     tcp_tls_session: true,
+                    custom_gate: None,
+                },
+            ),
+            (
+                "-custom-gate",
+                Variant {
+                    custom_gate: Some(harness::CustomGate::from_bundle().1),
+                    ..Variant::ISTIO_DEFAULT
                 },
             ),
         ];
@@ -815,6 +823,7 @@ async fn bad_sni_over_tcp(test: &str, tcp_tls_session: bool) {
         fail_open: true,
         google_wildcard: true,
         tcp_tls_session,
+        custom_gate: None,
     };
     let world = World::start_with(
         &envoy_bin,
@@ -906,6 +915,7 @@ async fn bad_sni_denied_with_fail_open_https() {
         fail_open: true,
         google_wildcard: true,
         tcp_tls_session: false,
+        custom_gate: None,
     };
     let world = World::start_with(
         &envoy_bin,
@@ -1308,5 +1318,118 @@ async fn audit_gateway_on_the_suites_envoys() {
             gw.template()
         );
         assert!(report.errors() > 0);
+    }
+}
+
+/// The gateway as istiod renders the deploy bundle's CUSTOM policy (shadow RBAC + `filter_enabled_metadata`
+/// in front of every ext_authz filter, permissions generated from the bundle's policy file) checks every
+/// request and connection. Its listeners bind ephemeral ports, neither istioctl's 8080/8443 nor the
+/// `istio/gateway` chart's 80/443: a rule without ports must match any. A policy scoped to 8080/8443
+/// instead lets traffic on another port through unchecked, and `audit-gateway` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundle_custom_policy_checks_every_gateway_port() {
+    use egress_authz::audit::{Code, audit};
+    use harness::CustomGate;
+    let Some(envoy) = envoy_or_skip("bundle_custom_policy_checks_every_gateway_port") else {
+        return;
+    };
+    let _serial = serial();
+    let gateways = [Gateway::HttpTlsSession, Gateway::TcpIstio];
+    let (policy, gate) = CustomGate::from_bundle();
+    assert_eq!(
+        gate,
+        CustomGate::EveryPort,
+        "the bundle's CUSTOM policy {policy} must not be scoped to ports"
+    );
+    let gated = |gate| Variant {
+        custom_gate: Some(gate),
+        ..Variant::ISTIO_DEFAULT
+    };
+    let audited = async |world: &World, gw: Gateway| {
+        let (_, body) = net::http_get(world.envoy(gw).admin, "/config_dump")
+            .await
+            .unwrap();
+        audit(&serde_json::from_str(&body).unwrap()).unwrap()
+    };
+
+    let world = World::start_with(&envoy, &gateways, &Stage::Final.text(), gated(gate))
+        .await
+        .unwrap();
+    let mut denied = 0;
+    for caller in [DEFAULT_SLEEP, OTHERNS_SLEEP] {
+        for host in [GOOGLE, YAHOO] {
+            let exp = expected(Stage::Final, caller, host);
+            denied += usize::from(!exp.allow);
+            let ctx = format!("bundle's CUSTOM gate, {caller} -> {host}");
+            // Both assert the ext_authz decision in Envoy's access log: the check ran.
+            check_http(
+                &world,
+                Gateway::HttpTlsSession,
+                caller,
+                host,
+                host,
+                "/",
+                &exp,
+                &ctx,
+            )
+            .await;
+            check_tcp(&world, caller, host, &exp, &ctx).await;
+        }
+    }
+    assert!(denied > 0, "a deny shows the check decides, not just runs");
+    for gw in gateways {
+        let report = audited(&world, gw).await;
+        assert_eq!(report.findings, [], "{}", gw.template());
+    }
+    drop(world);
+
+    let world = World::start_with(
+        &envoy,
+        &gateways,
+        &Stage::Final.text(),
+        gated(CustomGate::Ports(8080, 8443)),
+    )
+    .await
+    .unwrap();
+    let exp = expected(Stage::Final, DEFAULT_SLEEP, YAHOO);
+    assert!(!exp.allow, "the walkthrough denies default -> {YAHOO}");
+    let http = world.envoy(Gateway::HttpTlsSession);
+    let skip = http.access_log_len();
+    let r = https_request(
+        http.listener,
+        world.pki.client_config(DEFAULT_SLEEP, &["http/1.1"]),
+        YAHOO,
+        YAHOO,
+        "GET",
+        "/",
+        "scoped-gate",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "never checked, so never denied: {r:?}");
+    assert_eq!(world.yahoo_http.seen_with_id("scoped-gate").len(), 1);
+    let entry = http.access_log_for(r.local_addr, skip).await.unwrap();
+    assert!(
+        entry["authz"]["decision"].is_null(),
+        "no check ran: {entry}"
+    );
+    let tcp = world.envoy(Gateway::TcpIstio);
+    let t = tls_stream(
+        tcp.listener,
+        world.pki.client_config(DEFAULT_SLEEP, &[]),
+        YAHOO,
+    )
+    .await
+    .unwrap();
+    assert_eq!(t.outcome, TcpOutcome::Flowed(YAHOO.to_owned()));
+    for gw in gateways {
+        let report = audited(&world, gw).await;
+        assert_eq!(
+            report.codes(),
+            [Code::CheckNotTriggeredOnPort],
+            "{}",
+            gw.template()
+        );
+        assert_eq!(report.errors(), report.filter_chains, "{report:#?}");
     }
 }
