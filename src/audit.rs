@@ -160,7 +160,9 @@ impl Report {
 /// The input is not something the audit can read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DumpError {
-    #[error("not an Envoy config dump: the top level is not a JSON object")]
+    #[error(
+        "not an Envoy config dump: the top level is not a JSON object (a listener list alone, as from `istioctl proxy-config listener`, lacks the clusters: use `proxy-config all`)"
+    )]
     NotAnObject,
     #[error(
         "not an Envoy config dump: no `configs` with a ListenersConfigDump or BootstrapConfigDump, and no bootstrap `static_resources`"
