@@ -1,4 +1,4 @@
-//! The command line: `serve`, `validate`, `explain`. Every `serve` flag is also an `EGRESS_AUTHZ_*`
+//! The command line: `serve`, `validate`, `explain`, `audit-gateway`. Every `serve` flag is also an `EGRESS_AUTHZ_*`
 //! environment variable, so a Deployment can configure it without rewriting args.
 
 use std::net::SocketAddr;
@@ -27,6 +27,19 @@ enum Command {
     Validate(ValidateArgs),
     /// Show how a request would be decided and how every rule fared.
     Explain(ExplainArgs),
+    /// Audit an Envoy gateway's /config_dump for traffic that could leave without an ext_authz check;
+    /// exit 0 without error findings, 1 with, 2 on unreadable input.
+    AuditGateway(AuditGatewayArgs),
+}
+
+/// `audit-gateway` options.
+#[derive(Debug, Args)]
+pub struct AuditGatewayArgs {
+    /// The admin `/config_dump` JSON (or `istioctl proxy-config all -o json`); `-` reads stdin.
+    pub config_dump: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `serve` options.
@@ -175,6 +188,7 @@ impl Cli {
             Command::Serve(args) => crate::app::serve(args),
             Command::Validate(args) => crate::commands::validate(&args.paths),
             Command::Explain(args) => crate::commands::explain(&args),
+            Command::AuditGateway(args) => crate::commands::audit_gateway(&args),
         }
     }
 }

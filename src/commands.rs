@@ -1,10 +1,11 @@
-//! The one-shot commands `validate` and `explain`. They print to stdout by design.
+//! The one-shot commands `validate`, `explain` and `audit-gateway`. They print to stdout by design.
 #![allow(clippy::print_stdout)]
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::cli::ExplainArgs;
+use crate::audit::{Report, audit};
+use crate::cli::{AuditGatewayArgs, ExplainArgs};
 use crate::grpc::admin::to_explain_response;
 use crate::policy::{EgressRequest, HttpRequest, lint};
 use crate::reload::{LoadError, load_policy, load_policy_with_warnings};
@@ -174,4 +175,100 @@ pub fn explain(args: &ExplainArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `egress-authz audit-gateway CONFIG_DUMP`: the findings as a table or JSON; exit 1 on any error-severity
+/// finding, 2 when the input cannot be read as a config dump.
+pub fn audit_gateway(args: &AuditGatewayArgs) -> ExitCode {
+    let source = args.config_dump.display();
+    let text = if args.config_dump.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(&args.config_dump)
+    };
+    let text = match text {
+        Ok(text) => text,
+        Err(error) => {
+            eprintln!("{source}: cannot read: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let dump: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(dump) => dump,
+        Err(error) => {
+            eprintln!("{source}: not JSON: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match audit(&dump) {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("{source}: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.json {
+        let json = serde_json::json!({
+            "listeners": report.listeners,
+            "filter_chains": report.filter_chains,
+            "errors": report.errors(),
+            "warnings": report.warnings(),
+            "findings": report.findings,
+        });
+        println!("{json:#}");
+    } else {
+        print_findings(&report);
+    }
+    if report.errors() > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn print_findings(report: &Report) {
+    let rows: Vec<[String; 6]> = report
+        .findings
+        .iter()
+        .map(|f| {
+            [
+                f.severity.as_str().to_owned(),
+                f.code.as_str().to_owned(),
+                f.listener.clone(),
+                f.filter_chain.clone(),
+                f.port.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                f.detail.clone(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        let header = ["SEVERITY", "CODE", "LISTENER", "CHAIN", "PORT", "DETAIL"].map(str::to_owned);
+        let mut widths = header.clone().map(|h| h.len());
+        for row in &rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.len());
+            }
+        }
+        for row in std::iter::once(&header).chain(&rows) {
+            let cells: Vec<String> = row[..5]
+                .iter()
+                .zip(widths)
+                .map(|(cell, width)| format!("{cell:width$}"))
+                .collect();
+            println!("{}  {}", cells.join("  "), row[5]);
+        }
+    }
+    let summary = format!(
+        "{} listener(s), {} filter chain(s)",
+        report.listeners, report.filter_chains
+    );
+    if report.findings.is_empty() {
+        println!("{summary}: no findings");
+    } else {
+        println!(
+            "{summary}: {} error(s), {} warning(s)",
+            report.errors(),
+            report.warnings()
+        );
+    }
 }

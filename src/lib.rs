@@ -6,6 +6,7 @@
 
 pub mod admin_http;
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod decision_log;

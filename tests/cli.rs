@@ -327,3 +327,130 @@ fn validate_refuses_a_file_over_the_size_limit_before_reading_it() {
         "{stderr}"
     );
 }
+
+fn audit_fixture(name: &str) -> PathBuf {
+    repo(&format!("tests/fixtures/audit/{name}.json"))
+}
+
+#[test]
+fn audit_gateway_passes_a_clean_gateway_and_fails_one_a_port_escapes() {
+    let (code, stdout, stderr) = run(bin()
+        .arg("audit-gateway")
+        .arg(audit_fixture("istiod-custom-any-80-443")));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(
+        stdout, "3 listener(s), 3 filter chain(s): no findings\n",
+        "{stderr}"
+    );
+
+    let (code, stdout, _) = run(bin()
+        .arg("audit-gateway")
+        .arg(audit_fixture("istiod-custom-ports-on-80-443")));
+    assert_eq!(code, 1, "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(lines[0].starts_with("SEVERITY  CODE"), "{stdout}");
+    for (line, listener, port) in [
+        (lines[1], "0.0.0.0_80", " 80 "),
+        (lines[2], "0.0.0.0_443", " 443 "),
+    ] {
+        assert!(
+            line.starts_with("error     check_not_triggered_on_port"),
+            "{line}"
+        );
+        assert!(line.contains(listener) && line.contains(port), "{line}");
+    }
+    assert_eq!(
+        lines[3],
+        "3 listener(s), 3 filter chain(s): 2 error(s), 0 warning(s)"
+    );
+}
+
+#[test]
+fn audit_gateway_json_lists_each_finding_and_warnings_alone_exit_0() {
+    let mut dump: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(audit_fixture("clean")).unwrap()).unwrap();
+    let http_authz = "/configs/2/dynamic_listeners/0/active_state/listener/filter_chains/0/filters/0/typed_config/http_filters/0/typed_config";
+    dump.pointer_mut(http_authz)
+        .unwrap()
+        .as_object_mut()
+        .unwrap()
+        .remove("include_tls_session")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dump.json");
+    std::fs::write(&file, dump.to_string()).unwrap();
+    let (code, stdout, stderr) = run(bin().arg("audit-gateway").arg(&file).arg("--json"));
+    assert_eq!(code, 0, "a warning alone passes: {stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        report,
+        serde_json::json!({
+            "listeners": 3, "filter_chains": 3, "errors": 0, "warnings": 1,
+            "findings": [{
+                "code": "no_tls_session", "severity": "warning", "listener": "0.0.0.0_8080",
+                "filter_chain": "#0", "port": 8080,
+                "detail": "no include_tls_session: the server cannot compare the SNI with the Host",
+            }],
+        })
+    );
+
+    // From stdin, with an error finding.
+    dump.pointer_mut(http_authz).unwrap()["failure_mode_allow"] = true.into();
+    let mut child = bin()
+        .args(["audit-gateway", "-", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(dump.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let codes: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["fail_open", "no_tls_session"]);
+    assert_eq!(
+        (report["errors"].as_u64(), report["warnings"].as_u64()),
+        (Some(1), Some(1))
+    );
+}
+
+#[test]
+fn audit_gateway_exits_2_on_unreadable_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.json");
+    let not_json = dir.path().join("rules.yaml");
+    std::fs::write(&not_json, "rules: []\n").unwrap();
+    let not_a_dump = dir.path().join("stats.json");
+    std::fs::write(&not_a_dump, r#"{"stats": []}"#).unwrap();
+    for (file, message) in [
+        (&missing, "missing.json: cannot read"),
+        (&not_json, "rules.yaml: not JSON"),
+        (&not_a_dump, "stats.json: not an Envoy config dump"),
+    ] {
+        let (code, stdout, stderr) = run(bin().arg("audit-gateway").arg(file));
+        assert_eq!(code, 2, "{}: {stdout}{stderr}", file.display());
+        assert!(stderr.contains(message), "{stderr}");
+        assert_eq!(stdout, "");
+    }
+}
+
+#[test]
+fn readme_documents_every_audit_code_with_its_severity() {
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    for code in egress_authz::audit::Code::ALL {
+        let row = format!("| `{code}` | {} |", code.severity().as_str());
+        assert!(readme.contains(&row), "README lacks the row {row:?}");
+    }
+}

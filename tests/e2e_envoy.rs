@@ -73,6 +73,14 @@ async fn envoy_bootstraps_validate() {
                     fail_open: true,
                     google_wildcard: true,
                     tcp_tls_session: true,
+                    custom_gate: None,
+                },
+            ),
+            (
+                "-custom-gate",
+                Variant {
+                    custom_gate: Some(harness::CustomGate::from_bundle().1),
+                    ..Variant::ISTIO_DEFAULT
                 },
             ),
         ];
@@ -815,6 +823,7 @@ async fn bad_sni_over_tcp(test: &str, tcp_tls_session: bool) {
         fail_open: true,
         google_wildcard: true,
         tcp_tls_session,
+        custom_gate: None,
     };
     let world = World::start_with(
         &envoy_bin,
@@ -906,6 +915,7 @@ async fn bad_sni_denied_with_fail_open_https() {
         fail_open: true,
         google_wildcard: true,
         tcp_tls_session: false,
+        custom_gate: None,
     };
     let world = World::start_with(
         &envoy_bin,
@@ -987,5 +997,439 @@ async fn bad_sni_denied_with_fail_open_https() {
             assert_eq!(entry["flags"].as_str(), Some("UAEX"), "{ctx}");
             scenarios::assert_metadata(&entry["authz"], &Expect::deny(reason, None), &ctx);
         }
+    }
+}
+
+/// JSON pointers of every object in `v` for which `pred` holds.
+fn pointers(v: &serde_json::Value, pred: &dyn Fn(&serde_json::Value) -> bool) -> Vec<String> {
+    fn walk(
+        v: &serde_json::Value,
+        at: &str,
+        pred: &dyn Fn(&serde_json::Value) -> bool,
+        out: &mut Vec<String>,
+    ) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if pred(v) {
+                    out.push(at.to_owned());
+                }
+                for (k, child) in m {
+                    let k = k.replace('~', "~0").replace('/', "~1");
+                    walk(child, &format!("{at}/{k}"), pred, out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    walk(child, &format!("{at}/{i}"), pred, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, "", pred, &mut out);
+    out
+}
+
+/// The pointer of the dump's config of type `envoy.admin.v3.<kind>` (the bootstrap dump repeats the
+/// static resources: edits must land in the listener and cluster dumps Envoy serves from).
+fn section(dump: &serde_json::Value, kind: &str) -> String {
+    let ty = format!("type.googleapis.com/envoy.admin.v3.{kind}");
+    let i = dump["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|c| c["@type"] == ty.as_str())
+        .unwrap_or_else(|| panic!("no {kind}"));
+    format!("/configs/{i}/")
+}
+
+fn is_ext_authz(v: &serde_json::Value) -> bool {
+    v["@type"]
+        .as_str()
+        .is_some_and(|t| t.ends_with(".ext_authz.v3.ExtAuthz"))
+}
+
+fn object<'a>(
+    dump: &'a mut serde_json::Value,
+    pointer: &str,
+) -> &'a mut serde_json::Map<String, serde_json::Value> {
+    dump.pointer_mut(pointer)
+        .and_then(serde_json::Value::as_object_mut)
+        .unwrap_or_else(|| panic!("no object at {pointer}"))
+}
+
+/// Gates every ext_authz filter of the dump behind Istio's shadow RBAC, as istiod renders a CUSTOM
+/// policy whose rule has the given permissions, and moves the listener to `port`.
+fn gate_like_istiod(dump: &mut serde_json::Value, permissions: &serde_json::Value, port: u16) {
+    let listeners = section(dump, "ListenersConfigDump");
+    let checks = pointers(dump, &is_ext_authz);
+    for at in checks
+        .into_iter()
+        .rev()
+        .filter(|at| at.starts_with(&listeners))
+    {
+        let http = dump.pointer(&at).unwrap()["@type"]
+            .as_str()
+            .unwrap()
+            .contains(".http.");
+        let kind = if http { "http" } else { "network" };
+        object(dump, &at).insert(
+            "filter_enabled_metadata".into(),
+            serde_json::json!({
+                "filter": format!("envoy.filters.{kind}.rbac"),
+                "path": [{"key": "istio_ext_authz_shadow_effective_policy_id"}],
+                "value": {"string_match": {"prefix": "istio-ext-authz"}},
+            }),
+        );
+        let rbac = serde_json::json!({
+            "name": format!("envoy.filters.{kind}.rbac"),
+            "typed_config": {
+                "@type": format!("type.googleapis.com/envoy.extensions.filters.{kind}.rbac.v3.RBAC"),
+                "shadow_rules": {"action": "DENY", "policies": {
+                    "istio-ext-authz-ns[istio-system]-policy[egress-ext-authz]-rule[0]": {
+                        "permissions": permissions,
+                        "principals": [{"and_ids": {"ids": [{"any": true}]}}],
+                    },
+                }},
+                "shadow_rules_stat_prefix": "istio_ext_authz_",
+            },
+        });
+        // `at` is .../<filters>/<i>/typed_config: insert the RBAC filter at <i>, ahead of ext_authz.
+        let filter = at.strip_suffix("/typed_config").unwrap();
+        let (list, index) = filter.rsplit_once('/').unwrap();
+        dump.pointer_mut(list)
+            .and_then(serde_json::Value::as_array_mut)
+            .unwrap()
+            .insert(index.parse().unwrap(), rbac);
+    }
+    for at in pointers(dump, &|v| v.get("port_value").is_some()) {
+        if at.starts_with(&listeners) && at.contains("/address/") {
+            object(dump, &at).insert("port_value".into(), port.into());
+        }
+    }
+}
+
+/// `audit-gateway` on the config dumps of the suite's real Envoys: each bootstrap comes out clean (the
+/// Istio-exact HTTP one with only the `no_tls_session` warning its missing EnvoyFilter deserves), and
+/// copies of those dumps changed one setting at a time come out with exactly the finding that setting
+/// causes. The fail-open variant is audited from a running Envoy too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_gateway_on_the_suites_envoys() {
+    use egress_authz::audit::{Code, audit};
+    let Some(envoy) = envoy_or_skip("audit_gateway_on_the_suites_envoys") else {
+        return;
+    };
+    let _serial = serial();
+    let dump_of = async |world: &World, gw: Gateway| -> serde_json::Value {
+        let (status, body) = net::http_get(world.envoy(gw).admin, "/config_dump")
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let world = World::start(&envoy, &Gateway::ALL, &Stage::Final.text())
+        .await
+        .unwrap();
+    for gw in Gateway::ALL {
+        let name = gw.template();
+        let dump = dump_of(&world, gw).await;
+        let report = audit(&dump).unwrap();
+        let baseline = match gw {
+            Gateway::HttpIstio => vec![Code::NoTlsSession],
+            Gateway::HttpTlsSession | Gateway::TcpIstio => vec![],
+        };
+        let chains = if gw == Gateway::TcpIstio { 2 } else { 1 };
+        assert_eq!(
+            (report.listeners, report.filter_chains, report.codes()),
+            (1, chains, baseline.clone()),
+            "{name}: {report:#?}"
+        );
+        assert_eq!(report.errors(), 0, "{name}");
+        let listeners = section(&dump, "ListenersConfigDump");
+        let checks: Vec<String> = pointers(&dump, &is_ext_authz)
+            .into_iter()
+            .filter(|at| at.starts_with(&listeners))
+            .collect();
+        assert_eq!(checks.len(), chains, "{name}: one ext_authz per chain");
+
+        // (what changes, expected code) on a fresh copy of the real dump each.
+        type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+        let each_check = |f: fn(&mut serde_json::Map<String, serde_json::Value>)| -> Edit {
+            let checks = checks.clone();
+            Box::new(move |d: &mut serde_json::Value| {
+                checks.iter().for_each(|at| f(object(d, at)));
+            })
+        };
+        let authz_cluster = |d: &serde_json::Value| {
+            let clusters = section(d, "ClustersConfigDump");
+            pointers(d, &|v| {
+                v["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("outbound|9000||"))
+                    && v.get("connect_timeout").is_some()
+            })
+            .into_iter()
+            .find(|at| at.starts_with(&clusters))
+            .unwrap()
+        };
+        let mut edits: Vec<(&str, Edit, Code)> = vec![
+            (
+                "fail open",
+                each_check(|c| {
+                    c.insert("failure_mode_allow".into(), true.into());
+                }),
+                Code::FailOpen,
+            ),
+            (
+                "no timeout",
+                each_check(|c| {
+                    c["grpc_service"].as_object_mut().unwrap().remove("timeout");
+                }),
+                Code::NoTimeout,
+            ),
+            (
+                "5s timeout",
+                each_check(|c| c["grpc_service"]["timeout"] = "5s".into()),
+                Code::LongTimeout,
+            ),
+            (
+                "no authority",
+                each_check(|c| {
+                    c["grpc_service"]["envoy_grpc"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("authority");
+                }),
+                Code::BadGrpcAuthority,
+            ),
+            (
+                "no grpc_service",
+                each_check(|c| {
+                    c.remove("grpc_service");
+                }),
+                Code::NoGrpcService,
+            ),
+            (
+                "authz cluster renamed",
+                Box::new(move |d: &mut serde_json::Value| {
+                    let at = authz_cluster(d);
+                    object(d, &at).insert("name".into(), "egress-authz".into());
+                }),
+                Code::MissingAuthzCluster,
+            ),
+            (
+                "authz cluster on HTTP/1.1",
+                Box::new(move |d: &mut serde_json::Value| {
+                    let at = authz_cluster(d);
+                    object(d, &at).remove("typed_extension_protocol_options");
+                }),
+                Code::AuthzClusterNotHttp2,
+            ),
+            (
+                "ext_authz filter removed",
+                {
+                    let checks = checks.clone();
+                    Box::new(move |d: &mut serde_json::Value| {
+                        for at in checks.iter().rev() {
+                            let filter = at.strip_suffix("/typed_config").unwrap();
+                            let (list, index) = filter.rsplit_once('/').unwrap();
+                            d.pointer_mut(list)
+                                .and_then(serde_json::Value::as_array_mut)
+                                .unwrap()
+                                .remove(index.parse().unwrap());
+                        }
+                    })
+                },
+                if gw == Gateway::TcpIstio {
+                    Code::UncheckedTcpChain
+                } else {
+                    Code::UncheckedHttpChain
+                },
+            ),
+            (
+                "gated by a CUSTOM policy for 8080/8443, on a gateway port 80",
+                Box::new(|d: &mut serde_json::Value| {
+                    let ports = serde_json::json!([{"and_rules": {"rules": [{"or_rules": {"rules": [
+                        {"destination_port": 8080}, {"destination_port": 8443}]}}]}}]);
+                    gate_like_istiod(d, &ports, 80);
+                }),
+                Code::CheckNotTriggeredOnPort,
+            ),
+        ];
+        if gw == Gateway::HttpTlsSession {
+            edits.push((
+                "no include_tls_session",
+                each_check(|c| {
+                    c.remove("include_tls_session");
+                }),
+                Code::NoTlsSession,
+            ));
+        }
+        for (what, edit, code) in &edits {
+            let mut copy = dump.clone();
+            edit(&mut copy);
+            let report = audit(&copy).unwrap();
+            let new: Vec<Code> = report
+                .findings
+                .iter()
+                .map(|f| f.code)
+                .filter(|c| !baseline.contains(c))
+                .collect();
+            assert_eq!(new, vec![*code; chains], "{name}, {what}: {report:#?}");
+        }
+        // The bundle's own CUSTOM policy (one empty rule: shadow permission `any`) on any port: clean.
+        let mut copy = dump.clone();
+        gate_like_istiod(
+            &mut copy,
+            &serde_json::json!([{"and_rules": {"rules": [{"any": true}]}}]),
+            80,
+        );
+        assert_eq!(
+            audit(&copy).unwrap().codes(),
+            baseline,
+            "{name}, gated by any"
+        );
+    }
+    drop(world);
+
+    let world = World::start_with(
+        &envoy,
+        &Gateway::ALL,
+        &Stage::Final.text(),
+        Variant {
+            fail_open: true,
+            ..Variant::ISTIO_DEFAULT
+        },
+    )
+    .await
+    .unwrap();
+    for gw in Gateway::ALL {
+        let report = audit(&dump_of(&world, gw).await).unwrap();
+        let fail_open = report
+            .findings
+            .iter()
+            .filter(|f| f.code == Code::FailOpen)
+            .count();
+        assert_eq!(
+            fail_open,
+            report.filter_chains,
+            "{}: {report:#?}",
+            gw.template()
+        );
+        assert!(report.errors() > 0);
+    }
+}
+
+/// The gateway as istiod renders the deploy bundle's CUSTOM policy (shadow RBAC + `filter_enabled_metadata`
+/// in front of every ext_authz filter, permissions generated from the bundle's policy file) checks every
+/// request and connection. Its listeners bind ephemeral ports, neither istioctl's 8080/8443 nor the
+/// `istio/gateway` chart's 80/443: a rule without ports must match any. A policy scoped to 8080/8443
+/// instead lets traffic on another port through unchecked, and `audit-gateway` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundle_custom_policy_checks_every_gateway_port() {
+    use egress_authz::audit::{Code, audit};
+    use harness::CustomGate;
+    let Some(envoy) = envoy_or_skip("bundle_custom_policy_checks_every_gateway_port") else {
+        return;
+    };
+    let _serial = serial();
+    let gateways = [Gateway::HttpTlsSession, Gateway::TcpIstio];
+    let (policy, gate) = CustomGate::from_bundle();
+    assert_eq!(
+        gate,
+        CustomGate::EveryPort,
+        "the bundle's CUSTOM policy {policy} must not be scoped to ports"
+    );
+    let gated = |gate| Variant {
+        custom_gate: Some(gate),
+        ..Variant::ISTIO_DEFAULT
+    };
+    let audited = async |world: &World, gw: Gateway| {
+        let (_, body) = net::http_get(world.envoy(gw).admin, "/config_dump")
+            .await
+            .unwrap();
+        audit(&serde_json::from_str(&body).unwrap()).unwrap()
+    };
+
+    let world = World::start_with(&envoy, &gateways, &Stage::Final.text(), gated(gate))
+        .await
+        .unwrap();
+    let mut denied = 0;
+    for caller in [DEFAULT_SLEEP, OTHERNS_SLEEP] {
+        for host in [GOOGLE, YAHOO] {
+            let exp = expected(Stage::Final, caller, host);
+            denied += usize::from(!exp.allow);
+            let ctx = format!("bundle's CUSTOM gate, {caller} -> {host}");
+            // Both assert the ext_authz decision in Envoy's access log: the check ran.
+            check_http(
+                &world,
+                Gateway::HttpTlsSession,
+                caller,
+                host,
+                host,
+                "/",
+                &exp,
+                &ctx,
+            )
+            .await;
+            check_tcp(&world, caller, host, &exp, &ctx).await;
+        }
+    }
+    assert!(denied > 0, "a deny shows the check decides, not just runs");
+    for gw in gateways {
+        let report = audited(&world, gw).await;
+        assert_eq!(report.findings, [], "{}", gw.template());
+    }
+    drop(world);
+
+    let world = World::start_with(
+        &envoy,
+        &gateways,
+        &Stage::Final.text(),
+        gated(CustomGate::Ports(8080, 8443)),
+    )
+    .await
+    .unwrap();
+    let exp = expected(Stage::Final, DEFAULT_SLEEP, YAHOO);
+    assert!(!exp.allow, "the walkthrough denies default -> {YAHOO}");
+    let http = world.envoy(Gateway::HttpTlsSession);
+    let skip = http.access_log_len();
+    let r = https_request(
+        http.listener,
+        world.pki.client_config(DEFAULT_SLEEP, &["http/1.1"]),
+        YAHOO,
+        YAHOO,
+        "GET",
+        "/",
+        "scoped-gate",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "never checked, so never denied: {r:?}");
+    assert_eq!(world.yahoo_http.seen_with_id("scoped-gate").len(), 1);
+    let entry = http.access_log_for(r.local_addr, skip).await.unwrap();
+    assert!(
+        entry["authz"]["decision"].is_null(),
+        "no check ran: {entry}"
+    );
+    let tcp = world.envoy(Gateway::TcpIstio);
+    let t = tls_stream(
+        tcp.listener,
+        world.pki.client_config(DEFAULT_SLEEP, &[]),
+        YAHOO,
+    )
+    .await
+    .unwrap();
+    assert_eq!(t.outcome, TcpOutcome::Flowed(YAHOO.to_owned()));
+    for gw in gateways {
+        let report = audited(&world, gw).await;
+        assert_eq!(
+            report.codes(),
+            [Code::CheckNotTriggeredOnPort],
+            "{}",
+            gw.template()
+        );
+        assert_eq!(report.errors(), report.filter_chains, "{report:#?}");
     }
 }
