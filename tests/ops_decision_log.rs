@@ -1,5 +1,5 @@
 //! Decision logs against a real server process (`--log-format json`): one event per decision with
-//! every field the issue lists, the `all|deny|none` modes, and per-(namespace, host, reason) deny
+//! every field a decision carries, the `all|deny|none` modes, and per-(namespace, host, reason) deny
 //! sampling with a count of what was suppressed.
 //!
 //! A decision event is written before its Check response is sent, and stderr is one ordered pipe, so a
