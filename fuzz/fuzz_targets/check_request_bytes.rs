@@ -104,8 +104,7 @@ fn header_map<'a>(http: &'a PbHttpRequest, name: &str) -> &'a [u8] {
     http.header_map
         .iter()
         .flat_map(|map| &map.headers)
-        .filter(|header| header.key == name)
-        .last()
+        .rfind(|header| header.key == name)
         .map_or(&[], |header| {
             if header.raw_value.is_empty() {
                 header.value.as_bytes()
