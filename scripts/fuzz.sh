@@ -54,7 +54,7 @@ for target in "${targets[@]}"; do
   if [ -f "fuzz/dicts/$target.dict" ]; then
     dict=("-dict=fuzz/dicts/$target.dict")
   fi
-  # New inputs go to the first directory only; the seeds are read, never rewritten.
+  # New inputs go to the first directory only; seed files are read, never rewritten.
   if ! cargo "+$toolchain" fuzz run --sanitizer="$sanitizer" "$target" "$corpus" "fuzz/seeds/$target" -- \
     -max_total_time="$seconds" "${limits[@]}" "${dict[@]}" -print_final_stats=1; then
     failed+=("$target")

@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 
 const FILE_NAME: &str = "fuzz.yaml";
 
-/// Requests near what rule files name: the seeds' and the dictionary's hosts and identities.
+/// Requests near what rule files name: the hosts and identities of the seed files and the dictionary.
 const REQUESTS: &[EgressRequest<'static>] = &[
     EgressRequest {
         http: Some(HttpRequest {
