@@ -15,8 +15,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
-use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
-use prost::Message as _;
+use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 
 use crate::decision_log::DecisionLog;
 use crate::metrics;
@@ -54,12 +53,6 @@ impl AuthzService {
                 self.refuse(Reason::InvalidRequest, protocol)
             }
         }
-    }
-
-    /// Decides one decoded check (the admin and test path; Envoy's checks go through
-    /// [`Self::decide_message`]).
-    pub fn decide(&self, check: &CheckRequest) -> CheckResponse {
-        self.decide_message(&check.encode_to_vec())
     }
 
     /// The answer to a check refused before the rules are consulted: a deny with `reason`, counted

@@ -143,10 +143,7 @@ impl InFlight {
             Err(Unread::Abandoned) => {
                 // Nobody is waiting for this answer; a deny is still the safe thing to send.
                 metrics::record_abandoned_check();
-                unary_response(&super::convert::to_check_response(
-                    &Decision::refused(Reason::InvalidRequest),
-                    Protocol::Http,
-                ))
+                refusal(Reason::InvalidRequest)
             }
             Err(Unread::Invalid(problem)) => {
                 tracing::debug!(problem, "A check whose gRPC message cannot be read");
@@ -161,6 +158,11 @@ impl InFlight {
 /// which the network filter ignores.
 fn unread_refusal(reason: Reason) -> http::Response<Body> {
     metrics::record_unread(reason);
+    refusal(reason)
+}
+
+/// A deny with `reason` and no rule, in the HTTP shape (the network filter ignores HTTP responses).
+fn refusal(reason: Reason) -> http::Response<Body> {
     unary_response(&super::convert::to_check_response(
         &Decision::refused(reason),
         Protocol::Http,
