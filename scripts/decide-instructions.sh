@@ -11,7 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ITERATIONS=${ITERATIONS:-1000}
 SIZES=("$@")
 [[ ${#SIZES[@]} -gt 0 ]] || SIZES=(10 1000 10000 100000)
-command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
+command -v valgrind >/dev/null || { echo "valgrind is missing: run scripts/install.sh valgrind" >&2; exit 1; }
 
 cargo build --release --quiet --example decide_instructions
 BIN=${CARGO_TARGET_DIR:-target}/release/examples/decide_instructions

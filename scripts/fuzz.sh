@@ -6,7 +6,7 @@
 # input is saved under fuzz/artifacts/<target>/ and `cargo +nightly fuzz run <target> <file>` replays it.
 #
 # Usage: scripts/fuzz.sh [SECONDS_PER_TARGET]
-# Needs rustup; installs the nightly toolchain and cargo-fuzz when they are missing. FUZZ_TOOLCHAIN
+# Needs the nightly toolchain and cargo-fuzz (scripts/install.sh fuzz). FUZZ_TOOLCHAIN
 # picks another toolchain than `nightly`, FUZZ_TARGETS a subset of the targets (space-separated), and
 # FUZZ_SANITIZER a sanitizer (default none; `address` for long runs).
 set -euo pipefail
@@ -30,11 +30,9 @@ started=$SECONDS
 step() { echo "== [$((SECONDS - started))s] $*" >&2; }
 
 step "toolchain and cargo-fuzz"
-if ! cargo "+$toolchain" --version >/dev/null 2>&1; then
-  rustup toolchain install "$toolchain" --profile minimal
-fi
-if ! cargo fuzz --version >/dev/null 2>&1; then
-  cargo install cargo-fuzz --locked --version "^0.13"
+if ! cargo "+$toolchain" --version >/dev/null 2>&1 || ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "the $toolchain toolchain or cargo-fuzz is missing: run scripts/install.sh fuzz" >&2
+  exit 1
 fi
 
 # cargo-fuzz has no --locked: fetching with it first fails on a stale fuzz/Cargo.lock, and the build

@@ -1,13 +1,13 @@
-# Shared by scripts/load-bench.sh and scripts/envoy-bench.sh (sourced, not run): tool installs, the
-# scratch directory and process cleanup, CPU pinning, starting a Check server, and reading its counters.
+# Shared by the load, Envoy and flood benchmarks (sourced, not run): the tools they need, the scratch
+# directory and process cleanup, CPU pinning, starting a Check server, and reading its counters.
 # Expects PIN (1 to pin) and `set -euo pipefail` from the caller.
 
-# need COMMAND PACKAGE: installs the Debian package when the command is missing.
+# need COMMAND: fails, naming the installer, when the command is missing (benchmarks install nothing).
 need() {
-  command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }
+  command -v "$1" >/dev/null || { echo "$1 is missing: run scripts/install.sh bench" >&2; exit 1; }
 }
-need jq jq
-need curl curl
+need jq
+need curl
 
 BIN=target/release
 WORK=$(mktemp -d)

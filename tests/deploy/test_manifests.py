@@ -1,6 +1,6 @@
 """Offline validation of the deploy bundle (deploy/): renders, schemas, hardening and cross-references.
 
-Run: scripts/install-deploy-tools.sh && .venv-deploy/bin/pytest -q tests/deploy
+Run: scripts/install.sh deploy-tools && .venv-deploy/bin/pytest -q tests/deploy
 Needs kubectl on PATH (for `kubectl kustomize`); reads only files of this repository.
 """
 

@@ -4,8 +4,8 @@ promtool checks and unit-tests the rules; a real Prometheus scrapes the real egr
 so every egress-authz series and label the rules and the dashboard use is shown to exist. Envoy's names are
 derived from Envoy's stat names and Istio's stats tags (monitoring_names.py).
 
-Needs promtool and prometheus (Debian package `prometheus`, scripts/install-prometheus.sh), grpcurl
-(scripts/install-grpcurl.sh) and the egress-authz binary (EGRESS_AUTHZ_BIN). Missing tools skip these tests
+Needs promtool and prometheus (Debian package `prometheus`) and grpcurl (both: scripts/install.sh
+prometheus grpcurl) and the egress-authz binary (EGRESS_AUTHZ_BIN). Missing tools skip these tests
 locally and fail them when EGRESS_AUTHZ_REQUIRE_TOOLS=1 or CI is set, as scripts/test.sh does.
 """
 
@@ -45,7 +45,7 @@ WAIT_S = 60
 def need_tool(path: str | None, what: str) -> str:
     if path and Path(path).is_file() and os.access(path, os.X_OK):
         return path
-    msg = f"{what} not found (scripts/install-prometheus.sh, scripts/install-grpcurl.sh, EGRESS_AUTHZ_BIN)"
+    msg = f"{what} not found (scripts/install.sh prometheus grpcurl, EGRESS_AUTHZ_BIN)"
     if os.environ.get("EGRESS_AUTHZ_REQUIRE_TOOLS") or os.environ.get("CI"):
         pytest.fail(msg)
     pytest.skip(msg)
