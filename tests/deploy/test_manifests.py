@@ -447,7 +447,7 @@ def test_custom_policy_checks_every_gateway_port(overlay):
     assert checks.check_custom_policy_ports(rendered(overlay)) == []
 
 
-def test_server_flags_match_the_contract():
+def test_server_flags_are_valid_serve_flags_and_grace_fits_the_pod():
     for overlay in OVERLAYS:
         c = checks.egress_authz_container(checks.server_deployment(rendered(overlay)))
         assert c["args"][0] == "serve"
