@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -58,6 +58,35 @@ async fn reloads(server: &Server, result: &str) -> f64 {
         .expect("reloads_total is pre-registered")
 }
 
+/// Waits until `egress_authz_reloads_total{result="failure"}` is above `failures`; false if it is not
+/// within `give_up`.
+async fn failure_counted(server: &Server, failures: f64, give_up: Duration) -> bool {
+    let counted = poll_until(give_up, || async {
+        (reloads(server, "failure").await > failures).then_some(())
+    });
+    counted.await.is_some()
+}
+
+/// The `last_reload_error` in `/rules`, which must be there and contain `error_contains`.
+fn reload_error(status: &serde_json::Value, error_contains: &str) -> String {
+    let error = status["last_reload_error"].as_str();
+    let error = error.unwrap_or_else(|| panic!("/rules has no last_reload_error: {status}"));
+    assert!(
+        error.contains(error_contains),
+        "last_reload_error {error:?} lacks {error_contains:?}"
+    );
+    error.to_owned()
+}
+
+/// Waits until `/rules` shows no `last_reload_error`; false if it does not within `give_up`.
+async fn error_cleared(server: &Server, give_up: Duration) -> bool {
+    let cleared = poll_until(give_up, || async {
+        let status = server.rules_status().await;
+        status["last_reload_error"].is_null().then_some(())
+    });
+    cleared.await.is_some()
+}
+
 async fn assert_allowed(client: &mut AuthorizationClient<Channel>, allowed: bool, context: &str) {
     let response = check(client, check_a()).await;
     assert_eq!(
@@ -84,10 +113,41 @@ async fn measure_flip(
     latency
 }
 
-fn rules_file(dir: &Path, contents: &str) -> std::path::PathBuf {
+fn rules_file(dir: &Path, contents: &str) -> PathBuf {
     let path = dir.join("rules.yaml");
     std::fs::write(&path, contents).expect("write rules");
     path
+}
+
+/// Logging that also shows the reload attempts that change nothing ("Rules unchanged").
+const DEBUG_RELOADS: &str = "info,egress_authz::reload=debug";
+
+/// A server on `rules.yaml` holding rule set A in a new temporary directory (returned: it lives as
+/// long as the test needs it), logging with `log` if given, else with the server's default.
+async fn spawn_on_rules_a(log: Option<&str>) -> (tempfile::TempDir, PathBuf, Server) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = rules_file(dir.path(), &rules_a());
+    let mut builder = ServerBuilder::new(&path);
+    if let Some(filter) = log {
+        builder = builder.env("RUST_LOG", filter);
+    }
+    (dir, path, builder.spawn().await)
+}
+
+/// A server on rule set A in `rules.yaml` that `change` switches to B (see `measure_flip`).
+async fn spawn_and_flip(
+    label: &str,
+    change: impl FnOnce(&Path),
+) -> (
+    tempfile::TempDir,
+    PathBuf,
+    Server,
+    AuthorizationClient<Channel>,
+) {
+    let (dir, path, server) = spawn_on_rules_a(None).await;
+    let mut client = server.authz().await;
+    measure_flip(&mut client, label, || change(&path)).await;
+    (dir, path, server, client)
 }
 
 // === Each reload path flips a decision within 1 s ===
@@ -95,14 +155,8 @@ fn rules_file(dir: &Path, contents: &str) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_place_write_is_live_within_1s() {
     bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = rules_file(dir.path(), &rules_a());
-        let server = ServerBuilder::new(&path).spawn().await;
-        let mut client = server.authz().await;
-        measure_flip(&mut client, "in-place write", || {
-            write_in_place(&path, &rules_b())
-        })
-        .await;
+        let (_dir, path, server, mut client) =
+            spawn_and_flip("in-place write", |path| write_in_place(path, &rules_b())).await;
         // And back, on the same inode.
         let written = Instant::now();
         write_in_place(&path, &rules_a());
@@ -118,12 +172,8 @@ async fn in_place_write_is_live_within_1s() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rename_over_is_live_within_1s() {
     bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = rules_file(dir.path(), &rules_a());
-        let server = ServerBuilder::new(&path).spawn().await;
-        let mut client = server.authz().await;
-        measure_flip(&mut client, "mv tmp rules.yaml", || {
-            write_by_rename(&path, &rules_b())
+        let (_dir, _, server, _) = spawn_and_flip("mv tmp rules.yaml", |path| {
+            write_by_rename(path, &rules_b())
         })
         .await;
         assert_eq!(reloads(&server, "failure").await, 0.0);
@@ -134,13 +184,9 @@ async fn rename_over_is_live_within_1s() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_and_recreate_is_live_within_1s() {
     bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = rules_file(dir.path(), &rules_a());
-        let server = ServerBuilder::new(&path).spawn().await;
-        let mut client = server.authz().await;
-        measure_flip(&mut client, "delete and recreate", || {
-            std::fs::remove_file(&path).unwrap();
-            std::fs::write(&path, rules_b()).unwrap();
+        spawn_and_flip("delete and recreate", |path| {
+            std::fs::remove_file(path).unwrap();
+            std::fs::write(path, rules_b()).unwrap();
         })
         .await;
     })
@@ -202,7 +248,7 @@ async fn sighup_reloads_a_change_the_watcher_cannot_see() {
         let path = dir.path().join("watched/rules.yaml");
         std::os::unix::fs::symlink(&target, &path).unwrap();
         let server = ServerBuilder::new(&path)
-            .env("RUST_LOG", "info,egress_authz::reload=debug")
+            .env("RUST_LOG", DEBUG_RELOADS)
             .spawn()
             .await;
         // Once watching, the server reloads speculatively (a change made between its initial load
@@ -247,12 +293,7 @@ async fn sighup_reloads_a_change_the_watcher_cannot_see() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_content_is_not_a_reload() {
     bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = rules_file(dir.path(), &rules_a());
-        let server = ServerBuilder::new(&path)
-            .env("RUST_LOG", "info,egress_authz::reload=debug")
-            .spawn()
-            .await;
+        let (_dir, path, server) = spawn_on_rules_a(Some(DEBUG_RELOADS)).await;
         let before = server.rules_status().await;
         let unchanged = |server: &Server| server.logs.with_message("Rules unchanged").len();
 
@@ -300,7 +341,7 @@ async fn reading_the_rules_does_not_trigger_another_reload() {
         let dir = tempfile::tempdir().unwrap();
         let path = rules_file(dir.path(), &rules_a());
         let server = ServerBuilder::new(dir.path())
-            .env("RUST_LOG", "info,egress_authz::reload=debug")
+            .env("RUST_LOG", DEBUG_RELOADS)
             .spawn()
             .await;
         let unchanged = || server.logs.with_message("Rules unchanged").len();
@@ -330,21 +371,11 @@ async fn assert_rejected(server: &Server, change: impl FnOnce(), error_contains:
     assert_allowed(&mut client, true, "before the bad change").await;
     let failures = reloads(server, "failure").await;
     change();
-    let counted = poll_until(REJECTION_GIVE_UP, || async {
-        (reloads(server, "failure").await > failures).then_some(())
-    })
-    .await;
-    assert!(counted.is_some(), "the failure was not counted");
+    let counted = failure_counted(server, failures, REJECTION_GIVE_UP).await;
+    assert!(counted, "the failure was not counted");
     assert_allowed(&mut client, true, "the last good rules keep serving").await;
     let status = server.rules_status().await;
-    let error = status["last_reload_error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("/rules has no last_reload_error: {status}"))
-        .to_owned();
-    assert!(
-        error.contains(error_contains),
-        "last_reload_error {error:?} lacks {error_contains:?}"
-    );
+    let error = reload_error(&status, error_contains);
     let logged = server
         .logs
         .wait_for(GIVE_UP, |l| {
@@ -389,196 +420,373 @@ async fn assert_recovers(server: &Server, path: &Path) {
     assert!(status["last_reload_error"].is_null(), "{status}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn yaml_syntax_error_keeps_the_previous_rules() {
+/// Where a bad-change case keeps its rules, and what the server is pointed at.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    /// A directory under the temporary root that holds the rule file, if not the root itself.
+    subdir: Option<&'static str>,
+    /// The rule file holding rule set A when the server starts.
+    file: &'static str,
+    /// Serve the directory holding the file rather than the file itself.
+    serve_dir: bool,
+}
+
+impl Layout {
+    /// `rules.yaml`, served as a file.
+    const FILE: Self = Self {
+        subdir: None,
+        file: "rules.yaml",
+        serve_dir: false,
+    };
+    /// `rules.yaml`, served through its directory.
+    const DIR: Self = Self {
+        serve_dir: true,
+        ..Self::FILE
+    };
+}
+
+/// The paths of one bad-change case, as its hooks see them.
+#[derive(Debug)]
+struct CasePaths {
+    /// The temporary root: room for files the server must not see yet.
+    root: PathBuf,
+    /// The directory holding the rule file.
+    dir: PathBuf,
+    /// The rule file, which holds rule set A at the start.
+    path: PathBuf,
+}
+
+/// What a case checks in the rejection's error besides the text the rejection must contain.
+#[derive(Clone, Copy, Debug)]
+enum ErrorCheck {
+    /// The error names `<file>:<line>:<column>`.
+    Located(&'static str),
+    /// The error contains this text.
+    Contains(&'static str),
+    /// Not about the error: the server process is still alive.
+    ServerSurvived,
+}
+
+/// What must happen once the bad change is undone (or, for `Recovers`, written over).
+#[derive(Clone, Copy, Debug)]
+enum Afterwards {
+    /// Nothing more is checked.
+    Nothing,
+    /// Writing rule set B by rename goes live and clears the error.
+    Recovers,
+    /// The live content is back, so the error clears without a reload.
+    ErrorClears,
+}
+
+/// One way a rule file can go bad while the server runs. Each case is a row of the table below.
+#[derive(Debug)]
+struct BadChange {
+    layout: Layout,
+    /// Run the server as `nobody` when the tests run as root: root reads through `chmod 000`.
+    unprivileged: bool,
+    /// Made once the server runs, before the failure count the rejection is measured from.
+    prepare: Option<fn(&CasePaths)>,
+    change: fn(&CasePaths),
+    /// Text the error in `/rules` and the log line must both contain.
+    error_contains: &'static str,
+    error_checks: &'static [ErrorCheck],
+    undo: Option<fn(&CasePaths)>,
+    afterwards: Afterwards,
+}
+
+impl BadChange {
+    fn new(layout: Layout, change: fn(&CasePaths), error_contains: &'static str) -> Self {
+        Self {
+            layout,
+            unprivileged: false,
+            prepare: None,
+            change,
+            error_contains,
+            error_checks: &[],
+            undo: None,
+            afterwards: Afterwards::Nothing,
+        }
+    }
+
+    fn unprivileged(self) -> Self {
+        Self {
+            unprivileged: true,
+            ..self
+        }
+    }
+
+    fn prepare(self, prepare: fn(&CasePaths)) -> Self {
+        Self {
+            prepare: Some(prepare),
+            ..self
+        }
+    }
+
+    fn error_checks(self, error_checks: &'static [ErrorCheck]) -> Self {
+        Self {
+            error_checks,
+            ..self
+        }
+    }
+
+    fn undo(self, undo: fn(&CasePaths)) -> Self {
+        Self {
+            undo: Some(undo),
+            ..self
+        }
+    }
+
+    fn then(self, afterwards: Afterwards) -> Self {
+        Self { afterwards, ..self }
+    }
+}
+
+/// Starts a server on rule set A laid out as `case` says, applies its bad change, checks the rejection
+/// (see `assert_rejected`) and what the case adds, undoes the change and checks what follows.
+async fn reject_then_recover(name: &str, case: BadChange) {
+    use std::os::unix::fs::MetadataExt as _;
     bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = rules_file(dir.path(), &rules_a());
-        let server = ServerBuilder::new(&path).spawn().await;
-        let bad = "defaultAction: DENY\nrules:\n- name: allow-b\n  to: {hosts: [b.example.com]\n";
-        let error = assert_rejected(&server, || write_in_place(&path, bad), "rules.yaml").await;
-        assert!(has_location(&error, "rules.yaml"), "{error}");
-        assert_recovers(&server, &path).await;
+        let root = tempfile::tempdir().expect("temporary directory");
+        let dir = match case.layout.subdir {
+            Some(subdir) => root.path().join(subdir),
+            None => root.path().to_path_buf(),
+        };
+        std::fs::create_dir_all(&dir).expect("create the rules directory");
+        let path = dir.join(case.layout.file);
+        std::fs::write(&path, rules_a()).expect("write rule set A");
+        let paths = CasePaths {
+            root: root.path().to_path_buf(),
+            dir,
+            path,
+        };
+        let served = if case.layout.serve_dir {
+            &paths.dir
+        } else {
+            &paths.path
+        };
+        let mut builder = ServerBuilder::new(served);
+        if case.unprivileged
+            && std::fs::metadata(&paths.path)
+                .expect("stat the rules")
+                .uid()
+                == 0
+        {
+            const NOBODY: u32 = 65_534;
+            chmod(&paths.root, 0o755);
+            builder = builder.uid(NOBODY);
+        }
+        let mut server = builder.spawn().await;
+        if let Some(prepare) = case.prepare {
+            prepare(&paths);
+        }
+        let error = assert_rejected(&server, || (case.change)(&paths), case.error_contains).await;
+        for check in case.error_checks {
+            let holds = match *check {
+                ErrorCheck::Located(file) => has_location(&error, file),
+                ErrorCheck::Contains(text) => error.contains(text),
+                ErrorCheck::ServerSurvived => server.is_running(),
+            };
+            assert!(holds, "{name}: {check:?} does not hold: {error}");
+        }
+        if let Some(undo) = case.undo {
+            undo(&paths);
+        }
+        match case.afterwards {
+            Afterwards::Nothing => {}
+            Afterwards::Recovers => assert_recovers(&server, &paths.path).await,
+            Afterwards::ErrorClears => {
+                assert!(
+                    error_cleared(&server, GIVE_UP).await,
+                    "{name}: restoring the file clears last_reload_error"
+                );
+                assert_eq!(reloads(&server, "success").await, 0.0, "{name}");
+            }
+        }
     })
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn schema_error_keeps_the_previous_rules() {
-    bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = rules_file(dir.path(), &rules_a());
-        let server = ServerBuilder::new(&path).spawn().await;
-        // `namespace` (singular) is a typo for `namespaces`: unknown fields are errors.
-        let bad =
-            "defaultAction: DENY\nrules:\n- name: allow-b\n  from:\n    namespace: [default]\n";
-        let error = assert_rejected(&server, || write_by_rename(&path, bad), "namespace").await;
-        assert!(has_location(&error, "rules.yaml"), "{error}");
-        assert!(
-            error.contains("rules.yaml:5:"),
-            "the unknown field is on line 5: {error}"
-        );
-    })
-    .await;
+/// Each row is a test of its own (so they run in parallel and fail by name): the name, then the case.
+macro_rules! bad_change_tests {
+    ($($(#[doc = $doc:literal])* $name:ident: $case:expr;)*) => {$(
+        $(#[doc = $doc])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            reject_then_recover(stringify!($name), $case).await;
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicate_rule_name_across_files_keeps_the_previous_rules() {
-    bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("10-a.yaml"), rules_a()).unwrap();
-        let server = ServerBuilder::new(dir.path()).spawn().await;
-        let second = "rules:\n- name: allow-a\n  to:\n    hosts: [c.example.com]\n";
-        let error = assert_rejected(
-            &server,
-            || std::fs::write(dir.path().join("20-b.yaml"), second).unwrap(),
-            "duplicate rule name",
-        )
-        .await;
-        assert!(has_location(&error, "20-b.yaml"), "{error}");
-        assert!(
-            has_location(&error, "10-a.yaml"),
-            "names the first definition: {error}"
-        );
-    })
-    .await;
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn half_written_file_keeps_the_previous_rules() {
-    bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = rules_file(dir.path(), &rules_a());
-        let server = ServerBuilder::new(&path).spawn().await;
-        // A writer that died mid-rule: the flow sequence is never closed.
-        let full = rules_b();
-        let cut = full.find("b.exam").unwrap() + "b.exam".len();
-        let error = assert_rejected(
-            &server,
-            || write_in_place(&path, &full[..cut]),
-            "rules.yaml",
-        )
-        .await;
-        assert!(has_location(&error, "rules.yaml"), "{error}");
-        assert_recovers(&server, &path).await;
-    })
-    .await;
+/// Rule set B cut off by a writer that died mid-rule: the flow sequence is never closed.
+fn half_written_rules_b() -> String {
+    let mut text = rules_b();
+    let cut = text.find("b.exam").expect("rule set B names b.example.com") + "b.exam".len();
+    text.truncate(cut);
+    text
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn removed_rule_file_keeps_the_previous_rules() {
-    bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = rules_file(dir.path(), &rules_a());
-        let server = ServerBuilder::new(&path).spawn().await;
-        assert_rejected(
-            &server,
-            || std::fs::remove_file(&path).unwrap(),
-            "No such file",
-        )
-        .await;
-        // Restoring the same content is not a reload, but the error is over.
-        std::fs::write(&path, rules_a()).unwrap();
-        let cleared = poll_until(GIVE_UP, || async {
-            server.rules_status().await["last_reload_error"]
-                .is_null()
-                .then_some(())
-        })
-        .await;
-        assert!(
-            cleared.is_some(),
-            "restoring the file clears last_reload_error"
-        );
-        assert_eq!(reloads(&server, "success").await, 0.0);
-    })
-    .await;
+/// 32k rules sharing one 32 KiB description through an alias: about 1 MB written, 1 GiB once every
+/// alias is expanded.
+fn alias_bomb() -> String {
+    let mut text = format!(
+        "defaultAction: DENY\nrules:\n- name: r0\n  description: &d {}\n",
+        "x".repeat(32 * 1024)
+    );
+    for i in 1..32 * 1024 {
+        text.push_str(&format!("- {{name: r{i}, description: *d}}\n"));
+    }
+    text
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dangling_symlink_keeps_the_previous_rules() {
-    bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = rules_file(dir.path(), &rules_a());
-        let server = ServerBuilder::new(&path).spawn().await;
-        let dangling = dir.path().join("rules.yaml.new");
-        std::os::unix::fs::symlink(dir.path().join("missing.yaml"), &dangling).unwrap();
-        assert_rejected(
-            &server,
-            || std::fs::rename(&dangling, &path).unwrap(),
-            "No such file",
-        )
-        .await;
-        assert_recovers(&server, &path).await;
-    })
-    .await;
-}
+/// Rule set B with its flow sequence never closed.
+const YAML_SYNTAX_ERROR: &str =
+    "defaultAction: DENY\nrules:\n- name: allow-b\n  to: {hosts: [b.example.com]\n";
+/// `namespace` (singular), on line 5, is a typo for `namespaces`: unknown fields are errors.
+const SCHEMA_ERROR: &str =
+    "defaultAction: DENY\nrules:\n- name: allow-b\n  from:\n    namespace: [default]\n";
+/// A second rule named `allow-a`, for another file beside rule set A.
+const ALLOW_A_AGAIN: &str = "rules:\n- name: allow-a\n  to:\n    hosts: [c.example.com]\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn removing_the_only_file_of_a_directory_keeps_the_previous_rules() {
-    bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = rules_file(dir.path(), &rules_a());
-        let server = ServerBuilder::new(dir.path()).spawn().await;
-        assert_rejected(
-            &server,
-            || std::fs::remove_file(&path).unwrap(),
-            "no *.yaml or *.yml rule files",
-        )
-        .await;
-        assert_recovers(&server, &path).await;
-    })
-    .await;
-}
+bad_change_tests! {
+    yaml_syntax_error_keeps_the_previous_rules: BadChange::new(
+        Layout::FILE,
+        |p| write_in_place(&p.path, YAML_SYNTAX_ERROR),
+        "rules.yaml",
+    )
+    .error_checks(&[ErrorCheck::Located("rules.yaml")])
+    .then(Afterwards::Recovers);
 
-/// A FIFO would block a reader until someone writes to it: the reloader must refuse it, not hang.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifo_in_place_of_the_file_keeps_the_previous_rules_and_does_not_block_reloads() {
-    bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = rules_file(dir.path(), &rules_a());
-        let server = ServerBuilder::new(&path).spawn().await;
-        let fifo = dir.path().join("rules.fifo");
+    /// The unknown field is located on line 5.
+    schema_error_keeps_the_previous_rules: BadChange::new(
+        Layout::FILE,
+        |p| write_by_rename(&p.path, SCHEMA_ERROR),
+        "namespace",
+    )
+    .error_checks(&[
+        ErrorCheck::Located("rules.yaml"),
+        ErrorCheck::Contains("rules.yaml:5:"),
+    ]);
+
+    /// The error names both definitions.
+    duplicate_rule_name_across_files_keeps_the_previous_rules: BadChange::new(
+        Layout { file: "10-a.yaml", ..Layout::DIR },
+        |p| std::fs::write(p.dir.join("20-b.yaml"), ALLOW_A_AGAIN).unwrap(),
+        "duplicate rule name",
+    )
+    .error_checks(&[
+        ErrorCheck::Located("20-b.yaml"),
+        ErrorCheck::Located("10-a.yaml"),
+    ]);
+
+    half_written_file_keeps_the_previous_rules: BadChange::new(
+        Layout::FILE,
+        |p| write_in_place(&p.path, &half_written_rules_b()),
+        "rules.yaml",
+    )
+    .error_checks(&[ErrorCheck::Located("rules.yaml")])
+    .then(Afterwards::Recovers);
+
+    /// Restoring the same content is not a reload, but the error is over.
+    removed_rule_file_keeps_the_previous_rules: BadChange::new(
+        Layout::FILE,
+        |p| std::fs::remove_file(&p.path).unwrap(),
+        "No such file",
+    )
+    .undo(|p| std::fs::write(&p.path, rules_a()).unwrap())
+    .then(Afterwards::ErrorClears);
+
+    dangling_symlink_keeps_the_previous_rules: BadChange::new(
+        Layout::FILE,
+        |p| std::fs::rename(p.dir.join("rules.yaml.new"), &p.path).unwrap(),
+        "No such file",
+    )
+    .prepare(|p| {
+        let missing = p.dir.join("missing.yaml");
+        std::os::unix::fs::symlink(missing, p.dir.join("rules.yaml.new")).unwrap();
+    })
+    .then(Afterwards::Recovers);
+
+    removing_the_only_file_of_a_directory_keeps_the_previous_rules: BadChange::new(
+        Layout::DIR,
+        |p| std::fs::remove_file(&p.path).unwrap(),
+        "no *.yaml or *.yml rule files",
+    )
+    .then(Afterwards::Recovers);
+
+    /// A FIFO would block a reader until someone writes to it: the reloader must refuse it, not hang.
+    fifo_in_place_of_the_file_keeps_the_previous_rules_and_does_not_block_reloads: BadChange::new(
+        Layout::FILE,
+        |p| std::fs::rename(p.dir.join("rules.fifo"), &p.path).unwrap(),
+        "not a regular file",
+    )
+    .prepare(|p| {
         let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
+            .arg(p.dir.join("rules.fifo"))
             .status()
             .unwrap();
         assert!(made.success(), "mkfifo");
-        assert_rejected(
-            &server,
-            || std::fs::rename(&fifo, &path).unwrap(),
-            "not a regular file",
-        )
-        .await;
-        assert_recovers(&server, &path).await;
     })
-    .await;
-}
+    .then(Afterwards::Recovers);
 
-/// Root reads through `chmod 000`, so when the tests run as root the server runs as `nobody`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreadable_file_keeps_the_previous_rules() {
-    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-    bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = rules_file(dir.path(), &rules_a());
-        let mut builder = ServerBuilder::new(&path);
-        let running_as_root = std::fs::metadata(&path).unwrap().uid() == 0;
-        if running_as_root {
-            const NOBODY: u32 = 65_534;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-            builder = builder.uid(NOBODY);
-        }
-        let server = builder.spawn().await;
-        assert_rejected(
-            &server,
-            || std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap(),
-            "Permission denied",
-        )
-        .await;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert_recovers(&server, &path).await;
+    unreadable_file_keeps_the_previous_rules: BadChange::new(
+        Layout::FILE,
+        |p| chmod(&p.path, 0o000),
+        "Permission denied",
+    )
+    .unprivileged()
+    .undo(|p| chmod(&p.path, 0o644))
+    .then(Afterwards::Recovers);
+
+    alias_bomb_is_rejected_and_the_previous_rules_keep_serving: BadChange::new(
+        Layout::FILE,
+        |p| write_by_rename(&p.path, &alias_bomb()),
+        "aliases expanded",
+    )
+    .error_checks(&[ErrorCheck::Located("rules.yaml"), ErrorCheck::ServerSurvived])
+    .then(Afterwards::Recovers);
+
+    /// The file is sparse, and made outside the directory, so the server only ever sees it whole.
+    oversized_rule_file_keeps_the_previous_rules: BadChange::new(
+        Layout { subdir: Some("rules.d"), ..Layout::DIR },
+        |p| std::fs::rename(p.root.join("big.yaml"), p.dir.join("big.yaml")).unwrap(),
+        "the limit for one rule file",
+    )
+    .prepare(|p| {
+        std::fs::File::create(p.root.join("big.yaml"))
+            .unwrap()
+            .set_len(egress_authz::reload::MAX_RULE_FILE_BYTES + 1)
+            .unwrap();
     })
-    .await;
+    .error_checks(&[ErrorCheck::Contains("big.yaml:1:1")])
+    .undo(|p| std::fs::remove_file(p.dir.join("big.yaml")).unwrap())
+    .then(Afterwards::Recovers);
+
+    /// A `*.yaml` entry that cannot be read may be a DENY list: loading the others without it would
+    /// widen access, so the whole reload is rejected.
+    dangling_symlink_in_the_rules_directory_keeps_the_previous_rules: BadChange::new(
+        Layout::DIR,
+        |p| {
+            let gone = p.dir.join("gone.yaml");
+            std::os::unix::fs::symlink(gone, p.dir.join("20-deny.yaml")).unwrap();
+        },
+        "symlink to a missing file",
+    )
+    .undo(|p| std::fs::remove_file(p.dir.join("20-deny.yaml")).unwrap())
+    .then(Afterwards::Recovers);
+
+    unreadable_file_in_the_rules_directory_keeps_the_previous_rules: BadChange::new(
+        Layout::DIR,
+        |p| chmod(&p.path, 0o000),
+        "Permission denied",
+    )
+    .unprivileged()
+    .undo(|p| chmod(&p.path, 0o644))
+    .then(Afterwards::Recovers);
 }
 
 // === A dead watcher is rebuilt ===
@@ -631,9 +839,7 @@ async fn measure_flip_back(client: &mut AuthorizationClient<Channel>, path: &Pat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_under_continuous_traffic_lose_no_check() {
     bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = rules_file(dir.path(), &rules_a());
-        let server = ServerBuilder::new(&path).spawn().await;
+        let (_dir, path, server) = spawn_on_rules_a(None).await;
         // A flag, not a cancellation: an RPC dropped mid-flight might be counted by the server only.
         let stop = Arc::new(AtomicBool::new(false));
         let (sent, allowed, denied) = (
@@ -706,12 +912,7 @@ async fn reloads_under_continuous_traffic_lose_no_check() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_bad_files_seen_again_are_not_another_failed_reload() {
     bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = rules_file(dir.path(), &rules_a());
-        let server = ServerBuilder::new(&path)
-            .env("RUST_LOG", "info,egress_authz::reload=debug")
-            .spawn()
-            .await;
+        let (_dir, path, server) = spawn_on_rules_a(Some(DEBUG_RELOADS)).await;
         let bad = "rules:\n- name: broken\n  to: {hosts: ['a.*.com']}\n";
         assert_rejected(&server, || write_by_rename(&path, bad), "a.*.com").await;
         assert_eq!(reloads(&server, "failure").await, 1.0);
@@ -728,113 +929,6 @@ async fn the_same_bad_files_seen_again_are_not_another_failed_reload() {
         // A different bad edit is a new failure.
         assert_rejected(&server, || write_by_rename(&path, "rules: [\n"), "").await;
         assert_eq!(reloads(&server, "failure").await, 2.0);
-    })
-    .await;
-}
-
-// === Rule files cannot hurt the running server ===
-
-/// 32k rules sharing one 32 KiB description through an alias: about 1 MB written, 1 GiB once every
-/// alias is expanded.
-fn alias_bomb() -> String {
-    let mut text = format!(
-        "defaultAction: DENY\nrules:\n- name: r0\n  description: &d {}\n",
-        "x".repeat(32 * 1024)
-    );
-    for i in 1..32 * 1024 {
-        text.push_str(&format!("- {{name: r{i}, description: *d}}\n"));
-    }
-    text
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alias_bomb_is_rejected_and_the_previous_rules_keep_serving() {
-    bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = rules_file(dir.path(), &rules_a());
-        let mut server = ServerBuilder::new(&path).spawn().await;
-        let error = assert_rejected(
-            &server,
-            || write_by_rename(&path, &alias_bomb()),
-            "aliases expanded",
-        )
-        .await;
-        assert!(has_location(&error, "rules.yaml"), "{error}");
-        assert!(server.is_running(), "the server survived the bomb");
-        assert_recovers(&server, &path).await;
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_rule_file_keeps_the_previous_rules() {
-    bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("rules.d")).unwrap();
-        let path = rules_file(&dir.path().join("rules.d"), &rules_a());
-        let server = ServerBuilder::new(dir.path().join("rules.d")).spawn().await;
-        // Sparse, and made outside the directory, so the server only ever sees it whole.
-        let big = dir.path().join("big.yaml");
-        std::fs::File::create(&big)
-            .unwrap()
-            .set_len(egress_authz::reload::MAX_RULE_FILE_BYTES + 1)
-            .unwrap();
-        let error = assert_rejected(
-            &server,
-            || std::fs::rename(&big, dir.path().join("rules.d/big.yaml")).unwrap(),
-            "the limit for one rule file",
-        )
-        .await;
-        assert!(error.contains("big.yaml:1:1"), "{error}");
-        std::fs::remove_file(dir.path().join("rules.d/big.yaml")).unwrap();
-        assert_recovers(&server, &path).await;
-    })
-    .await;
-}
-
-/// A `*.yaml` entry that cannot be read may be a DENY list: loading the others without it would widen
-/// access, so the whole reload is rejected.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dangling_symlink_in_the_rules_directory_keeps_the_previous_rules() {
-    bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = rules_file(dir.path(), &rules_a());
-        let server = ServerBuilder::new(dir.path()).spawn().await;
-        let dangling = dir.path().join("20-deny.yaml");
-        assert_rejected(
-            &server,
-            || std::os::unix::fs::symlink(dir.path().join("gone.yaml"), &dangling).unwrap(),
-            "symlink to a missing file",
-        )
-        .await;
-        std::fs::remove_file(&dangling).unwrap();
-        assert_recovers(&server, &path).await;
-    })
-    .await;
-}
-
-/// Root reads through `chmod 000`, so when the tests run as root the server runs as `nobody`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreadable_file_in_the_rules_directory_keeps_the_previous_rules() {
-    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-    bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = rules_file(dir.path(), &rules_a());
-        let mut builder = ServerBuilder::new(dir.path());
-        if std::fs::metadata(&path).unwrap().uid() == 0 {
-            const NOBODY: u32 = 65_534;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-            builder = builder.uid(NOBODY);
-        }
-        let server = builder.spawn().await;
-        assert_rejected(
-            &server,
-            || std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap(),
-            "Permission denied",
-        )
-        .await;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert_recovers(&server, &path).await;
     })
     .await;
 }
