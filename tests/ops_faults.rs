@@ -277,6 +277,35 @@ async fn reloads(server: &Server, result: &str) -> f64 {
         .expect("reloads_total is pre-registered")
 }
 
+/// Waits until `egress_authz_reloads_total{result="failure"}` is above `failures`; false if it is not
+/// within `give_up`.
+async fn failure_counted(server: &Server, failures: f64, give_up: Duration) -> bool {
+    let counted = poll_until(give_up, || async {
+        (reloads(server, "failure").await > failures).then_some(())
+    });
+    counted.await.is_some()
+}
+
+/// The `last_reload_error` in `/rules`, which must be there and contain `error_contains`.
+fn reload_error(status: &serde_json::Value, error_contains: &str) -> String {
+    let error = status["last_reload_error"].as_str();
+    let error = error.unwrap_or_else(|| panic!("/rules has no last_reload_error: {status}"));
+    assert!(
+        error.contains(error_contains),
+        "last_reload_error {error:?} lacks {error_contains:?}"
+    );
+    error.to_owned()
+}
+
+/// Waits until `/rules` shows no `last_reload_error`; false if it does not within `give_up`.
+async fn error_cleared(server: &Server, give_up: Duration) -> bool {
+    let cleared = poll_until(give_up, || async {
+        let status = server.rules_status().await;
+        status["last_reload_error"].is_null().then_some(())
+    });
+    cleared.await.is_some()
+}
+
 /// The digest the rule files at `path` compile to, computed here, not by the server.
 fn digest_on_disk(path: &Path) -> String {
     egress_authz::reload::load_policy(path)
@@ -349,23 +378,10 @@ async fn assert_fault_visible(
     let successes = reloads(server, "success").await;
     assert_a_decides(&mut client, true, "before the fault").await;
     fault();
-    let counted = poll_until(GIVE_UP, || async {
-        (reloads(server, "failure").await > failures).then_some(())
-    })
-    .await;
-    assert!(
-        counted.is_some(),
-        "the fault was not counted as a failed reload"
-    );
+    let counted = failure_counted(server, failures, GIVE_UP).await;
+    assert!(counted, "the fault was not counted as a failed reload");
     let status = server.rules_status().await;
-    let error = status["last_reload_error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("/rules has no last_reload_error: {status}"))
-        .to_owned();
-    assert!(
-        error.contains(error_contains),
-        "last_reload_error {error:?} lacks {error_contains:?}"
-    );
+    let error = reload_error(&status, error_contains);
     assert_eq!(
         status["last_reload_success_unix_seconds"], before["last_reload_success_unix_seconds"],
         "no new rule set was loaded"
@@ -543,69 +559,106 @@ async fn unreadable_rules_directory_keeps_the_last_good_rules_and_recovers() {
 
 // === 3. A rule file replaced by a directory of the same name, and back ===
 
-/// In a served directory, `20-extra.yaml` becomes a directory: the whole rule set is rejected (dropping
-/// just that file would silently drop its rules), then putting the file back clears the error.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rule_file_in_a_directory_replaced_by_a_directory_and_back() {
+/// A rule file that turns into a directory while served, then back into the same file. Each case is a
+/// row of the table below.
+struct ReplacedByDirectory {
+    /// The rule files in the temporary directory at the start, as (name, contents).
+    files: fn() -> Vec<(&'static str, String)>,
+    /// The file the server is pointed at, or `None` for the temporary directory itself.
+    served: Option<&'static str>,
+    /// Turns a file into a directory, in one debounce burst.
+    fault: fn(&Path),
+    /// Text the error in `/rules` must contain.
+    error_contains: &'static str,
+    /// What else must hold during the fault, given its error.
+    during: fn(&Server, &str),
+    /// Puts the original files back.
+    undo: fn(&Path),
+}
+
+/// Starts on the case's files, applies its fault (see `assert_fault_visible`), undoes it and checks
+/// that the error clears without a new load.
+async fn replaced_by_a_directory_and_back(case: ReplacedByDirectory) {
     bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("10-a.yaml"), rules_a()).unwrap();
-        let extra = dir.path().join("20-extra.yaml");
-        let extra_rules = "rules:\n- name: allow-c\n  to:\n    hosts: [c.example.com]\n";
-        std::fs::write(&extra, extra_rules).unwrap();
-        let server = ServerBuilder::new(dir.path())
+        let dir = tempfile::tempdir().expect("temporary directory");
+        for (name, contents) in (case.files)() {
+            std::fs::write(dir.path().join(name), contents).expect("write a rule file");
+        }
+        let served = case
+            .served
+            .map_or_else(|| dir.path().to_path_buf(), |file| dir.path().join(file));
+        let server = ServerBuilder::new(&served)
             .env("RUST_LOG", "info,egress_authz::reload=debug")
             .spawn()
             .await;
         // The removal and the mkdir are microseconds apart, one debounce burst: no reload can read the
         // state between them once the startup resync is over (the next resync is 10 s away).
         wait_for_startup_resync(&server).await;
-        let error = assert_fault_visible(
-            &server,
-            || {
-                std::fs::remove_file(&extra).unwrap();
-                std::fs::create_dir(&extra).unwrap();
-                std::fs::write(extra.join("inner.yaml"), rules_b()).unwrap();
-            },
-            "not a regular file",
-        )
-        .await;
-        assert!(error.contains("20-extra.yaml"), "{error}");
-        assert!(server.logs.with_message("Applied new rules").is_empty());
-
-        std::fs::remove_dir_all(&extra).unwrap();
-        std::fs::write(&extra, extra_rules).unwrap();
+        let error =
+            assert_fault_visible(&server, || (case.fault)(dir.path()), case.error_contains).await;
+        (case.during)(&server, &error);
+        (case.undo)(dir.path());
         assert_error_clears(&server).await;
     })
     .await;
 }
 
-/// The served path itself, a file, becomes an (empty) directory and then a file again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn served_rule_file_replaced_by_a_directory_and_back() {
-    bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("rules.yaml");
-        std::fs::write(&path, rules_a()).unwrap();
-        let server = ServerBuilder::new(&path)
-            .env("RUST_LOG", "info,egress_authz::reload=debug")
-            .spawn()
-            .await;
-        wait_for_startup_resync(&server).await;
-        assert_fault_visible(
-            &server,
-            || {
-                std::fs::remove_file(&path).unwrap();
-                std::fs::create_dir(&path).unwrap();
-            },
-            "no *.yaml or *.yml rule files",
-        )
-        .await;
-        std::fs::remove_dir(&path).unwrap();
-        std::fs::write(&path, rules_a()).unwrap();
-        assert_error_clears(&server).await;
-    })
-    .await;
+/// A rule that neither A nor B has, in a second file beside them.
+const EXTRA_RULES: &str = "rules:\n- name: allow-c\n  to:\n    hosts: [c.example.com]\n";
+
+/// Each row is a test of its own (so they run in parallel and fail by name).
+macro_rules! replaced_by_a_directory_tests {
+    ($($(#[doc = $doc:literal])* $name:ident: $case:expr;)*) => {$(
+        $(#[doc = $doc])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            replaced_by_a_directory_and_back($case).await;
+        }
+    )*};
+}
+
+replaced_by_a_directory_tests! {
+    /// In a served directory, `20-extra.yaml` becomes a directory: the whole rule set is rejected
+    /// (dropping just that file would silently drop its rules), then putting the file back clears the
+    /// error.
+    rule_file_in_a_directory_replaced_by_a_directory_and_back: ReplacedByDirectory {
+        files: || vec![("10-a.yaml", rules_a()), ("20-extra.yaml", EXTRA_RULES.to_owned())],
+        served: None,
+        fault: |dir| {
+            let extra = dir.join("20-extra.yaml");
+            std::fs::remove_file(&extra).unwrap();
+            std::fs::create_dir(&extra).unwrap();
+            std::fs::write(extra.join("inner.yaml"), rules_b()).unwrap();
+        },
+        error_contains: "not a regular file",
+        during: |server, error| {
+            assert!(error.contains("20-extra.yaml"), "{error}");
+            assert!(server.logs.with_message("Applied new rules").is_empty());
+        },
+        undo: |dir| {
+            let extra = dir.join("20-extra.yaml");
+            std::fs::remove_dir_all(&extra).unwrap();
+            std::fs::write(&extra, EXTRA_RULES).unwrap();
+        },
+    };
+
+    /// The served path itself, a file, becomes an (empty) directory and then a file again.
+    served_rule_file_replaced_by_a_directory_and_back: ReplacedByDirectory {
+        files: || vec![("rules.yaml", rules_a())],
+        served: Some("rules.yaml"),
+        fault: |dir| {
+            let path = dir.join("rules.yaml");
+            std::fs::remove_file(&path).unwrap();
+            std::fs::create_dir(&path).unwrap();
+        },
+        error_contains: "no *.yaml or *.yml rule files",
+        during: |_, _| {},
+        undo: |dir| {
+            let path = dir.join("rules.yaml");
+            std::fs::remove_dir(&path).unwrap();
+            std::fs::write(&path, rules_a()).unwrap();
+        },
+    };
 }
 
 /// The original files are back: the error clears without a new load (the content is the live one).
@@ -614,14 +667,8 @@ async fn assert_error_clears(server: &Server) {
         .as_str()
         .expect("sha256")
         .to_owned();
-    let cleared = poll_until(GIVE_UP, || async {
-        server.rules_status().await["last_reload_error"]
-            .is_null()
-            .then_some(())
-    })
-    .await;
     assert!(
-        cleared.is_some(),
+        error_cleared(server, GIVE_UP).await,
         "restoring the file clears last_reload_error"
     );
     assert_serving(server, &digest, "after restoring").await;
@@ -682,11 +729,8 @@ async fn serve_through_a_failing_log(server: &Server, rules: &SighupRules) {
     let failures = reloads(server, "failure").await;
     write_in_place(&rules.target, "rules: [\n");
     server.signal("HUP");
-    let counted = poll_until(GIVE_UP, || async {
-        (reloads(server, "failure").await > failures).then_some(())
-    })
-    .await;
-    assert!(counted.is_some(), "the rejected reload is counted");
+    let counted = failure_counted(server, failures, GIVE_UP).await;
+    assert!(counted, "the rejected reload is counted");
     let status = server.rules_status().await;
     assert!(status["last_reload_error"].is_string(), "{status}");
     assert_a_decides(&mut client, true, "A keeps serving").await;
