@@ -19,30 +19,18 @@ const GIVE_UP: Duration = Duration::from_secs(10);
 const DECISION: &str = "Decision";
 const SUPPRESSED: &str = "Suppressed deny decision logs";
 
-const RULES: &str = "\
-defaultAction: DENY
-rules:
-- name: allow-a
-  from:
-    namespaces: [default]
-  to:
-    hosts: [a.example.com]
-- name: dry-deny-a
-  action: DENY
-  dryRun: true
-  to:
-    hosts: [a.example.com]
-";
+/// `allow-a` lets `default` reach a.example.com, which the dry-run `dry-deny-a` would deny; anything
+/// else but blocked.example.com (which no test here asks for) is denied with `no_matching_rule`.
+const RULES_PATH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/rules/allow-deny-dry-run.yaml"
+);
 
-async fn spawn(args: &[&str]) -> (tempfile::TempDir, Server) {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let path = dir.path().join("rules.yaml");
-    std::fs::write(&path, RULES).expect("write rules");
-    let server = ServerBuilder::new(&path)
+async fn spawn(args: &[&str]) -> Server {
+    ServerBuilder::new(RULES_PATH)
         .args(args.iter().copied())
         .spawn()
-        .await;
-    (dir, server)
+        .await
 }
 
 /// Waits until every decision event of the checks answered so far has been read.
@@ -70,7 +58,7 @@ fn decisions(server: &Server) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_mode_logs_every_decision_with_its_fields() {
     bounded(async {
-        let (_dir, server) = spawn(&["--decision-log", "all"]).await;
+        let server = spawn(&["--decision-log", "all"]).await;
         let mut client = server.authz().await;
         let caller = spiffe("default", "sleep");
         let allowed = mk_http_check_with_request_id(
@@ -148,7 +136,7 @@ async fn all_mode_logs_every_decision_with_its_fields() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_controlled_field_is_bounded_in_a_line() {
     bounded(async {
-        let (_dir, server) = spawn(&["--decision-log", "all"]).await;
+        let server = spawn(&["--decision-log", "all"]).await;
         let mut client = server.authz().await;
         let long = |c: &str| c.repeat(20_000);
         let caller = format!("spiffe://cluster.local/ns/default/sa/{}", long("s"));
@@ -185,52 +173,39 @@ async fn every_request_controlled_field_is_bounded_in_a_line() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deny_mode_is_the_default_and_logs_only_denies() {
+/// Sends HTTP GETs from `default/sleep`, `times` to each `host` in `sends`, to a server started with
+/// `args`, then checks the decisions of the events logged, in order.
+async fn assert_logged_decisions(args: &[&str], sends: &[(&str, usize)], logged: &[&str]) {
     bounded(async {
-        let (_dir, server) = spawn(&[]).await;
+        let server = spawn(args).await;
         let mut client = server.authz().await;
         let caller = spiffe("default", "sleep");
-        for _ in 0..3 {
-            check(
-                &mut client,
-                mk_http_check(&caller, "a.example.com", 443, "GET", "/"),
-            )
-            .await;
+        for &(host, times) in sends {
+            for _ in 0..times {
+                check(&mut client, mk_http_check(&caller, host, 443, "GET", "/")).await;
+            }
         }
-        check(
-            &mut client,
-            mk_http_check(&caller, "b.example.com", 443, "GET", "/"),
-        )
-        .await;
         settle(&server).await;
         let events = decisions(&server);
-        assert_eq!(events.len(), 1, "{events:#?}");
-        assert_eq!(events[0]["fields"]["decision"].as_str(), Some("deny"));
+        let got: Vec<_> = events
+            .iter()
+            .map(|e| e["fields"]["decision"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(got, logged, "with {args:?}: {events:#?}");
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_mode_is_the_default_and_logs_only_denies() {
+    let sends = [("a.example.com", 3), ("b.example.com", 1)];
+    assert_logged_decisions(&[], &sends, &["deny"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn none_mode_logs_no_decision() {
-    bounded(async {
-        let (_dir, server) = spawn(&["--decision-log", "none"]).await;
-        let mut client = server.authz().await;
-        let caller = spiffe("default", "sleep");
-        check(
-            &mut client,
-            mk_http_check(&caller, "a.example.com", 443, "GET", "/"),
-        )
-        .await;
-        check(
-            &mut client,
-            mk_http_check(&caller, "b.example.com", 443, "GET", "/"),
-        )
-        .await;
-        settle(&server).await;
-        assert!(decisions(&server).is_empty());
-    })
-    .await;
+    let sends = [("a.example.com", 1), ("b.example.com", 1)];
+    assert_logged_decisions(&["--decision-log", "none"], &sends, &[]).await;
 }
 
 /// `--decision-log-sample-limit 2`: of 10 identical denies, 2 are logged; once the key's interval is
@@ -239,7 +214,7 @@ async fn none_mode_logs_no_decision() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denies_are_sampled_per_key_with_a_count_of_the_suppressed() {
     bounded(async {
-        let (_dir, server) = spawn(&[
+        let server = spawn(&[
             "--decision-log-sample-limit",
             "2",
             "--decision-log-sample-interval",

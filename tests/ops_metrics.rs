@@ -22,24 +22,12 @@ const GIVE_UP: Duration = Duration::from_secs(5);
 
 /// Default DENY; `allow-a` lets `default` reach a.example.com, `deny-blocked` denies blocked.example.com
 /// to everyone, and the dry-run `dry-deny-a` would deny a.example.com.
-const RULES: &str = "\
-defaultAction: DENY
-rules:
-- name: deny-blocked
-  action: DENY
-  to:
-    hosts: [blocked.example.com]
-- name: allow-a
-  from:
-    namespaces: [default]
-  to:
-    hosts: [a.example.com]
-- name: dry-deny-a
-  action: DENY
-  dryRun: true
-  to:
-    hosts: [a.example.com]
-";
+const RULES: &str = include_str!("fixtures/rules/allow-deny-dry-run.yaml");
+/// The same rules, served in place: the tests that do not change them need no copy.
+const RULES_PATH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/rules/allow-deny-dry-run.yaml"
+);
 
 /// The traffic mix: (request, how many, expected decision, reason, protocol).
 fn traffic() -> Vec<(CheckRequest, u32, &'static str, &'static str, &'static str)> {
@@ -110,10 +98,7 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_rise_by_exactly_the_checks_sent_with_the_right_labels() {
     bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("rules.yaml");
-        std::fs::write(&path, RULES).unwrap();
-        let server = ServerBuilder::new(&path).spawn().await;
+        let server = ServerBuilder::new(RULES_PATH).spawn().await;
         let mut client = server.authz().await;
         let before = server.metrics().await;
 
@@ -228,10 +213,7 @@ async fn counters_rise_by_exactly_the_checks_sent_with_the_right_labels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rule_metrics_false_turns_the_rule_series_off() {
     bounded(async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("rules.yaml");
-        std::fs::write(&path, RULES).unwrap();
-        let server = ServerBuilder::new(&path)
+        let server = ServerBuilder::new(RULES_PATH)
             .args(["--rule-metrics", "false"])
             .spawn()
             .await;
