@@ -70,6 +70,17 @@ async fn next_status(
     ServingStatus::try_from(message.status).expect("known status")
 }
 
+/// Waits for the server to exit after `signal` (named as in the log, `SIGTERM`): it exits 0, and its
+/// shutdown log line names the signal.
+async fn assert_exits_0_after(server: &mut Server, signal: &str) {
+    let status = server.wait_exit(GIVE_UP).await.expect("exits");
+    assert!(status.success(), "{signal}: {status:?}");
+    let shutdown = server
+        .logs
+        .with_message("Shutting down; draining in-flight checks");
+    assert_eq!(shutdown[0]["fields"]["signal"].as_str(), Some(signal));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serving_and_ready_after_start_with_a_startup_log() {
     bounded(async {
@@ -174,20 +185,15 @@ async fn sigterm_goes_not_serving_then_drains_in_flight_rpcs_and_exits_0() {
 
         let released = Instant::now();
         drop(in_flight);
-        let status = server.wait_exit(GIVE_UP).await.expect("exits once drained");
+        assert_exits_0_after(&mut server, "SIGTERM").await;
         eprintln!(
             "exit after the last in-flight RPC ended: {:?}",
             released.elapsed()
         );
-        assert!(status.success(), "{status:?}");
         assert!(
             !server.logs.with_message("Stopped").is_empty(),
             "a clean drain"
         );
-        let shutdown = server
-            .logs
-            .with_message("Shutting down; draining in-flight checks");
-        assert_eq!(shutdown[0]["fields"]["signal"].as_str(), Some("SIGTERM"));
     })
     .await;
 }
@@ -205,12 +211,7 @@ async fn sigint_exits_0() {
         .await;
         drop(client);
         server.signal("INT");
-        let status = server.wait_exit(GIVE_UP).await.expect("exits");
-        assert!(status.success(), "{status:?}");
-        let shutdown = server
-            .logs
-            .with_message("Shutting down; draining in-flight checks");
-        assert_eq!(shutdown[0]["fields"]["signal"].as_str(), Some("SIGINT"));
+        assert_exits_0_after(&mut server, "SIGINT").await;
     })
     .await;
 }
@@ -263,29 +264,22 @@ async fn invalid_rules_at_startup_exit_non_zero_with_file_line_column() {
             "defaultAction: DENY\nrules:\n- name: x\n  form: {}\n",
         )
         .unwrap();
-        let failure = ServerBuilder::new(&path)
-            .try_spawn()
-            .await
-            .expect_err("the server must not start on invalid rules");
-        let status = failure.status.expect("it exited");
-        assert!(!status.success(), "{status:?}");
-        let location = format!("{}:4:3", path.display());
-        assert!(
-            failure.stderr.contains(&location),
-            "no {location} in:\n{}",
-            failure.stderr
-        );
-
-        let missing = ServerBuilder::new(dir.path().join("missing.yaml"))
-            .try_spawn()
-            .await
-            .expect_err("the server must not start without rules");
-        assert!(!missing.status.expect("it exited").success());
-        assert!(
-            missing.stderr.contains("missing.yaml"),
-            "{}",
-            missing.stderr
-        );
+        for (rules, names) in [
+            (path.clone(), format!("{}:4:3", path.display())),
+            (dir.path().join("missing.yaml"), "missing.yaml".to_owned()),
+        ] {
+            let failure = ServerBuilder::new(&rules)
+                .try_spawn()
+                .await
+                .expect_err("the server must not start on invalid or missing rules");
+            let status = failure.status.expect("it exited");
+            assert!(!status.success(), "{}: {status:?}", rules.display());
+            assert!(
+                failure.stderr.contains(&names),
+                "no {names} in:\n{}",
+                failure.stderr
+            );
+        }
     })
     .await;
 }
