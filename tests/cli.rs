@@ -26,6 +26,49 @@ fn run(cmd: &mut Command) -> (i32, String, String) {
     )
 }
 
+/// `egress-authz validate <path>`.
+fn validate(path: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = bin();
+    cmd.arg("validate").arg(path);
+    cmd
+}
+
+/// `egress-authz explain` against the shipped rules, for the request `args` describe.
+fn explain(args: &[&str]) -> Command {
+    let mut cmd = bin();
+    cmd.args(["explain", "--rules"])
+        .arg(repo("deploy/rules"))
+        .args(args);
+    cmd
+}
+
+/// `egress-authz serve` on ephemeral ports, without `--rules`.
+fn serve() -> Command {
+    let mut cmd = bin();
+    cmd.args([
+        "serve",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+    ]);
+    cmd
+}
+
+/// Runs `cmd`, which must exit with `code` and name each of `messages` on stderr; returns stderr.
+/// `case` names the command in a failure.
+fn assert_refused(case: &str, cmd: &mut Command, code: i32, messages: &[&str]) -> String {
+    let (got, stdout, stderr) = run(cmd);
+    assert_eq!(got, code, "{case}: {stdout}{stderr}");
+    for message in messages {
+        assert!(
+            stderr.contains(message),
+            "{case}: no {message:?} in {stderr}"
+        );
+    }
+    stderr
+}
+
 #[test]
 fn validate_accepts_the_shipped_rules() {
     let (code, stdout, stderr) = run(bin()
@@ -59,7 +102,7 @@ fn validate_reports_every_invalid_fixture_with_file_line_and_column() {
     files.sort();
     assert!(files.len() >= 5);
     for file in files {
-        let (code, stdout, stderr) = run(bin().arg("validate").arg(&file));
+        let (code, stdout, stderr) = run(&mut validate(&file));
         assert_eq!(code, 1, "{} must be rejected: {stdout}", file.display());
         let first = stderr.lines().next().unwrap_or_default();
         let prefix = format!("{}:", file.display());
@@ -73,9 +116,8 @@ fn validate_reports_every_invalid_fixture_with_file_line_and_column() {
             "line:column expected in {first:?}"
         );
     }
-    let (_, _, stderr) = run(bin()
-        .arg("validate")
-        .arg(repo("tests/fixtures/invalid/duplicate_rule_name.yaml")));
+    let duplicate = repo("tests/fixtures/invalid/duplicate_rule_name.yaml");
+    let (_, _, stderr) = run(&mut validate(duplicate));
     assert!(
         stderr.contains(":4:3: rule \"google\": duplicate rule name; first defined at"),
         "{stderr}"
@@ -91,13 +133,12 @@ fn validate_lists_all_errors_and_warns_about_dead_rules() {
         "rules:\n- name: a\n  to: {hosts: ['a.*.com'], ports: [0]}\n- name: a\n",
     )
     .unwrap();
-    let (code, _, stderr) = run(bin().arg("validate").arg(&bad));
-    assert_eq!(code, 1);
+    let stderr = assert_refused("bad.yaml", &mut validate(&bad), 1, &[]);
     assert_eq!(stderr.lines().count(), 3, "{stderr}");
 
     let dead = dir.path().join("dead.yaml");
     std::fs::write(&dead, "rules:\n- name: deny-all\n  action: DENY\n- name: allow-google\n  to: {hosts: [developers.google.com]}\n").unwrap();
-    let (code, stdout, _) = run(bin().arg("validate").arg(&dead));
+    let (code, stdout, _) = run(&mut validate(&dead));
     assert_eq!(code, 0, "warnings do not fail validation");
     assert!(
         stdout.contains(":4:1: warning: rule \"allow-google\" can never allow anything"),
@@ -108,25 +149,20 @@ fn validate_lists_all_errors_and_warns_about_dead_rules() {
 #[test]
 fn validate_rejects_a_missing_path_and_an_empty_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, _, stderr) = run(bin().arg("validate").arg(dir.path().join("missing.yaml")));
-    assert_eq!(code, 1);
-    assert!(stderr.contains("missing.yaml"), "{stderr}");
-    let (code, _, stderr) = run(bin().arg("validate").arg(dir.path()));
-    assert_eq!(code, 1);
-    assert!(stderr.contains("no *.yaml or *.yml rule files"), "{stderr}");
+    let missing = dir.path().join("missing.yaml");
+    assert_refused("missing file", &mut validate(missing), 1, &["missing.yaml"]);
+    let empty = "no *.yaml or *.yml rule files";
+    assert_refused("empty directory", &mut validate(dir.path()), 1, &[empty]);
 }
 
 #[test]
 fn explain_shows_decision_and_each_rules_first_failed_condition() {
-    let (code, stdout, _) = run(bin()
-        .args(["explain", "--rules"])
-        .arg(repo("deploy/rules"))
-        .args([
-            "--principal",
-            "spiffe://cluster.local/ns/otherns/sa/sleep-google",
-            "--host",
-            "developer.yahoo.com",
-        ]));
+    let (code, stdout, _) = run(&mut explain(&[
+        "--principal",
+        "spiffe://cluster.local/ns/otherns/sa/sleep-google",
+        "--host",
+        "developer.yahoo.com",
+    ]));
     assert_eq!(code, 0);
     assert!(
         stdout.starts_with("decision: deny\nreason:   no_matching_rule\n"),
@@ -144,19 +180,16 @@ fn explain_shows_decision_and_each_rules_first_failed_condition() {
 
 #[test]
 fn explain_json_for_a_tcp_check() {
-    let (code, stdout, _) = run(bin()
-        .args(["explain", "--rules"])
-        .arg(repo("deploy/rules"))
-        .args([
-            "--principal",
-            "spiffe://cluster.local/ns/default/sa/sleep",
-            "--sni",
-            "developers.google.com",
-            "--port",
-            "8443",
-            "--tcp",
-            "--json",
-        ]));
+    let (code, stdout, _) = run(&mut explain(&[
+        "--principal",
+        "spiffe://cluster.local/ns/default/sa/sleep",
+        "--sni",
+        "developers.google.com",
+        "--port",
+        "8443",
+        "--tcp",
+        "--json",
+    ]));
     assert_eq!(code, 0);
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(json["decision"], "allow");
@@ -168,42 +201,30 @@ fn explain_json_for_a_tcp_check() {
 
 #[test]
 fn serve_fails_fast_on_invalid_rules_naming_the_location() {
-    let (code, _, stderr) = run(bin()
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--rules",
-        ])
-        .arg(repo("tests/fixtures/invalid/misplaced_host_wildcard.yaml")));
-    assert_eq!(code, 1);
-    assert!(
-        stderr.contains("misplaced_host_wildcard.yaml:4:14"),
-        "{stderr}"
+    let rules = repo("tests/fixtures/invalid/misplaced_host_wildcard.yaml");
+    assert_refused(
+        "serve --rules",
+        serve().arg("--rules").arg(rules),
+        1,
+        &["misplaced_host_wildcard.yaml:4:14"],
     );
 }
 
 #[test]
 fn flags_are_also_environment_variables() {
-    let (code, _, stderr) = run(bin()
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-        ])
-        .env(
-            "EGRESS_AUTHZ_RULES",
-            repo("tests/fixtures/invalid/unknown_field.yaml"),
-        ));
-    assert_eq!(code, 1, "the rules path came from the environment");
-    assert!(stderr.contains("unknown_field.yaml:4:5"), "{stderr}");
-    let (code, _, stderr) = run(bin().args(["serve", "--rules", "x", "--shutdown-grace", "soon"]));
-    assert_eq!(code, 2, "bad flags are a usage error");
-    assert!(stderr.contains("--shutdown-grace"), "{stderr}");
+    let rules = repo("tests/fixtures/invalid/unknown_field.yaml");
+    assert_refused(
+        "the rules path from the environment",
+        serve().env("EGRESS_AUTHZ_RULES", rules),
+        1,
+        &["unknown_field.yaml:4:5"],
+    );
+    assert_refused(
+        "bad flags are a usage error",
+        bin().args(["serve", "--rules", "x", "--shutdown-grace", "soon"]),
+        2,
+        &["--shutdown-grace"],
+    );
 }
 
 #[test]
@@ -219,25 +240,17 @@ fn validate_and_serve_refuse_an_alias_bomb_naming_the_bound_and_the_place() {
         text.push_str(&format!("- {{name: r{i}, description: *d}}\n"));
     }
     std::fs::write(&bomb, text).unwrap();
-    let (code, _, stderr) = run(bin().arg("validate").arg(&bomb));
-    assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("bytes of text"), "{stderr}");
-    assert!(stderr.contains("refused to protect the server"), "{stderr}");
+    let refused = ["bytes of text", "refused to protect the server"];
+    let stderr = assert_refused("validate", &mut validate(&bomb), 1, &refused);
     let located = format!("{}:", bomb.display());
     assert!(stderr.starts_with(&located), "{stderr}");
-
-    let (code, _, stderr) = run(bin()
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--rules",
-        ])
-        .arg(&bomb));
-    assert_eq!(code, 1, "startup fails fast, it does not crash: {stderr}");
-    assert!(stderr.contains("bytes of text"), "{stderr}");
+    // Startup fails fast, it does not crash.
+    assert_refused(
+        "serve",
+        serve().arg("--rules").arg(&bomb),
+        1,
+        &["bytes of text"],
+    );
 }
 
 #[test]
@@ -258,9 +271,7 @@ fn validate_rejects_empty_documents_rules_without_value_and_extra_documents() {
     ] {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
-        let (code, stdout, stderr) = run(bin().arg("validate").arg(&path));
-        assert_eq!(code, 1, "{name}: {stdout}{stderr}");
-        assert!(stderr.contains(message), "{name}: {stderr}");
+        assert_refused(name, &mut validate(&path), 1, &[message]);
     }
 }
 
@@ -275,7 +286,7 @@ fn validate_warns_about_rule_file_lookalikes_and_rejects_unreadable_entries() {
     // Not lookalikes: no warning.
     std::fs::write(dir.path().join("README.md"), "notes").unwrap();
     std::fs::write(dir.path().join(".hidden.yaml"), "not: [read").unwrap();
-    let (code, stdout, stderr) = run(bin().arg("validate").arg(dir.path()));
+    let (code, stdout, stderr) = run(&mut validate(dir.path()));
     assert_eq!(code, 0, "warnings do not fail validation: {stdout}{stderr}");
     let warnings: Vec<_> = stdout
         .lines()
@@ -292,24 +303,25 @@ fn validate_warns_about_rule_file_lookalikes_and_rejects_unreadable_entries() {
     // A rules directory with only a lookalike: the warning says why there are no rule files.
     let only = tempfile::tempdir().unwrap();
     std::fs::write(only.path().join("rules.YAML"), good).unwrap();
-    let (code, stdout, stderr) = run(bin().arg("validate").arg(only.path()));
+    let (code, stdout, stderr) = run(&mut validate(only.path()));
     assert_eq!(code, 1);
     assert!(stderr.contains("no *.yaml or *.yml rule files"), "{stderr}");
     assert!(stdout.contains("rules.YAML: warning"), "{stdout}");
 
     // Entries named like rule files that cannot be read are errors.
-    std::os::unix::fs::symlink(dir.path().join("gone"), dir.path().join("deny.yaml")).unwrap();
-    let (code, _, stderr) = run(bin().arg("validate").arg(dir.path()));
-    assert_eq!(code, 1);
-    assert!(
-        stderr.contains("deny.yaml: symlink to a missing file"),
-        "{stderr}"
+    let unreadable = dir.path().join("deny.yaml");
+    std::os::unix::fs::symlink(dir.path().join("gone"), &unreadable).unwrap();
+    let dangling = "deny.yaml: symlink to a missing file";
+    assert_refused(
+        "dangling symlink",
+        &mut validate(dir.path()),
+        1,
+        &[dangling],
     );
-    std::fs::remove_file(dir.path().join("deny.yaml")).unwrap();
-    std::fs::create_dir(dir.path().join("deny.yaml")).unwrap();
-    let (code, _, stderr) = run(bin().arg("validate").arg(dir.path()));
-    assert_eq!(code, 1);
-    assert!(stderr.contains("deny.yaml: not a regular file"), "{stderr}");
+    std::fs::remove_file(&unreadable).unwrap();
+    std::fs::create_dir(&unreadable).unwrap();
+    let directory = "deny.yaml: not a regular file";
+    assert_refused("directory", &mut validate(dir.path()), 1, &[directory]);
 }
 
 #[test]
@@ -320,12 +332,8 @@ fn validate_refuses_a_file_over_the_size_limit_before_reading_it() {
         .unwrap()
         .set_len(egress_authz::reload::MAX_RULE_FILE_BYTES + 1)
         .unwrap();
-    let (code, _, stderr) = run(bin().arg("validate").arg(&big));
-    assert_eq!(code, 1);
-    assert!(
-        stderr.contains(&format!("{}:1:1: the file is larger than", big.display())),
-        "{stderr}"
-    );
+    let too_large = format!("{}:1:1: the file is larger than", big.display());
+    assert_refused("big.yaml", &mut validate(&big), 1, &[too_large.as_str()]);
 }
 
 fn audit_fixture(name: &str) -> PathBuf {
