@@ -353,7 +353,7 @@ async fn assert_serving(server: &Server, digest: &str, context: &str) {
     assert_eq!(digest_deciding(server).await, digest, "{context}: Explain");
 }
 
-async fn assert_a_decides(client: &mut AuthorizationClient<Channel>, allowed: bool, context: &str) {
+async fn assert_allowed(client: &mut AuthorizationClient<Channel>, allowed: bool, context: &str) {
     let response = check(client, check_a()).await;
     assert_eq!(
         is_allowed(&response),
@@ -376,7 +376,7 @@ async fn assert_fault_visible(
     let digest = before["sha256"].as_str().expect("sha256").to_owned();
     let failures = reloads(server, "failure").await;
     let successes = reloads(server, "success").await;
-    assert_a_decides(&mut client, true, "before the fault").await;
+    assert_allowed(&mut client, true, "before the fault").await;
     fault();
     let counted = failure_counted(server, failures, GIVE_UP).await;
     assert!(counted, "the fault was not counted as a failed reload");
@@ -388,7 +388,7 @@ async fn assert_fault_visible(
     );
     // Its error is set by now, so this also checks that the failure flag is down.
     assert_serving(server, &digest, "during the fault").await;
-    assert_a_decides(&mut client, true, "the last good rules keep serving").await;
+    assert_allowed(&mut client, true, "the last good rules keep serving").await;
     assert_eq!(server.admin_get("/readyz").await.0, 200);
     assert_eq!(reloads(server, "success").await, successes);
     assert_eq!(reloads(server, "failure").await, failures + 1.0);
@@ -718,7 +718,7 @@ async fn serve_through_a_failing_log(server: &Server, rules: &SighupRules) {
         assert!(!is_allowed(&response), "d{i}.example.com is denied");
         assert_eq!(reason_of(&response).as_deref(), Some("no_matching_rule"));
     }
-    assert_a_decides(&mut client, true, "A serves").await;
+    assert_allowed(&mut client, true, "A serves").await;
     let lost = poll_until(GIVE_UP, || async {
         let lost = log_write_errors(server).await;
         (lost > lost_before).then_some(lost)
@@ -733,7 +733,7 @@ async fn serve_through_a_failing_log(server: &Server, rules: &SighupRules) {
     assert!(counted, "the rejected reload is counted");
     let status = server.rules_status().await;
     assert!(status["last_reload_error"].is_string(), "{status}");
-    assert_a_decides(&mut client, true, "A keeps serving").await;
+    assert_allowed(&mut client, true, "A keeps serving").await;
 
     for (rules_text, allowed) in [(rules_b(), false), (rules_a(), true)] {
         write_in_place(&rules.target, &rules_text);
