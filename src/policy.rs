@@ -19,6 +19,7 @@ mod source;
 mod spec;
 #[cfg(test)]
 mod tests;
+mod verdict;
 mod yaml_limits;
 
 pub use compile::{
@@ -27,7 +28,7 @@ pub use compile::{
 };
 pub use decision::{
     Decision, DryRunVerdict, EgressRequest, Explanation, HttpRequest, OwnedIdentity, Policy,
-    Protocol, Reason, RuleTrace, Settings, Verdict,
+    Protocol, Reason, RuleTrace, Settings,
 };
 pub use host::{
     NormalizedHost, authority_host, is_istio_cluster_sni, is_valid_dns_name, normalize_authority,
@@ -40,4 +41,5 @@ pub use rule::{
     Condition, FromConditions, HttpInput, MatchInput, Rule, RuleMetadata, RuleOrigin, ToConditions,
 };
 pub use source::digest;
-pub use spec::{Action, FromSpec, RuleFile, RuleSpec, ToSpec};
+pub use spec::{FromSpec, RuleFile, RuleSpec, ToSpec};
+pub use verdict::Verdict;

@@ -10,18 +10,16 @@ use super::identity::{Caller, Identity};
 use super::index::{RuleIndex, Wanted, kind, kind_of};
 use super::matcher::path_without_query;
 use super::rule::{HttpInput, MatchInput, Rule};
-use super::spec::Action;
+use super::verdict::Verdict;
 
-pub use super::outcome::{
-    Decision, DryRunVerdict, Explanation, OwnedIdentity, Reason, RuleTrace, Verdict,
-};
+pub use super::outcome::{Decision, DryRunVerdict, Explanation, OwnedIdentity, Reason, RuleTrace};
 pub use super::request::{EgressRequest, HttpRequest, Protocol};
 
 /// Top-level settings of a rule set.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     /// Outcome when no rule matches.
-    pub default_action: Action,
+    pub default_action: Verdict,
     /// Trusted SPIFFE trust domains, sorted.
     pub trust_domains: Vec<String>,
     /// Deny HTTP requests whose SNI differs from their host.
@@ -149,12 +147,12 @@ impl Policy {
         };
         let mut decision = match first(enforced, &input) {
             Some(rule) => {
-                let (verdict, reason) = match rule.action {
-                    Action::Deny => (Verdict::Deny, Reason::DeniedByRule),
-                    Action::Allow => (Verdict::Allow, Reason::AllowedByRule),
+                let reason = match rule.action {
+                    Verdict::Deny => Reason::DeniedByRule,
+                    Verdict::Allow => Reason::AllowedByRule,
                 };
                 Decision {
-                    verdict,
+                    verdict: reason.verdict(),
                     reason,
                     rule: Some(rule),
                     dry_run: None,
@@ -217,13 +215,13 @@ impl Policy {
     }
 
     fn default_decision<'p>(&self, has_identity: bool) -> Decision<'p> {
-        let (verdict, reason) = match self.settings.default_action {
-            Action::Allow => (Verdict::Allow, Reason::DefaultAllow),
-            Action::Deny if has_identity => (Verdict::Deny, Reason::NoMatchingRule),
-            Action::Deny => (Verdict::Deny, Reason::InvalidPrincipal),
+        let reason = match self.settings.default_action {
+            Verdict::Allow => Reason::DefaultAllow,
+            Verdict::Deny if has_identity => Reason::NoMatchingRule,
+            Verdict::Deny => Reason::InvalidPrincipal,
         };
         Decision {
-            verdict,
+            verdict: reason.verdict(),
             reason,
             rule: None,
             dry_run: None,
@@ -245,11 +243,11 @@ impl Policy {
         Some(match decider {
             Some(rule) if rule.dry_run => DryRunVerdict {
                 rule,
-                verdict: rule.action.into(),
+                verdict: rule.action,
             },
             Some(rule) => DryRunVerdict {
                 rule: first_dry_run,
-                verdict: rule.action.into(),
+                verdict: rule.action,
             },
             None => DryRunVerdict {
                 rule: first_dry_run,

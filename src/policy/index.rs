@@ -29,7 +29,7 @@ use self::build::Builder;
 use self::hash::{KeyMap, child_key, key};
 use super::matcher::HostPattern;
 use super::rule::{MatchInput, Rule};
-use super::spec::Action;
+use super::verdict::Verdict;
 
 /// Rule kinds as bits, so one pass can ask for several kinds (dry-run evaluation wants e.g. every DENY).
 pub(super) mod kind {
@@ -48,10 +48,10 @@ pub(super) mod kind {
 /// The kind bit of a rule.
 pub(super) fn kind_of(rule: &Rule) -> u8 {
     match (rule.dry_run, rule.action) {
-        (false, Action::Deny) => kind::DENY,
-        (false, Action::Allow) => kind::ALLOW,
-        (true, Action::Deny) => kind::DRY_DENY,
-        (true, Action::Allow) => kind::DRY_ALLOW,
+        (false, Verdict::Deny) => kind::DENY,
+        (false, Verdict::Allow) => kind::ALLOW,
+        (true, Verdict::Deny) => kind::DRY_DENY,
+        (true, Verdict::Allow) => kind::DRY_ALLOW,
     }
 }
 

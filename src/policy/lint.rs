@@ -6,7 +6,7 @@ use super::decision::Policy;
 use super::matcher::{HostPattern, StringPattern};
 use super::rule::{FromConditions, Rule};
 use super::source::Location;
-use super::spec::Action;
+use super::verdict::Verdict;
 
 /// Something valid but probably not what the author meant.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,7 +30,7 @@ impl fmt::Display for CompileWarning {
 fn one_label_wildcards_that_leak(rule: &Rule) -> impl Iterator<Item = (&'static str, &str)> {
     let to = rule.to.as_ref();
     let hosts = to
-        .filter(|_| rule.action == Action::Deny)
+        .filter(|_| rule.action == Verdict::Deny)
         .into_iter()
         .flat_map(|t| t.hosts.iter().map(|h| ("to.hosts", h)));
     let not_hosts = to
@@ -55,10 +55,10 @@ pub fn lint(policy: &Policy) -> Vec<CompileWarning> {
     let catch_all_deny = policy
         .rules()
         .iter()
-        .find(|r| r.action == Action::Deny && !r.dry_run && r.from.is_none() && r.to.is_none());
+        .find(|r| r.action == Verdict::Deny && !r.dry_run && r.from.is_none() && r.to.is_none());
     for rule in policy.rules() {
         if let Some(deny) = catch_all_deny
-            && rule.action == Action::Allow
+            && rule.action == Verdict::Allow
         {
             warnings.push(CompileWarning {
                 location: location(rule),
@@ -101,20 +101,20 @@ pub fn lint(policy: &Policy) -> Vec<CompileWarning> {
     // positive caller condition needs an identity, so DENY rules scoped that way let them through.
     // A DENY rule with only `not*` conditions and no `to` turns them all away, and then all is well.
     let rejects_every_anonymous_caller = policy.rules().iter().any(|r| {
-        r.action == Action::Deny
+        r.action == Verdict::Deny
             && !r.dry_run
             && r.to.is_none()
             && r.from.as_ref().is_none_or(|f| !f.has_positive_condition())
     });
     let identity_scoped_deny = policy.rules().iter().find(|r| {
-        r.action == Action::Deny
+        r.action == Verdict::Deny
             && !r.dry_run
             && r.from
                 .as_ref()
                 .is_some_and(FromConditions::has_positive_condition)
     });
     if let Some(deny) = identity_scoped_deny
-        && policy.settings().default_action == Action::Allow
+        && policy.settings().default_action == Verdict::Allow
         && !rejects_every_anonymous_caller
     {
         warnings.push(CompileWarning {

@@ -1,35 +1,7 @@
 //! The domain output of a decision: allow or deny, why, which rule, and how it was reached.
 
 use super::rule::{Condition, Rule};
-use super::spec::Action;
-
-/// Allow or deny.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Verdict {
-    /// The request may proceed.
-    Allow,
-    /// The request is refused.
-    Deny,
-}
-
-impl Verdict {
-    /// `allow` / `deny`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Allow => "allow",
-            Self::Deny => "deny",
-        }
-    }
-}
-
-impl From<Action> for Verdict {
-    fn from(action: Action) -> Self {
-        match action {
-            Action::Allow => Self::Allow,
-            Action::Deny => Self::Deny,
-        }
-    }
-}
+use super::verdict::Verdict;
 
 /// Why a decision was made. A fixed set: these codes appear in metrics, headers and logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -125,7 +97,7 @@ impl Decision<'_> {
     /// A deny with `reason` and no rule: for checks refused before or without the rules.
     pub fn refused(reason: Reason) -> Self {
         Self {
-            verdict: Verdict::Deny,
+            verdict: reason.verdict(),
             reason,
             rule: None,
             dry_run: None,

@@ -1090,7 +1090,7 @@ fn locating_errors_never_splits_a_utf8_character() {
 #[test]
 fn a_byte_order_mark_is_not_an_error() {
     let policy = mk_policy("\u{feff}defaultAction: ALLOW\nrules: []\n");
-    assert_eq!(policy.settings().default_action, Action::Allow);
+    assert_eq!(policy.settings().default_action, Verdict::Allow);
 }
 
 #[test]
