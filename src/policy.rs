@@ -27,12 +27,11 @@ pub use compile::{
     compile_with_digest,
 };
 pub use decision::{
-    Decision, DryRunVerdict, EgressRequest, Explanation, HttpRequest, OwnedIdentity, Policy,
+    Decision, DryRunVerdict, EgressRequest, Explanation, Facts, HttpRequest, OwnedIdentity, Policy,
     Protocol, Reason, RuleTrace, Settings,
 };
 pub use host::{
-    NormalizedHost, authority_host, is_istio_cluster_sni, is_valid_dns_name, normalize_authority,
-    normalize_host,
+    NormalizedHost, authority_host, is_valid_dns_name, normalize_authority, normalize_host,
 };
 pub use identity::{Caller, Identity, parse_spiffe_id};
 pub use lint::{CompileWarning, lint};

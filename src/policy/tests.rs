@@ -1618,3 +1618,78 @@ fn a_rule_name_written_differently_is_located_near_its_rule_without_scanning_the
     assert_eq!(errors[0].rule.as_deref(), Some("second"));
     assert_eq!(errors[0].location.line, 4, "{errors:?}");
 }
+
+// === The facts a decision hands back ===
+
+/// A principal of a trust domain the rules do not trust: well-formed, but no caller.
+const FOREIGN_SLEEP: &str = "spiffe://evil.example/ns/default/sa/sleep";
+
+#[test]
+fn a_decision_names_the_caller_and_host_it_was_made_on() {
+    let policy = mk_policy("rules:\n- name: google\n  to: {hosts: [developers.google.com]}\n");
+    let istio_sni = "outbound_.443_._.x.svc.cluster.local";
+    let default_sleep = Some(("default", "sleep"));
+    // (request, reason, caller's namespace and service account, host as requested, normalised host)
+    let cases = [
+        (
+            EgressRequest {
+                sni: GOOGLE,
+                ..tcp(FOREIGN_SLEEP, istio_sni)
+            },
+            Reason::AllowedByRule,
+            None,
+            GOOGLE,
+            Some(GOOGLE),
+        ),
+        (
+            tcp(DEFAULT_SLEEP, istio_sni),
+            Reason::NoDestinationHost,
+            default_sleep,
+            "",
+            None,
+        ),
+        (
+            http(DEFAULT_SLEEP, "Developers.Google.COM.:443"),
+            Reason::AllowedByRule,
+            default_sleep,
+            "Developers.Google.COM.",
+            Some(GOOGLE),
+        ),
+        (
+            http(FOREIGN_SLEEP, "user@host.com"),
+            Reason::InvalidHost,
+            None,
+            "user@host.com",
+            None,
+        ),
+        (
+            EgressRequest {
+                sni: YAHOO,
+                ..http(DEFAULT_SLEEP, GOOGLE)
+            },
+            Reason::SniHostMismatch,
+            default_sleep,
+            GOOGLE,
+            Some(GOOGLE),
+        ),
+    ];
+    for (request, reason, caller, host, normalized) in cases {
+        let decision = policy.decide(&request);
+        let facts = decision.facts;
+        assert_eq!(decision.reason, reason, "{request:?}");
+        assert_eq!(
+            facts.caller.map(|c| (c.namespace, c.service_account)),
+            caller,
+            "{request:?}"
+        );
+        assert_eq!(facts.host, host, "{request:?}");
+        assert_eq!(facts.port, request.port, "{request:?}");
+        let mut scratch = None;
+        assert_eq!(
+            facts.normalized_host(&mut scratch),
+            normalized,
+            "{request:?}"
+        );
+        assert_eq!(decision, policy.decide_linear(&request), "{request:?}");
+    }
+}
