@@ -2,7 +2,8 @@
 //!
 //! This module must not depend on tonic, prost, envoy-types, notify, tokio or arc-swap: gRPC, files and
 //! metrics are adapters around it (CI greps for such paths). The semantics are documented in the README,
-//! "Decision semantics", and tested next to the code and in `policy/tests.rs`.
+//! "Decision semantics", and tested next to the code that implements them
+//! (shared test fixtures are in `test_fixtures`).
 
 mod bytes;
 mod compile;
@@ -18,7 +19,7 @@ mod rule;
 mod source;
 mod spec;
 #[cfg(test)]
-mod tests;
+mod test_fixtures;
 mod verdict;
 mod yaml_limits;
 

@@ -583,3 +583,6 @@ impl SettingsBuilder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

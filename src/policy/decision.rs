@@ -357,3 +357,6 @@ fn match_input<'a>(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests;

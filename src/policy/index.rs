@@ -439,3 +439,40 @@ impl<F: Fn(u32) -> bool> Found<'_, F> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::policy::test_fixtures::*;
+
+    #[test]
+    fn the_index_does_not_skip_not_only_deny_rules_for_callers_without_identity() {
+        // Enough rules on one host pattern that the bucket is split by namespace: the rules keyed by a
+        // namespace cannot match a caller without identity, the `not*`-only DENY still must.
+        let mut yaml = String::from("defaultAction: ALLOW\nrules:\n");
+        for i in 0..40 {
+            yaml.push_str(&format!(
+                "- name: deny-ns{i}\n  action: DENY\n  from: {{namespaces: [ns{i}]}}\n  to: {{hosts: [developers.google.com]}}\n"
+            ));
+        }
+        yaml.push_str(
+            "- name: require-mtls\n  action: DENY\n  from: {notNamespaces: [ns0]}\n  to: {hosts: [developers.google.com]}\n",
+        );
+        let policy = mk_policy(&yaml);
+        for principal in ANONYMOUS_CALLERS {
+            for request in [http(principal, GOOGLE), tcp(principal, GOOGLE)] {
+                let indexed = policy.decide(&request);
+                assert_eq!(indexed, policy.decide_linear(&request), "{principal:?}");
+                assert_eq!(
+                    indexed.rule.map(|r| r.name.as_str()),
+                    Some("require-mtls"),
+                    "{principal:?}"
+                );
+            }
+        }
+        let ns3 = "spiffe://cluster.local/ns/ns3/sa/x";
+        assert_eq!(
+            outcome(&policy, &http(ns3, GOOGLE)).2.as_deref(),
+            Some("deny-ns3")
+        );
+    }
+}

@@ -324,3 +324,6 @@ impl ToConditions {
             && self.paths.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests;
