@@ -12,10 +12,7 @@ use std::time::{Duration, Instant};
 
 use tracing::Level;
 
-use crate::policy::{
-    Decision, EgressRequest, Verdict, authority_host, is_istio_cluster_sni, normalize_host,
-    parse_spiffe_id,
-};
+use crate::policy::{Decision, EgressRequest, Verdict};
 
 /// The `tracing` target of decision events and suppression summaries, for `RUST_LOG` filtering
 /// (`RUST_LOG=info,egress_authz::decision=off`).
@@ -166,7 +163,9 @@ impl DecisionLog {
         }
     }
 
-    /// Logs one decision if the mode, the log filter and the sampler allow it.
+    /// Logs one decision if the mode, the log filter and the sampler allow it. The caller and the
+    /// destination are the decision's facts, so a line names what was decided on; the request gives
+    /// what the policy does not interpret (the raw principal, method and path).
     pub fn record(
         &self,
         decision: &Decision<'_>,
@@ -182,28 +181,18 @@ impl DecisionLog {
         if !wanted || !self.enabled() {
             return;
         }
-        let identity = parse_spiffe_id(request.principal);
+        let facts = &decision.facts;
+        let identity = facts.caller;
         let namespace = identity.map_or("", |i| i.namespace);
-        let host = match request.http {
-            Some(http) => authority_host(http.authority).unwrap_or(http.authority),
-            // The host the policy decided on: Istio's own cluster SNI names the gateway, not a host.
-            None => [request.destination_service, request.sni]
-                .into_iter()
-                .find(|s| !s.is_empty() && !is_istio_cluster_sni(s))
-                .unwrap_or_default(),
-        };
         // Sample on the normalised host: `A.com`, `a.com.` and `a.com:443` are one destination.
         let mut scratch = None;
-        let sample_host = normalize_host(host, &mut scratch).unwrap_or(INVALID_HOST);
+        let sample_host = facts.normalized_host(&mut scratch).unwrap_or(INVALID_HOST);
         if decision.verdict == Verdict::Deny
             && !self.sample(namespace, sample_host, decision.reason.as_str())
         {
             return;
         }
-        // The path without its query string or fragment: those may carry secrets (tokens, e-mails).
-        let path = request
-            .http
-            .map(|h| h.path.split(['?', '#']).next().unwrap_or_default());
+        let path = request.http.map(|h| h.path_without_query());
         // Every request-controlled field is bounded, so no caller can make one line arbitrarily long.
         event_at!(
             self.level,
@@ -216,8 +205,8 @@ impl DecisionLog {
             principal = %bounded(request.principal, MAX_PRINCIPAL_LOGGED),
             namespace = identity.map(|i| bounded(i.namespace, MAX_PRINCIPAL_LOGGED)).map(tracing::field::display),
             service_account = identity.map(|i| bounded(i.service_account, MAX_PRINCIPAL_LOGGED)).map(tracing::field::display),
-            host = %bounded(host, MAX_HOST_LOGGED),
-            port = request.port,
+            host = %bounded(facts.host, MAX_HOST_LOGGED),
+            port = facts.port,
             method = request.http.map(|h| bounded(h.method, MAX_METHOD_LOGGED)).map(tracing::field::display),
             path = path.map(|p| bounded(p, MAX_PATH_LOGGED)).map(tracing::field::display),
             request_id = request_id.map(|id| bounded(id, MAX_REQUEST_ID_LOGGED)).map(tracing::field::display),
@@ -343,6 +332,7 @@ fn release(hosts_per_scope: &mut HashMap<u64, u32>, scope: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{HttpRequest, SourceFile, compile};
 
     fn mk_log(limit: u32, interval: Duration) -> DecisionLog {
         DecisionLog::new(
@@ -420,5 +410,106 @@ mod tests {
     fn no_sampling_logs_everything() {
         let log = mk_log(0, Duration::from_secs(3600));
         assert!((0..100).all(|_| log.sample("a", "x", "no_matching_rule")));
+    }
+
+    /// Writes log output into a shared buffer.
+    struct Capture(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The fields of each line `record` writes for `decision` in `all` mode, as JSON.
+    fn logged_fields(
+        decision: &Decision<'_>,
+        request: &EgressRequest<'_>,
+    ) -> Vec<serde_json::Value> {
+        let buffer = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let shared = std::sync::Arc::clone(&buffer);
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(Level::TRACE)
+            .with_writer(move || Capture(std::sync::Arc::clone(&shared)))
+            .finish();
+        let log = DecisionLog::new(
+            DecisionLogMode::All,
+            Level::INFO,
+            Sampling {
+                limit: 0,
+                interval: Duration::from_secs(1),
+            },
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            log.record(decision, request, None, Duration::ZERO);
+        });
+        let text = String::from_utf8(buffer.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["fields"].clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_line_names_the_caller_and_host_the_decision_was_made_on() {
+        let policy = compile(&[SourceFile {
+            name: "rules.yaml".into(),
+            text: "rules:\n- name: google\n  to: {hosts: [developers.google.com]}\n".into(),
+        }])
+        .unwrap();
+        // (request, host logged, caller's namespace and service account logged)
+        let cases = [
+            // Istio's cluster SNI names the gateway, so the TLS SNI is the destination; the caller's
+            // trust domain is not trusted, so it is no caller.
+            (
+                EgressRequest {
+                    principal: "spiffe://evil.example/ns/default/sa/sleep",
+                    destination_service: "outbound_.443_._.x.svc.cluster.local",
+                    sni: "developers.google.com",
+                    port: Some(443),
+                    ..Default::default()
+                },
+                "developers.google.com",
+                None,
+            ),
+            (
+                EgressRequest {
+                    principal: "spiffe://cluster.local/ns/default/sa/sleep",
+                    http: Some(HttpRequest {
+                        authority: "Developers.Google.com:443",
+                        method: "GET",
+                        path: "/",
+                    }),
+                    port: Some(443),
+                    ..Default::default()
+                },
+                "Developers.Google.com",
+                Some(("default", "sleep")),
+            ),
+        ];
+        for (request, host, caller) in cases {
+            let decision = policy.decide(&request);
+            let facts = decision.facts;
+            let fields = logged_fields(&decision, &request);
+            assert_eq!(fields.len(), 1, "{request:?}: {fields:?}");
+            let logged = &fields[0];
+            let logged_caller = logged["namespace"]
+                .as_str()
+                .zip(logged["service_account"].as_str());
+            assert_eq!(logged["host"].as_str(), Some(facts.host), "{request:?}");
+            assert_eq!(logged["host"].as_str(), Some(host), "{request:?}");
+            assert_eq!(
+                logged_caller,
+                facts.caller.map(|c| (c.namespace, c.service_account)),
+                "{request:?}"
+            );
+            assert_eq!(logged_caller, caller, "{request:?}");
+            assert_eq!(logged["port"].as_u64(), Some(443), "{request:?}");
+        }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! This module must not depend on tonic, prost, envoy-types, notify, tokio or arc-swap: gRPC, files and
 //! metrics are adapters around it (CI greps for such paths). The semantics are documented in the README,
-//! "Decision semantics", and tested next to the code and in `policy/tests.rs`.
+//! "Decision semantics", and tested next to the code that implements them
+//! (shared test fixtures are in `test_fixtures`).
 
 mod bytes;
 mod compile;
@@ -18,7 +19,8 @@ mod rule;
 mod source;
 mod spec;
 #[cfg(test)]
-mod tests;
+mod test_fixtures;
+mod verdict;
 mod yaml_limits;
 
 pub use compile::{
@@ -26,12 +28,11 @@ pub use compile::{
     compile_with_digest,
 };
 pub use decision::{
-    Decision, DryRunVerdict, EgressRequest, Explanation, HttpRequest, OwnedIdentity, Policy,
-    Protocol, Reason, RuleTrace, Settings, Verdict,
+    Decision, DryRunVerdict, EgressRequest, Explanation, Facts, HttpRequest, OwnedIdentity, Policy,
+    Protocol, Reason, RuleTrace, Settings,
 };
 pub use host::{
-    NormalizedHost, authority_host, is_istio_cluster_sni, is_valid_dns_name, normalize_authority,
-    normalize_host,
+    NormalizedHost, authority_host, is_valid_dns_name, normalize_authority, normalize_host,
 };
 pub use identity::{Caller, Identity, parse_spiffe_id};
 pub use lint::{CompileWarning, lint};
@@ -40,4 +41,5 @@ pub use rule::{
     Condition, FromConditions, HttpInput, MatchInput, Rule, RuleMetadata, RuleOrigin, ToConditions,
 };
 pub use source::digest;
-pub use spec::{Action, FromSpec, RuleFile, RuleSpec, ToSpec};
+pub use spec::{FromSpec, RuleFile, RuleSpec, ToSpec};
+pub use verdict::Verdict;

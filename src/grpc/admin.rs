@@ -5,7 +5,7 @@ use std::sync::Arc;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
-use crate::policy::{Explanation, Verdict};
+use crate::policy::Explanation;
 use crate::reload::RuleStore;
 
 /// Generated types of `proto/egress_authz/admin/v1/admin.proto`.
@@ -86,10 +86,7 @@ pub fn to_explain_response(
             .iter()
             .map(|t| pb::RuleResult {
                 name: t.rule.name.clone(),
-                action: match Verdict::from(t.rule.action) {
-                    Verdict::Allow => "ALLOW".to_owned(),
-                    Verdict::Deny => "DENY".to_owned(),
-                },
+                action: t.rule.action.as_rule_str().to_owned(),
                 dry_run: t.rule.dry_run,
                 matched: t.outcome.is_ok(),
                 failed_condition: t

@@ -15,7 +15,8 @@ use super::matcher::{
 use super::rule::{FromConditions, Rule, RuleMetadata, RuleOrigin, ToConditions};
 pub use super::source::{Location, SourceFile};
 use super::source::{Locator, digest};
-use super::spec::{Action, FromSpec, RULES_WITHOUT_VALUE, RuleFile, RuleSpec, ToSpec};
+use super::spec::{FromSpec, RULES_WITHOUT_VALUE, RuleFile, RuleSpec, ToSpec};
+use super::verdict::Verdict;
 pub use super::yaml_limits::Limit;
 use super::yaml_limits::{Budget, MAX_DEPTH, MAX_NODES, pre_parse_check, walk_within_budget};
 
@@ -387,7 +388,7 @@ fn compile_rule(spec: RuleSpec, origin: RuleOrigin) -> Result<Rule, RuleErrors> 
     }
     Ok(Rule {
         name,
-        action: action.unwrap_or(Action::Allow),
+        action: action.unwrap_or(Verdict::Allow),
         dry_run: dry_run.unwrap_or(false),
         from,
         to,
@@ -493,7 +494,7 @@ fn compile_to(spec: ToSpec, errors: &mut RuleErrors) -> ToConditions {
 /// Top-level settings seen so far, with where each was set.
 #[derive(Default)]
 struct SettingsBuilder {
-    default_action: Option<(Action, Location)>,
+    default_action: Option<(Verdict, Location)>,
     trust_domains: Option<(Vec<String>, Location)>,
     require_sni_matches_host: Option<(bool, Location)>,
 }
@@ -574,7 +575,7 @@ impl SettingsBuilder {
 
     fn finish(self) -> Settings {
         Settings {
-            default_action: self.default_action.map_or(Action::Deny, |(a, _)| a),
+            default_action: self.default_action.map_or(Verdict::Deny, |(a, _)| a),
             trust_domains: self
                 .trust_domains
                 .map_or_else(|| vec![DEFAULT_TRUST_DOMAIN.to_owned()], |(t, _)| t),
@@ -582,3 +583,6 @@ impl SettingsBuilder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

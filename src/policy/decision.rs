@@ -5,15 +5,14 @@
 //! Dry-run rules are evaluated as if they were enforced too, and what that would have decided is reported
 //! beside the real outcome, never instead of it.
 
-use super::host::{NormalizedHost, is_istio_cluster_sni, normalize_authority, normalize_host};
+use super::host::{NormalizedHost, authority_parts, is_istio_cluster_sni, normalize_host};
 use super::identity::{Caller, Identity};
 use super::index::{RuleIndex, Wanted, kind, kind_of};
-use super::matcher::path_without_query;
 use super::rule::{HttpInput, MatchInput, Rule};
-use super::spec::Action;
+use super::verdict::Verdict;
 
 pub use super::outcome::{
-    Decision, DryRunVerdict, Explanation, OwnedIdentity, Reason, RuleTrace, Verdict,
+    Decision, DryRunVerdict, Explanation, Facts, OwnedIdentity, Reason, RuleTrace,
 };
 pub use super::request::{EgressRequest, HttpRequest, Protocol};
 
@@ -21,7 +20,7 @@ pub use super::request::{EgressRequest, HttpRequest, Protocol};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     /// Outcome when no rule matches.
-    pub default_action: Action,
+    pub default_action: Verdict,
     /// Trusted SPIFFE trust domains, sorted.
     pub trust_domains: Vec<String>,
     /// Deny HTTP requests whose SNI differs from their host.
@@ -96,7 +95,8 @@ impl Policy {
     }
 
     /// Decides a request. Pure and allocation-free; costs about the same whatever the number of rules.
-    pub fn decide<'p>(&'p self, request: &EgressRequest<'_>) -> Decision<'p> {
+    /// The decision borrows the rules from the policy and its [`Facts`] from the request.
+    pub fn decide<'a>(&'a self, request: &EgressRequest<'a>) -> Decision<'a> {
         self.decide_with(request, |input| {
             let candidates = self.index.candidates(input.host);
             move |wanted, input: &MatchInput<'_>| {
@@ -108,7 +108,7 @@ impl Policy {
     /// Decides a request by checking every rule in order, without the index: the reference the index is
     /// tested against (property tests, benchmarks). Same results as [`Policy::decide`], in linear time.
     #[doc(hidden)]
-    pub fn decide_linear<'p>(&'p self, request: &EgressRequest<'_>) -> Decision<'p> {
+    pub fn decide_linear<'a>(&'a self, request: &EgressRequest<'a>) -> Decision<'a> {
         self.decide_with(request, |_| {
             |wanted: Wanted, input: &MatchInput<'_>| {
                 let first = |mask: u8| {
@@ -125,21 +125,21 @@ impl Policy {
     /// its host's buckets once) and returns `first(wanted, input)`: the first rule in rule order of a
     /// kind in `wanted.primary` (a mask of `index::kind` bits) that matches `input`, or failing that the
     /// first of a kind in `wanted.fallback`.
-    fn decide_with<'p, F>(
-        &'p self,
-        request: &EgressRequest<'_>,
+    fn decide_with<'a, F>(
+        &'a self,
+        request: &EgressRequest<'a>,
         finder: impl FnOnce(&MatchInput<'_>) -> F,
-    ) -> Decision<'p>
+    ) -> Decision<'a>
     where
-        F: Fn(Wanted, &MatchInput<'_>) -> Option<&'p Rule>,
+        F: Fn(Wanted, &MatchInput<'_>) -> Option<&'a Rule>,
     {
-        let caller = Caller::parse(request.principal);
         let mut scratch = None;
-        let host = match self.destination(request, &mut scratch) {
+        let (facts, host) = self.read(request, &mut scratch);
+        let host = match host {
             Ok(host) => host,
-            Err(reason) => return Decision::refused(reason),
+            Err(reason) => return Decision::refused_with(reason, facts),
         };
-        let input = self.match_input(request, caller, host);
+        let input = match_input(request, &facts, host);
         let first = finder(&input);
 
         // Any matching DENY decides; else the first matching ALLOW.
@@ -149,31 +149,31 @@ impl Policy {
         };
         let mut decision = match first(enforced, &input) {
             Some(rule) => {
-                let (verdict, reason) = match rule.action {
-                    Action::Deny => (Verdict::Deny, Reason::DeniedByRule),
-                    Action::Allow => (Verdict::Allow, Reason::AllowedByRule),
+                let reason = match rule.action {
+                    Verdict::Deny => Reason::DeniedByRule,
+                    Verdict::Allow => Reason::AllowedByRule,
                 };
                 Decision {
-                    verdict,
+                    verdict: reason.verdict(),
                     reason,
                     rule: Some(rule),
                     dry_run: None,
+                    facts,
                 }
             }
-            None => self.default_decision(input.identity.is_some()),
+            None => self.default_decision(facts),
         };
         if self.has_dry_run {
-            decision.dry_run = self.dry_run(&input, first);
+            decision.dry_run = self.dry_run(&input, facts, first);
         }
         decision
     }
 
     /// Decides a request and records how every rule fared. Slower than `decide`; for `explain`.
-    pub fn explain<'p>(&'p self, request: &EgressRequest<'_>) -> Explanation<'p> {
+    pub fn explain<'a>(&'a self, request: &EgressRequest<'a>) -> Explanation<'a> {
         let decision = self.decide(request);
-        let caller = Caller::parse(request.principal);
-        let identity = self.trusted(caller);
-        let identity_problem = match caller {
+        let identity = decision.facts.caller;
+        let identity_problem = match Caller::parse(request.principal) {
             Caller::Missing => {
                 Some("no principal (the connection presented no client certificate)")
             }
@@ -189,7 +189,8 @@ impl Policy {
             service_account: id.service_account.to_owned(),
         });
         let mut scratch = None;
-        let Ok(host) = self.destination(request, &mut scratch) else {
+        let (facts, host) = self.read(request, &mut scratch);
+        let Ok(host) = host else {
             return Explanation {
                 decision,
                 identity: owned_identity,
@@ -198,7 +199,7 @@ impl Policy {
                 rules: Vec::new(),
             };
         };
-        let input = self.match_input(request, caller, host);
+        let input = match_input(request, &facts, host);
         let rules = self
             .rules
             .iter()
@@ -216,26 +217,28 @@ impl Policy {
         }
     }
 
-    fn default_decision<'p>(&self, has_identity: bool) -> Decision<'p> {
-        let (verdict, reason) = match self.settings.default_action {
-            Action::Allow => (Verdict::Allow, Reason::DefaultAllow),
-            Action::Deny if has_identity => (Verdict::Deny, Reason::NoMatchingRule),
-            Action::Deny => (Verdict::Deny, Reason::InvalidPrincipal),
+    fn default_decision<'a>(&self, facts: Facts<'a>) -> Decision<'a> {
+        let reason = match self.settings.default_action {
+            Verdict::Allow => Reason::DefaultAllow,
+            Verdict::Deny if facts.caller.is_some() => Reason::NoMatchingRule,
+            Verdict::Deny => Reason::InvalidPrincipal,
         };
         Decision {
-            verdict,
+            verdict: reason.verdict(),
             reason,
             rule: None,
             dry_run: None,
+            facts,
         }
     }
 
     /// The decision with dry-run rules enforced too, if any dry-run rule matched.
-    fn dry_run<'p>(
-        &'p self,
+    fn dry_run<'a>(
+        &self,
         input: &MatchInput<'_>,
-        first: impl Fn(Wanted, &MatchInput<'_>) -> Option<&'p Rule>,
-    ) -> Option<DryRunVerdict<'p>> {
+        facts: Facts<'a>,
+        first: impl Fn(Wanted, &MatchInput<'_>) -> Option<&'a Rule>,
+    ) -> Option<DryRunVerdict<'a>> {
         let first_dry_run = first(Wanted::first_of(kind::DRY_DENY | kind::DRY_ALLOW), input)?;
         let with_dry_run_enforced = Wanted {
             primary: kind::DENY | kind::DRY_DENY,
@@ -245,15 +248,15 @@ impl Policy {
         Some(match decider {
             Some(rule) if rule.dry_run => DryRunVerdict {
                 rule,
-                verdict: rule.action.into(),
+                verdict: rule.action,
             },
             Some(rule) => DryRunVerdict {
                 rule: first_dry_run,
-                verdict: rule.action.into(),
+                verdict: rule.action,
             },
             None => DryRunVerdict {
                 rule: first_dry_run,
-                verdict: self.default_decision(input.identity.is_some()).verdict,
+                verdict: self.default_decision(facts).verdict,
             },
         })
     }
@@ -273,48 +276,56 @@ impl Policy {
         }
     }
 
-    fn match_input<'a>(
+    /// Reads who is calling and where to from `request`: the facts a decision is made on, and the
+    /// normalised destination host or the reason the request cannot be decided on it.
+    fn read<'r: 's, 's>(
         &self,
-        request: &EgressRequest<'a>,
-        caller: Caller<'a>,
-        host: &'a str,
-    ) -> MatchInput<'a> {
-        MatchInput {
-            identity: self.trusted(caller),
+        request: &EgressRequest<'r>,
+        scratch: &'s mut Option<NormalizedHost>,
+    ) -> (Facts<'r>, Result<&'s str, Reason>) {
+        let (host, normalized) = self.destination(request, scratch);
+        let facts = Facts {
+            caller: self.trusted(Caller::parse(request.principal)),
             host,
             port: request.port,
-            http: request.http.map(|http| HttpInput {
-                method: http.method,
-                path: path_without_query(http.path),
-            }),
-        }
+        };
+        (facts, normalized)
     }
 
-    /// The normalised destination host, or the reason the request cannot be decided on it. The host
+    /// The destination host as the request spelled it (port dropped; empty when there is none), and
+    /// its normalised form or the reason the request cannot be decided on it. The normalised host
     /// borrows from the request, or from `scratch` when normalising had to rewrite it.
-    fn destination<'a>(
+    fn destination<'r: 's, 's>(
         &self,
-        request: &EgressRequest<'a>,
-        scratch: &'a mut Option<NormalizedHost>,
-    ) -> Result<&'a str, Reason> {
-        // Istio's auto-generated SNI names the gateway's cluster, not where the caller is going.
-        let real_sni = |sni: &str| !sni.is_empty() && !is_istio_cluster_sni(sni);
+        request: &EgressRequest<'r>,
+        scratch: &'s mut Option<NormalizedHost>,
+    ) -> (&'r str, Result<&'s str, Reason>) {
         let Some(http) = request.http else {
             let sni = [request.destination_service, request.sni]
                 .into_iter()
-                .find(|s| real_sni(s))
-                .ok_or(Reason::NoDestinationHost)?;
-            return normalize_host(sni, scratch).ok_or(Reason::InvalidHost);
+                .find(|s| is_destination_sni(s));
+            return match sni {
+                Some(sni) => (sni, normalize_host(sni, scratch).ok_or(Reason::InvalidHost)),
+                None => ("", Err(Reason::NoDestinationHost)),
+            };
         };
         if http.authority.is_empty() {
-            return Err(Reason::NoDestinationHost);
+            return ("", Err(Reason::NoDestinationHost));
         }
-        let host = normalize_authority(http.authority, scratch).ok_or(Reason::InvalidHost)?;
-        if real_sni(request.sni) {
+        let (raw, host) = authority_parts(http.authority, scratch);
+        let host = host
+            .ok_or(Reason::InvalidHost)
+            .and_then(|host| self.agrees_with_sni(host, request.sni));
+        (raw, host)
+    }
+
+    /// `host`, unless the TLS SNI names another one and the settings say they must agree.
+    fn agrees_with_sni<'s>(&self, host: &'s str, sni: &str) -> Result<&'s str, Reason> {
+        if is_destination_sni(sni) {
             // An SNI that is no host name (bytes that are not UTF-8 arrive as U+FFFD) is never a
             // legitimate client's: refused as such, whether or not SNI and host must agree.
             let mut sni_scratch = None;
-            let sni = normalize_host(request.sni, &mut sni_scratch).ok_or(Reason::InvalidHost)?;
+            let sni = normalize_host(sni, &mut sni_scratch).ok_or(Reason::InvalidHost)?;
             if self.settings.require_sni_matches_host && sni != host {
                 return Err(Reason::SniHostMismatch);
             }
@@ -322,3 +333,30 @@ impl Policy {
         Ok(host)
     }
 }
+
+/// True for an SNI that names where the caller is going: present, and not Istio's auto-generated SNI,
+/// which names the gateway's cluster.
+fn is_destination_sni(sni: &str) -> bool {
+    !sni.is_empty() && !is_istio_cluster_sni(sni)
+}
+
+/// What rules are matched against: the facts, the normalised host, and the HTTP method and path
+/// (without its query string).
+fn match_input<'a>(
+    request: &EgressRequest<'a>,
+    facts: &Facts<'a>,
+    host: &'a str,
+) -> MatchInput<'a> {
+    MatchInput {
+        identity: facts.caller,
+        host,
+        port: facts.port,
+        http: request.http.map(|http| HttpInput {
+            method: http.method,
+            path: http.path_without_query(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;

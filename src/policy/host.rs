@@ -190,6 +190,15 @@ pub fn normalize_authority<'a>(
     authority: &'a str,
     scratch: &'a mut Option<NormalizedHost>,
 ) -> Option<&'a str> {
+    authority_parts(authority, scratch).1
+}
+
+/// The host of an HTTP `:authority` as written, port dropped (the whole authority when it is
+/// malformed), and its normalised form as [`normalize_authority`] gives it.
+pub(super) fn authority_parts<'r: 's, 's>(
+    authority: &'r str,
+    scratch: &'s mut Option<NormalizedHost>,
+) -> (&'r str, Option<&'s str>) {
     let (host, port) = match authority.bytes().position(|b| b == b':') {
         Some(colon) => (&authority[..colon], &authority[colon + 1..]),
         None => (authority, "0"),
@@ -199,18 +208,19 @@ pub fn normalize_authority<'a>(
     // `scan_dns_name` and goes the general way).
     if is_port(port) {
         match scan_dns_name(host.as_bytes()) {
-            DnsName::LowerCase => return Some(host),
+            DnsName::LowerCase => return (host, Some(host)),
             DnsName::MixedCase => {
-                return Some(
-                    scratch
-                        .insert(NormalizedHost::from_ascii(host.as_bytes())?)
-                        .as_str(),
-                );
+                let folded = NormalizedHost::from_ascii(host.as_bytes())
+                    .map(|folded| scratch.insert(folded).as_str());
+                return (host, folded);
             }
             DnsName::NumericLastLabel | DnsName::Invalid => {}
         }
     }
-    authority_host(authority).and_then(|host| normalize_host(host, scratch))
+    match authority_host(authority) {
+        Some(host) => (host, normalize_host(host, scratch)),
+        None => (authority, None),
+    }
 }
 
 /// What [`scan_dns_name`] found.
@@ -344,7 +354,7 @@ fn is_port(s: &str) -> bool {
 ///
 /// Anything else that starts with `outbound_.` is an ordinary SNI (and, `_` being allowed in labels,
 /// usually a valid host): a loose prefix test would let any client drop its SNI from the decision.
-pub fn is_istio_cluster_sni(sni: &str) -> bool {
+pub(super) fn is_istio_cluster_sni(sni: &str) -> bool {
     let Some(rest) = sni.strip_prefix("outbound_.") else {
         return false;
     };

@@ -29,7 +29,7 @@ use self::build::Builder;
 use self::hash::{KeyMap, child_key, key};
 use super::matcher::HostPattern;
 use super::rule::{MatchInput, Rule};
-use super::spec::Action;
+use super::verdict::Verdict;
 
 /// Rule kinds as bits, so one pass can ask for several kinds (dry-run evaluation wants e.g. every DENY).
 pub(super) mod kind {
@@ -48,10 +48,10 @@ pub(super) mod kind {
 /// The kind bit of a rule.
 pub(super) fn kind_of(rule: &Rule) -> u8 {
     match (rule.dry_run, rule.action) {
-        (false, Action::Deny) => kind::DENY,
-        (false, Action::Allow) => kind::ALLOW,
-        (true, Action::Deny) => kind::DRY_DENY,
-        (true, Action::Allow) => kind::DRY_ALLOW,
+        (false, Verdict::Deny) => kind::DENY,
+        (false, Verdict::Allow) => kind::ALLOW,
+        (true, Verdict::Deny) => kind::DRY_DENY,
+        (true, Verdict::Allow) => kind::DRY_ALLOW,
     }
 }
 
@@ -437,5 +437,42 @@ impl<F: Fn(u32) -> bool> Found<'_, F> {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::policy::test_fixtures::*;
+
+    #[test]
+    fn the_index_does_not_skip_not_only_deny_rules_for_callers_without_identity() {
+        // Enough rules on one host pattern that the bucket is split by namespace: the rules keyed by a
+        // namespace cannot match a caller without identity, the `not*`-only DENY still must.
+        let mut yaml = String::from("defaultAction: ALLOW\nrules:\n");
+        for i in 0..40 {
+            yaml.push_str(&format!(
+                "- name: deny-ns{i}\n  action: DENY\n  from: {{namespaces: [ns{i}]}}\n  to: {{hosts: [developers.google.com]}}\n"
+            ));
+        }
+        yaml.push_str(
+            "- name: require-mtls\n  action: DENY\n  from: {notNamespaces: [ns0]}\n  to: {hosts: [developers.google.com]}\n",
+        );
+        let policy = mk_policy(&yaml);
+        for principal in ANONYMOUS_CALLERS {
+            for request in [http(principal, GOOGLE), tcp(principal, GOOGLE)] {
+                let indexed = policy.decide(&request);
+                assert_eq!(indexed, policy.decide_linear(&request), "{principal:?}");
+                assert_eq!(
+                    indexed.rule.map(|r| r.name.as_str()),
+                    Some("require-mtls"),
+                    "{principal:?}"
+                );
+            }
+        }
+        let ns3 = "spiffe://cluster.local/ns/ns3/sa/x";
+        assert_eq!(
+            outcome(&policy, &http(ns3, GOOGLE)).2.as_deref(),
+            Some("deny-ns3")
+        );
     }
 }

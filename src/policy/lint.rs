@@ -6,7 +6,7 @@ use super::decision::Policy;
 use super::matcher::{HostPattern, StringPattern};
 use super::rule::{FromConditions, Rule};
 use super::source::Location;
-use super::spec::Action;
+use super::verdict::Verdict;
 
 /// Something valid but probably not what the author meant.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,7 +30,7 @@ impl fmt::Display for CompileWarning {
 fn one_label_wildcards_that_leak(rule: &Rule) -> impl Iterator<Item = (&'static str, &str)> {
     let to = rule.to.as_ref();
     let hosts = to
-        .filter(|_| rule.action == Action::Deny)
+        .filter(|_| rule.action == Verdict::Deny)
         .into_iter()
         .flat_map(|t| t.hosts.iter().map(|h| ("to.hosts", h)));
     let not_hosts = to
@@ -55,10 +55,10 @@ pub fn lint(policy: &Policy) -> Vec<CompileWarning> {
     let catch_all_deny = policy
         .rules()
         .iter()
-        .find(|r| r.action == Action::Deny && !r.dry_run && r.from.is_none() && r.to.is_none());
+        .find(|r| r.action == Verdict::Deny && !r.dry_run && r.from.is_none() && r.to.is_none());
     for rule in policy.rules() {
         if let Some(deny) = catch_all_deny
-            && rule.action == Action::Allow
+            && rule.action == Verdict::Allow
         {
             warnings.push(CompileWarning {
                 location: location(rule),
@@ -101,20 +101,20 @@ pub fn lint(policy: &Policy) -> Vec<CompileWarning> {
     // positive caller condition needs an identity, so DENY rules scoped that way let them through.
     // A DENY rule with only `not*` conditions and no `to` turns them all away, and then all is well.
     let rejects_every_anonymous_caller = policy.rules().iter().any(|r| {
-        r.action == Action::Deny
+        r.action == Verdict::Deny
             && !r.dry_run
             && r.to.is_none()
             && r.from.as_ref().is_none_or(|f| !f.has_positive_condition())
     });
     let identity_scoped_deny = policy.rules().iter().find(|r| {
-        r.action == Action::Deny
+        r.action == Verdict::Deny
             && !r.dry_run
             && r.from
                 .as_ref()
                 .is_some_and(FromConditions::has_positive_condition)
     });
     if let Some(deny) = identity_scoped_deny
-        && policy.settings().default_action == Action::Allow
+        && policy.settings().default_action == Verdict::Allow
         && !rejects_every_anonymous_caller
     {
         warnings.push(CompileWarning {
@@ -126,4 +126,124 @@ pub fn lint(policy: &Policy) -> Vec<CompileWarning> {
         });
     }
     warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::policy::test_fixtures::*;
+
+    use super::*;
+
+    #[test]
+    fn lint_finds_rules_that_can_never_match() {
+        let policy = mk_policy(
+            r#"
+    rules:
+    - name: deny-everything
+      action: DENY
+    - name: allow-google
+      to: {hosts: [developers.google.com]}
+    - name: foreign
+      from: {principals: ["other.domain/ns/a/sa/b"]}
+    "#,
+        );
+        let warnings: Vec<String> = lint(&policy).into_iter().map(|w| w.message).collect();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("allow-google") && w.contains("deny-everything")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings.iter().any(|w| w.contains("other.domain")),
+            "{warnings:?}"
+        );
+        assert!(lint(&mk_policy(DEPLOY_RULES)).is_empty());
+        assert!(lint(&mk_policy(SERVICE_ACCOUNT_LEVEL)).is_empty());
+        let deny_list: Vec<String> = lint(&mk_policy(NAMESPACE_LEVEL))
+            .into_iter()
+            .map(|w| w.message)
+            .collect();
+        assert_eq!(deny_list.len(), 1, "{deny_list:?}");
+        assert!(
+            deny_list[0].contains("callers without a trusted identity"),
+            "{deny_list:?}"
+        );
+    }
+
+    fn lint_messages(yaml: &str) -> Vec<String> {
+        lint(&mk_policy(yaml))
+            .into_iter()
+            .map(|w| w.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn lint_warns_where_a_one_label_wildcard_lets_deeper_names_through() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "rules:\n- name: d\n  action: DENY\n  to: {hosts: [\"*.example.com\"]}\n",
+                &[
+                    "rules.yaml:2:1: warning: rule \"d\": to.hosts \"*.example.com\"",
+                    "**.example.com",
+                ],
+            ),
+            (
+                "rules:\n- name: a\n  to: {hosts: [\"**.example.com\"], notHosts: [\"*.internal.example.com\"]}\n",
+                &[
+                    "rules.yaml:2:1: warning: rule \"a\": to.notHosts \"*.internal.example.com\"",
+                    "**.internal.example.com",
+                ],
+            ),
+            (
+                "rules:\n- name: ok\n- name: d\n  action: DENY\n  dryRun: true\n  to: {notHosts: [\"*.a.com\"], hosts: [\"*.b.com\"]}\n",
+                &[
+                    "rules.yaml:3:1: warning: rule \"d\": to.hosts \"*.b.com\"",
+                    "rules.yaml:3:1: warning: rule \"d\": to.notHosts \"*.a.com\"",
+                ],
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let warnings = lint_messages(yaml);
+            for fragment in *expected {
+                assert!(
+                    warnings.iter().any(|w| w.contains(fragment)),
+                    "{yaml}: no {fragment:?} in {warnings:?}"
+                );
+            }
+        }
+        // Narrower than Istio only refuses more here, or the pattern covers any depth already.
+        for quiet in [
+            "rules:\n- name: a\n  to: {hosts: [\"*.example.com\"]}\n",
+            "rules:\n- name: d\n  action: DENY\n  to: {hosts: [\"**.example.com\", example.com]}\n",
+            "rules:\n- name: d\n  action: DENY\n  to: {notHosts: [\"**.example.com\"]}\n",
+        ] {
+            assert_eq!(lint_messages(quiet), Vec::<String>::new(), "{quiet}");
+        }
+    }
+
+    #[test]
+    fn lint_on_deny_lists_knows_not_only_deny_rules_reach_callers_without_identity() {
+        let scoped = "defaultAction: ALLOW\nrules:\n- name: deny-default\n  action: DENY\n  from: {namespaces: [default]}\n";
+        let warnings = lint_messages(scoped);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("rules.yaml:3:1: warning: defaultAction is ALLOW")
+                && warnings[0].contains("notPrincipals"),
+            "{warnings:?}"
+        );
+        // A DENY rule with only `not*` conditions already turns those callers away.
+        let guarded = format!(
+            "{scoped}- name: require-mtls\n  action: DENY\n  from: {{notPrincipals: [\"*\"]}}\n"
+        );
+        assert_eq!(lint_messages(&guarded), Vec::<String>::new());
+        // Only the `not*` DENY rules exist: nothing slips through them for lack of identity.
+        let not_only = "defaultAction: ALLOW\nrules:\n- name: deny-all-but-prod\n  action: DENY\n  from: {notNamespaces: [prod]}\n";
+        assert_eq!(lint_messages(not_only), Vec::<String>::new());
+        // A dry-run guard does not count: it enforces nothing.
+        let dry_guard = format!(
+            "{scoped}- name: require-mtls\n  action: DENY\n  dryRun: true\n  from: {{notPrincipals: [\"*\"]}}\n"
+        );
+        assert_eq!(lint_messages(&dry_guard).len(), 1);
+    }
 }

@@ -1,35 +1,10 @@
-//! The domain output of a decision: allow or deny, why, which rule, and how it was reached.
+//! The domain output of a decision: allow or deny, why, which rule, what it was decided on, and how it
+//! was reached.
 
+use super::host::{NormalizedHost, normalize_host};
+use super::identity::Identity;
 use super::rule::{Condition, Rule};
-use super::spec::Action;
-
-/// Allow or deny.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Verdict {
-    /// The request may proceed.
-    Allow,
-    /// The request is refused.
-    Deny,
-}
-
-impl Verdict {
-    /// `allow` / `deny`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Allow => "allow",
-            Self::Deny => "deny",
-        }
-    }
-}
-
-impl From<Action> for Verdict {
-    fn from(action: Action) -> Self {
-        match action {
-            Action::Allow => Self::Allow,
-            Action::Deny => Self::Deny,
-        }
-    }
-}
+use super::verdict::Verdict;
 
 /// Why a decision was made. A fixed set: these codes appear in metrics, headers and logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -101,34 +76,71 @@ impl Reason {
 
 /// What dry-run rules would have decided had they been enforced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DryRunVerdict<'p> {
+pub struct DryRunVerdict<'a> {
     /// The dry-run rule that would have decided, or else the first dry-run rule that matched.
-    pub rule: &'p Rule,
+    pub rule: &'a Rule,
     /// The outcome with dry-run rules enforced.
     pub verdict: Verdict,
 }
 
-/// The outcome of a check.
+/// Who asked to go where, as the policy read it from the request, borrowed from it. Logs and metrics
+/// take these from the decision instead of reading the request again, so they cannot name another
+/// caller or host than the one decided on (e.g. by skipping the trust-domain check, or by taking
+/// Istio's cluster SNI for the destination).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Facts<'a> {
+    /// The caller, when it presented a well-formed SPIFFE ID of a trusted trust domain; `None` for
+    /// callers that rules with `from` cannot match.
+    pub caller: Option<Identity<'a>>,
+    /// The destination host the policy picked, as the request spelled it, without a port: the
+    /// `:authority` host on HTTP (the whole `:authority` when it is malformed); on TCP
+    /// `destination.service`, else the TLS SNI, skipping Istio's cluster SNI. Empty when the request
+    /// names none.
+    pub host: &'a str,
+    /// The destination port.
+    pub port: Option<u16>,
+}
+
+impl Facts<'_> {
+    /// `host` normalised as rules see it (lower case, no trailing dot, canonical IP literal), written
+    /// into `scratch` when it has to be rewritten; `None` when it is no valid host.
+    pub fn normalized_host<'s>(
+        &'s self,
+        scratch: &'s mut Option<NormalizedHost>,
+    ) -> Option<&'s str> {
+        normalize_host(self.host, scratch)
+    }
+}
+
+/// The outcome of a check. Borrows from the policy (the rules) and from the request (the facts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Decision<'p> {
+pub struct Decision<'a> {
     /// Allow or deny.
     pub verdict: Verdict,
     /// Why.
     pub reason: Reason,
     /// The deciding rule, if one decided.
-    pub rule: Option<&'p Rule>,
+    pub rule: Option<&'a Rule>,
     /// Present when at least one dry-run rule matched.
-    pub dry_run: Option<DryRunVerdict<'p>>,
+    pub dry_run: Option<DryRunVerdict<'a>>,
+    /// The caller and destination the decision was made on.
+    pub facts: Facts<'a>,
 }
 
-impl Decision<'_> {
-    /// A deny with `reason` and no rule: for checks refused before or without the rules.
+impl<'a> Decision<'a> {
+    /// A deny with `reason` and no rule or facts: for checks refused before the request could be read.
     pub fn refused(reason: Reason) -> Self {
+        Self::refused_with(reason, Facts::default())
+    }
+
+    /// A deny with `reason` and no rule, about what `facts` say.
+    pub(super) fn refused_with(reason: Reason, facts: Facts<'a>) -> Self {
         Self {
-            verdict: Verdict::Deny,
+            verdict: reason.verdict(),
             reason,
             rule: None,
             dry_run: None,
+            facts,
         }
     }
 
@@ -160,9 +172,9 @@ pub struct RuleTrace<'p> {
 
 /// A decision with how it was reached.
 #[derive(Clone, Debug)]
-pub struct Explanation<'p> {
+pub struct Explanation<'a> {
     /// The decision, exactly as `decide` returns it.
-    pub decision: Decision<'p>,
+    pub decision: Decision<'a>,
     /// The caller, when it had a trusted identity.
     pub identity: Option<OwnedIdentity>,
     /// Why the caller has no trusted identity, when it has none.
@@ -170,5 +182,5 @@ pub struct Explanation<'p> {
     /// The normalised destination host, when there was a valid one.
     pub host: Option<String>,
     /// Every rule in evaluation order; empty when the request was refused before rules were consulted.
-    pub rules: Vec<RuleTrace<'p>>,
+    pub rules: Vec<RuleTrace<'a>>,
 }

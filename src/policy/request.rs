@@ -1,5 +1,7 @@
 //! The domain input of a decision: what a check says, borrowed from the request.
 
+use super::matcher::path_without_query;
+
 /// Whether Envoy's check came from the HTTP filter or the network (TCP) filter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -44,6 +46,14 @@ pub struct HttpRequest<'a> {
     pub method: &'a str,
     /// `:path`, possibly with a query string.
     pub path: &'a str,
+}
+
+impl<'a> HttpRequest<'a> {
+    /// The path without its query string or fragment: what rules match, and all of it that may be
+    /// shown (a query string may carry secrets such as tokens or e-mail addresses).
+    pub fn path_without_query(&self) -> &'a str {
+        path_without_query(self.path)
+    }
 }
 
 impl EgressRequest<'_> {

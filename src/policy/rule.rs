@@ -5,7 +5,7 @@
 
 use super::identity::Identity;
 use super::matcher::{HostPattern, PathPattern, ServiceAccountPattern, StringPattern};
-use super::spec::Action;
+use super::verdict::Verdict;
 
 /// A validated, normalised rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,7 +13,7 @@ pub struct Rule {
     /// The rule's unique name.
     pub name: String,
     /// What the rule does when it matches.
-    pub action: Action,
+    pub action: Verdict,
     /// Evaluated and reported, never enforced.
     pub dry_run: bool,
     /// Conditions on the caller; `None` matches anyone, even without identity. With `from`, a caller
@@ -186,14 +186,14 @@ fn any_match<T>(
 fn attribute_match<T, V: Copy>(
     patterns: &[T],
     value: Option<V>,
-    action: Action,
+    action: Verdict,
     matches: impl Fn(&T, V) -> bool,
     failed: Condition,
 ) -> Result<(), Condition> {
     match value {
         _ if patterns.is_empty() => Ok(()),
         Some(v) if patterns.iter().any(|p| matches(p, v)) => Ok(()),
-        None if action == Action::Deny => Ok(()),
+        None if action == Verdict::Deny => Ok(()),
         _ => Err(failed),
     }
 }
@@ -210,7 +210,7 @@ impl Rule {
                 // caller, so it satisfies every `not*` condition of a DENY rule (`notPrincipals: ["*"]`
                 // rejects plaintext callers), but never a positive one, and an ALLOW rule never
                 // lets a caller in on what it is not.
-                None if self.action == Action::Deny && !from.has_positive_condition() => {}
+                None if self.action == Verdict::Deny && !from.has_positive_condition() => {}
                 None => return Err(Condition::Identity),
             }
         }
@@ -276,7 +276,7 @@ impl FromConditions {
 // === impl ToConditions ===
 
 impl ToConditions {
-    fn check(&self, action: Action, input: &MatchInput<'_>) -> Result<(), Condition> {
+    fn check(&self, action: Verdict, input: &MatchInput<'_>) -> Result<(), Condition> {
         any_match(&self.hosts, |p| p.matches(input.host), Condition::Hosts)?;
         none_match(
             &self.not_hosts,
@@ -286,7 +286,7 @@ impl ToConditions {
         // On TCP there is no method or path. An ALLOW rule that needs them cannot be satisfied (fail
         // closed); a DENY rule ignores them and so matches more widely (fail closed too).
         let has_http_conditions = !self.methods.is_empty() || !self.paths.is_empty();
-        if input.http.is_none() && has_http_conditions && action == Action::Allow {
+        if input.http.is_none() && has_http_conditions && action == Verdict::Allow {
             return Err(Condition::HttpOnlyOnTcp);
         }
         // The same rule for any attribute a check lacks (no port, an empty method or path).
@@ -324,3 +324,6 @@ impl ToConditions {
             && self.paths.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -230,3 +230,31 @@ fn char_boundary(text: &str, offset: usize) -> usize {
     }
     offset
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::policy::compile;
+
+    use super::*;
+
+    #[test]
+    fn digest_depends_on_content_not_on_directory() {
+        let mk = |name: &str, text: &str| {
+            compile(&[SourceFile {
+                name: name.into(),
+                text: text.into(),
+            }])
+            .unwrap()
+            .digest()
+            .to_owned()
+        };
+        assert_eq!(
+            mk("/etc/a/rules.yaml", "rules: []\n"),
+            mk("/other/rules.yaml", "rules: []\n")
+        );
+        assert_ne!(
+            mk("rules.yaml", "rules: []\n"),
+            mk("rules.yaml", "rules: []\n# changed\n")
+        );
+    }
+}

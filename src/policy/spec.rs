@@ -4,13 +4,15 @@
 
 use serde::{Deserialize, Deserializer};
 
+use super::verdict::Verdict;
+
 /// One YAML rule file. Top-level settings are optional so a directory of files (a ConfigMap with several
 /// keys) can set them once; when two files both set one, they must agree.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RuleFile {
     /// The outcome when no rule matches. Default `DENY`.
-    pub default_action: Option<Action>,
+    pub default_action: Option<Verdict>,
     /// Trust domains whose identities may match `from` conditions. Default `[cluster.local]`.
     pub trust_domains: Option<Vec<String>>,
     /// Deny an HTTP request whose TLS SNI names another host than its `:authority`. Default `true`.
@@ -46,27 +48,6 @@ where
     ))
 }
 
-/// What a rule (or the default) does with a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
-pub enum Action {
-    /// Let the request through.
-    #[serde(rename = "ALLOW")]
-    Allow,
-    /// Refuse the request.
-    #[serde(rename = "DENY")]
-    Deny,
-}
-
-impl Action {
-    /// The lower-case name used in metrics, logs and metadata.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Allow => "allow",
-            Self::Deny => "deny",
-        }
-    }
-}
-
 /// One rule.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -74,7 +55,7 @@ pub struct RuleSpec {
     /// Unique across all files; `[a-z0-9]([-a-z0-9.]*[a-z0-9])?`.
     pub name: String,
     /// `ALLOW` (default) or `DENY`.
-    pub action: Option<Action>,
+    pub action: Option<Verdict>,
     /// Evaluated and reported, never enforced. Default `false`.
     pub dry_run: Option<bool>,
     /// Who is calling. Absent: anyone, including callers without an identity.
