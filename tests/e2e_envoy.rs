@@ -9,37 +9,26 @@
 //! or PATH), since rustls only sends DNS names; without it they skip or fail like the others.
 //!
 //! Run: `scripts/install-envoy.sh && EGRESS_AUTHZ_REQUIRE_ENVOY=1 cargo test --test e2e_envoy`
-// Harness modules are shared with examples/demo.rs (not every item is used by both); `serial()` holds a
-// std Mutex across awaits on purpose: it serializes tests that each run their own runtime.
-#![allow(
-    unreachable_pub,
-    dead_code,
-    clippy::unwrap_used,
-    clippy::print_stdout,
-    clippy::await_holding_lock
-)]
-
-#[path = "e2e/harness.rs"]
-mod harness;
-#[path = "e2e/net.rs"]
-mod net;
-#[path = "e2e/pki.rs"]
-mod pki;
-#[path = "e2e/scenarios.rs"]
-mod scenarios;
+// `serial()` holds a std Mutex across awaits on purpose: it serializes tests that each run their own
+// runtime.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::await_holding_lock)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use harness::{
-    GOOGLE, Gateway, Stage, Variant, World, YAHOO, envoy_or_skip, envoy_validate, render_template,
-    serial,
+use testkit::envoy::{
+    self, CustomGate, Gateway, Variant, envoy_or_skip, envoy_validate, render_template,
 };
-use net::{TcpOutcome, https_request, tls_stream};
-use pki::{DEFAULT_SLEEP, OTHERNS_SLEEP, Pki, SLEEP_YAHOO};
-use scenarios::{
-    Expect, HTTP_STAT_PREFIX, TCP_STAT_PREFIX, Tally, check_http, check_tcp, expected,
+use testkit::http::{http_get, parse_response};
+use testkit::net::{self, TcpOutcome, https_request, tls_stream};
+use testkit::pki::{DEFAULT_SLEEP, OTHERNS_SLEEP, Pki, SLEEP_YAHOO};
+use testkit::prom::Metrics;
+use testkit::scenarios::{
+    self, Expect, HTTP_STAT_PREFIX, TCP_STAT_PREFIX, Tally, check_http, check_tcp, expected,
 };
+use testkit::server::Server;
+use testkit::wait::poll_for;
+use testkit::world::{GOOGLE, Stage, World, YAHOO, serial};
 
 /// Every template renders and passes `envoy --mode validate`, as checked in and with the fail-open
 /// variant; (a') differs from (a) only by `include_tls_session: true`.
@@ -79,7 +68,7 @@ async fn envoy_bootstraps_validate() {
             (
                 "-custom-gate",
                 Variant {
-                    custom_gate: Some(harness::CustomGate::from_bundle().1),
+                    custom_gate: Some(CustomGate::from_bundle().1),
                     ..Variant::ISTIO_DEFAULT
                 },
             ),
@@ -97,7 +86,7 @@ async fn envoy_bootstraps_validate() {
         }
     }
     let code = |gw: Gateway| -> Vec<String> {
-        let p = harness::manifest_dir()
+        let p = testkit::fixtures::project_dir()
             .join("tests/e2e/envoy")
             .join(format!("{}.yaml", gw.template()));
         std::fs::read_to_string(p)
@@ -150,13 +139,13 @@ async fn istio_egress_walkthrough_http_and_tcp() {
     .await
     .unwrap();
     let mut total = Tally::default();
-    let counts = |srv: &'_ harness::AuthzServer| {
-        let srv = srv.admin;
+    let counts = |srv: &'_ Server| {
+        let srv = srv.admin_addr;
         async move {
-            let (_, body) = net::http_get(srv, "/metrics").await.unwrap();
+            let (_, body) = http_get(srv, "/metrics").await.unwrap();
+            let metrics = Metrics::parse(&body);
             let m = |d: &str, p: &str| {
-                harness::sum_metric(
-                    &body,
+                metrics.sum(
                     "egress_authz_checks_total",
                     &[("decision", d), ("protocol", p)],
                 ) as usize
@@ -421,7 +410,7 @@ async fn hot_reload_flips_decisions_without_5xx() {
     world
         .swap_rules_file("defaultAction: DENY\nrules: [ {name: broken\n")
         .unwrap();
-    harness::poll_until(
+    poll_for(
         Duration::from_secs(5),
         "the broken rule file to be rejected",
         || async {
@@ -694,24 +683,13 @@ impl Counters {
         };
         let stats = envoy.stats("ext_authz").await;
         let stat = |s: &str| stats.get(&format!("{prefix}.{s}")).copied().unwrap_or(0);
-        let (_, body) = net::http_get(world.server().admin, "/metrics")
-            .await
-            .unwrap();
+        let metrics = world.server().metrics().await;
         let mut server = BTreeMap::new();
-        for line in body
-            .lines()
-            .filter(|l| l.starts_with("egress_authz_checks_total{"))
-        {
-            let label = |k: &str| {
-                line.split_once(&format!("{k}=\""))
-                    .and_then(|(_, rest)| rest.split_once('"'))
-                    .map(|(v, _)| v.to_owned())
-                    .unwrap_or_default()
-            };
-            let value: f64 = line.rsplit_once(' ').unwrap().1.parse().unwrap();
+        for (_, labels, value) in metrics.matching("egress_authz_checks_total", &[]) {
+            let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
             *server
                 .entry((label("decision"), label("reason")))
-                .or_insert(0) += value as u64;
+                .or_insert(0) += *value as u64;
         }
         let upstream_hits = match gw {
             Gateway::TcpIstio => world.google_tcp.hits() + world.yahoo_tcp.hits(),
@@ -815,7 +793,7 @@ async fn bad_sni_over_tcp(test: &str, tcp_tls_session: bool) {
     let Some(envoy_bin) = envoy_or_skip(test) else {
         return;
     };
-    let Some(openssl) = harness::openssl_or_skip(test) else {
+    let Some(openssl) = envoy::openssl_or_skip(test) else {
         return;
     };
     let _serial = serial();
@@ -907,7 +885,7 @@ async fn bad_sni_denied_with_fail_open_https() {
     let Some(envoy_bin) = envoy_or_skip(test) else {
         return;
     };
-    let Some(openssl) = harness::openssl_or_skip(test) else {
+    let Some(openssl) = envoy::openssl_or_skip(test) else {
         return;
     };
     let _serial = serial();
@@ -946,7 +924,7 @@ async fn bad_sni_denied_with_fail_open_https() {
                 .await
                 .delta(&before);
             let response =
-                net::parse_response(&out.received, std::net::SocketAddr::new(out.source_ip, 0));
+                parse_response(&out.received, std::net::SocketAddr::new(out.source_ip, 0));
             let seen = world.google_http.seen_with_id(&id).len();
             (out, response, entry, delta, seen)
         }
@@ -1122,7 +1100,7 @@ async fn audit_gateway_on_the_suites_envoys() {
     };
     let _serial = serial();
     let dump_of = async |world: &World, gw: Gateway| -> serde_json::Value {
-        let (status, body) = net::http_get(world.envoy(gw).admin, "/config_dump")
+        let (status, body) = http_get(world.envoy(gw).admin, "/config_dump")
             .await
             .unwrap();
         assert_eq!(status, 200, "{body}");
@@ -1328,8 +1306,8 @@ async fn audit_gateway_on_the_suites_envoys() {
 /// instead lets traffic on another port through unchecked, and `audit-gateway` says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bundle_custom_policy_checks_every_gateway_port() {
+    use CustomGate;
     use egress_authz::audit::{Code, audit};
-    use harness::CustomGate;
     let Some(envoy) = envoy_or_skip("bundle_custom_policy_checks_every_gateway_port") else {
         return;
     };
@@ -1346,7 +1324,7 @@ async fn bundle_custom_policy_checks_every_gateway_port() {
         ..Variant::ISTIO_DEFAULT
     };
     let audited = async |world: &World, gw: Gateway| {
-        let (_, body) = net::http_get(world.envoy(gw).admin, "/config_dump")
+        let (_, body) = http_get(world.envoy(gw).admin, "/config_dump")
             .await
             .unwrap();
         audit(&serde_json::from_str(&body).unwrap()).unwrap()

@@ -4,9 +4,11 @@
 
 use serde_json::Value;
 
-use crate::harness::{Envoy, GOOGLE, Gateway, Stage, World, YAHOO};
+use crate::envoy::{Envoy, Gateway};
+use crate::http::HttpOutcome;
 use crate::net::{TcpOutcome, https_request, tls_stream};
 use crate::pki::{DEFAULT_SLEEP, FOREIGN_TD, NO_URI_SAN, OTHERNS_SLEEP, SLEEP_GOOGLE, SLEEP_YAHOO};
+use crate::world::{GOOGLE, Stage, World, YAHOO};
 
 /// `stat_prefix` of the HTTP connection manager in http-*.yaml (stats `http.<prefix>.ext_authz.*`).
 pub const HTTP_STAT_PREFIX: &str = "outbound_0.0.0.0_8080";
@@ -82,14 +84,7 @@ impl Tally {
 }
 
 /// Callers of the walkthrough: the walkthrough's four workloads, then the identity edge cases.
-pub const CALLERS: [&str; 6] = [
-    DEFAULT_SLEEP,
-    OTHERNS_SLEEP,
-    SLEEP_GOOGLE,
-    SLEEP_YAHOO,
-    FOREIGN_TD,
-    NO_URI_SAN,
-];
+pub const CALLERS: [&str; 6] = crate::pki::WORKLOADS;
 
 /// The Istio egress walkthrough as a table: what each caller may reach in each stage, and which rule decides.
 pub fn expected(stage: Stage, caller: &str, host: &str) -> Expect {
@@ -192,16 +187,10 @@ pub async fn check_http(
         "req-{}",
         SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
     );
-    let envoy = world.envoy(gw);
-    let cfg = world.pki.client_config(caller, &["http/1.1"]);
-    let skip = envoy.access_log_len();
-    let r = https_request(envoy.listener, cfg, sni, host, "GET", path, &id)
+    let (r, entry) = through_http(world, gw, caller, sni, host, "GET", path, &id)
         .await
         .unwrap_or_else(|e| panic!("{ctx} [{gw:?}]: request failed: {e}"));
-    let entry = envoy
-        .access_log_for(r.local_addr, skip)
-        .await
-        .unwrap_or_else(|e| panic!("{ctx} [{gw:?}]: {e}"));
+    let entry = entry.unwrap_or_else(|e| panic!("{ctx} [{gw:?}]: {e}"));
     assert_eq!(
         entry["test_id"].as_str(),
         Some(id.as_str()),
@@ -360,16 +349,33 @@ pub async fn observe_http(
     host: &str,
     path: &str,
 ) -> Observation {
-    let envoy = world.envoy(gw);
-    let cfg = world.pki.client_config(caller, &["http/1.1"]);
-    let skip = envoy.access_log_len();
-    match https_request(envoy.listener, cfg, sni, host, "HEAD", path, "demo").await {
-        Ok(r) => {
-            let entry = envoy.access_log_for(r.local_addr, skip).await.ok();
-            Observation::from_entry(r.status.to_string(), r.status == 200, entry)
+    match through_http(world, gw, caller, sni, host, "HEAD", path, "demo").await {
+        Ok((r, entry)) => {
+            Observation::from_entry(r.status.to_string(), r.status == 200, entry.ok())
         }
         Err(e) => Observation::failed(e),
     }
+}
+
+/// One HTTPS request through gateway `gw` as `caller` (see [`https_request`]), and Envoy's access-log
+/// entry for it (`Err` if none turned up in time).
+#[allow(clippy::too_many_arguments)]
+async fn through_http(
+    world: &World,
+    gw: Gateway,
+    caller: &str,
+    sni: &str,
+    host: &str,
+    method: &str,
+    path: &str,
+    test_id: &str,
+) -> Result<(HttpOutcome, Result<Value, String>), String> {
+    let envoy = world.envoy(gw);
+    let cfg = world.pki.client_config(caller, &["http/1.1"]);
+    let skip = envoy.access_log_len();
+    let r = https_request(envoy.listener, cfg, sni, host, method, path, test_id).await?;
+    let entry = envoy.access_log_for(r.local_addr, skip).await;
+    Ok((r, entry))
 }
 
 /// An opaque TLS-in-mTLS stream from `caller` to `host` through the TCP gateway.

@@ -1,38 +1,23 @@
-//! Process side of the e2e harness: finding Envoy, starting egress-authz and Envoy as child processes that
-//! die with their guard, reading their ports back, the authz "Service" relay, admin helpers, and `World`,
-//! which ties one authz server, the stand-in hosts and one or more Envoy gateways together.
+//! Envoy as the suites run it: finding the binary (or skipping), the bootstrap templates under
+//! tests/e2e/envoy/ rendered and varied the way a mesh operator may configure them, `--mode validate`,
+//! and a running gateway with its admin API, stats and JSON access log.
 //!
-//! Nothing here sleeps to wait for readiness: every wait is a bounded poll of a readiness signal (the
-//! server's "Serving" log line and `/readyz`, Envoy's admin address file and `/ready`, an access-log line).
+//! Nothing here sleeps to wait for readiness: Envoy's admin address file and `/ready` are polled.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
-use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use crate::net::{Upstream, http_get};
-use crate::pki::Pki;
-
-pub const GOOGLE: &str = "developers.google.com";
-pub const YAHOO: &str = "developer.yahoo.com";
-
-const POLL: Duration = Duration::from_millis(25);
-
-pub fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Finding Envoy
+use crate::fixtures::project_dir;
+use crate::http::http_get;
+use crate::wait::{POLL_INTERVAL, poll_for};
+use crate::world::GOOGLE;
 
 /// `ENVOY_BIN`, else `envoy` on PATH, else the project-local venv made by scripts/install-envoy.sh.
 pub fn find_envoy() -> Option<PathBuf> {
@@ -50,7 +35,7 @@ pub fn find_envoy() -> Option<PathBuf> {
         }
     }
     // scripts/install-envoy.sh: prefer the real binary over the venv's Python exec wrapper.
-    let venv = manifest_dir().join(".venv-envoy");
+    let venv = project_dir().join(".venv-envoy");
     if let Ok(entries) = std::fs::read_dir(venv.join("lib")) {
         for e in entries.flatten() {
             let bin = e.path().join("site-packages/envoy/_bin/envoy");
@@ -103,217 +88,11 @@ pub fn openssl_or_skip(test: &str) -> Option<PathBuf> {
     None
 }
 
-/// Tests of this binary share 2 cores with each other and with Envoy: run them one at a time so the
-/// timing assertions (decision flips within 2 s) measure the system, not the scheduler.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Polls `f` every 25 ms until it returns `Some`, for at most `limit`.
-pub async fn poll_until<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> Result<T, String>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("timed out after {limit:?} waiting for {what}"));
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-fn tail(path: &Path, lines: usize) -> String {
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let s = std::fs::read_to_string(path).unwrap_or_default();
     let v: Vec<&str> = s.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
 }
-
-// ---------------------------------------------------------------------------------------------------------
-// egress-authz server
-
-/// A running `egress-authz serve`; killed (SIGKILL) when dropped.
-#[derive(Debug)]
-pub struct AuthzServer {
-    child: Child,
-    pub grpc: SocketAddr,
-    pub admin: SocketAddr,
-    pub log: Arc<Mutex<Vec<String>>>,
-}
-
-impl AuthzServer {
-    pub async fn start(bin: &Path, rules: &Path, decision_log: &str) -> Result<Self, String> {
-        let mut child = Command::new(bin)
-            .arg("serve")
-            .arg("--rules")
-            .arg(rules)
-            .args([
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--admin-addr",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
-            .args(["--decision-log", decision_log])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(SocketAddr, SocketAddr)>();
-        let stderr = child.stderr.take().expect("stderr");
-        let stdout = child.stdout.take().expect("stdout");
-        for reader in [
-            Box::new(stderr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-            Box::new(stdout),
-        ] {
-            let (log, tx) = (log.clone(), tx.clone());
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(reader).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Some(addrs) = parse_serving(&line) {
-                        let _ = tx.send(addrs);
-                    }
-                    log.lock().expect("lock").push(line);
-                }
-            });
-        }
-        drop(tx);
-        let Ok(Some(addrs)) = timeout(Duration::from_secs(30), rx.recv()).await else {
-            let _ = child.start_kill();
-            let status = child.try_wait().ok().flatten();
-            return Err(format!(
-                "egress-authz did not log its \"Serving\" line (exit: {status:?}); output:\n{}",
-                log.lock().expect("lock").join("\n")
-            ));
-        };
-        let server = Self {
-            child,
-            grpc: addrs.0,
-            admin: addrs.1,
-            log,
-        };
-        let admin = server.admin;
-        poll_until(Duration::from_secs(10), "egress-authz /readyz", || async move {
-            matches!(http_get(admin, "/readyz").await, Ok((200, _))).then_some(())
-        })
-        .await?;
-        Ok(server)
-    }
-
-    /// SIGKILL and reap.
-    pub async fn kill(mut self) {
-        let _ = self.child.start_kill();
-        let _ = timeout(Duration::from_secs(5), self.child.wait()).await;
-    }
-
-    pub fn log_text(&self) -> String {
-        self.log.lock().expect("lock").join("\n")
-    }
-
-    /// Value of one Prometheus sample, e.g. `egress_authz_checks_total{decision="deny",...}`; labels are
-    /// matched as a set, in any order. Missing → 0.
-    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let (_, body) = http_get(self.admin, "/metrics").await.unwrap_or_default();
-        sum_metric(&body, name, labels)
-    }
-}
-
-pub fn sum_metric(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, lab) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            if n != name {
-                return None;
-            }
-            let ok = labels
-                .iter()
-                .all(|(k, v)| lab.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
-            ok.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
-}
-
-fn parse_serving(line: &str) -> Option<(SocketAddr, SocketAddr)> {
-    let v: Value = serde_json::from_str(line).ok()?;
-    let f = v.get("fields")?;
-    if f.get("message")?.as_str()? != "Serving" {
-        return None;
-    }
-    let grpc = f.get("grpc_addr")?.as_str()?.parse().ok()?;
-    let admin = f.get("admin_addr")?.as_str()?.parse().ok()?;
-    Some((grpc, admin))
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Relay: the Kubernetes Service in front of the authz pods
-
-/// A fixed loopback address for Envoy's authz cluster that forwards each connection to whichever
-/// egress-authz instance is current, like a Service VIP in front of restarting pods. With no target it
-/// accepts and immediately closes (a Service with no ready endpoints). It lets a test restart or kill the
-/// server without re-rendering Envoy's static bootstrap.
-#[derive(Debug)]
-pub struct Relay {
-    pub addr: SocketAddr,
-    target: Arc<Mutex<Option<SocketAddr>>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Relay {
-    pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
-        let addr = listener.local_addr().expect("addr");
-        let target: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
-        let t = target.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut down, _)) = listener.accept().await else {
-                    return;
-                };
-                let to = *t.lock().expect("lock");
-                tokio::spawn(async move {
-                    let Some(to) = to else { return };
-                    let Ok(Ok(mut up)) =
-                        timeout(Duration::from_secs(2), TcpStream::connect(to)).await
-                    else {
-                        return;
-                    };
-                    let _ = down.set_nodelay(true);
-                    let _ = up.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                });
-            }
-        });
-        Self { addr, target, task }
-    }
-
-    pub fn set_target(&self, to: Option<SocketAddr>) {
-        *self.target.lock().expect("lock") = to;
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Envoy
 
 /// The bootstrap templates under tests/e2e/envoy/.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -340,7 +119,7 @@ impl Gateway {
 
 /// Replaces `{{KEY}}` placeholders; panics if a placeholder outside a comment is left.
 pub fn render_template(gw: Gateway, vars: &BTreeMap<&str, String>) -> String {
-    let path = manifest_dir()
+    let path = project_dir()
         .join("tests/e2e/envoy")
         .join(format!("{}.yaml", gw.template()));
     let mut s =
@@ -395,7 +174,7 @@ impl CustomGate {
     /// The gate of the deploy bundle's CUSTOM policy (deploy/istio/gateway/authorizationpolicy.yaml),
     /// so the suite runs what the bundle would make istiod generate. Panics on a shape it does not model.
     pub fn from_bundle() -> (String, Self) {
-        let path = manifest_dir().join("deploy/istio/gateway/authorizationpolicy.yaml");
+        let path = project_dir().join("deploy/istio/gateway/authorizationpolicy.yaml");
         let text = std::fs::read_to_string(&path).unwrap();
         let policy: yaml_serde::Value = yaml_serde::from_str(&text).unwrap();
         let spec = &policy["spec"];
@@ -747,10 +526,10 @@ impl Envoy {
                         tail(&stderr_path, 30)
                     ));
                 }
-                tokio::time::sleep(POLL).await;
+                tokio::time::sleep(POLL_INTERVAL).await;
             }
         };
-        poll_until(Duration::from_secs(30), "envoy /ready", || async move {
+        poll_for(Duration::from_secs(30), "envoy /ready", || async move {
             matches!(http_get(admin, "/ready").await, Ok((200, _))).then_some(())
         })
         .await?;
@@ -803,7 +582,7 @@ impl Envoy {
     /// connection from `client`.
     pub async fn access_log_for(&self, client: SocketAddr, skip: usize) -> Result<Value, String> {
         let c = client.to_string();
-        poll_until(
+        poll_for(
             Duration::from_secs(5),
             &format!("{} access log entry for {c}", self.gateway.template()),
             || {
@@ -825,7 +604,7 @@ impl Envoy {
         client: std::net::IpAddr,
         skip: usize,
     ) -> Result<Value, String> {
-        poll_until(
+        poll_for(
             Duration::from_secs(5),
             &format!("{} access log entry from {client}", self.gateway.template()),
             || {
@@ -863,245 +642,4 @@ fn parse_listener_addr(body: &str) -> Option<SocketAddr> {
     format!("{}:{}", sa["address"].as_str()?, sa["port_value"].as_u64()?)
         .parse()
         .ok()
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Rule stages (the Istio egress walkthrough)
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// examples/rules/namespace-level.yaml
-    NamespaceLevel,
-    /// examples/rules/service-account-level.yaml
-    ServiceAccountLevel,
-    /// examples/rules/allow-nothing.yaml
-    AllowNothing,
-    /// deploy/rules/egress.yaml (the walkthrough's final, combined stage)
-    Final,
-}
-
-impl Stage {
-    pub const ALL: [Self; 4] = [
-        Self::NamespaceLevel,
-        Self::ServiceAccountLevel,
-        Self::AllowNothing,
-        Self::Final,
-    ];
-
-    pub fn path(self) -> PathBuf {
-        manifest_dir().join(match self {
-            Self::NamespaceLevel => "examples/rules/namespace-level.yaml",
-            Self::ServiceAccountLevel => "examples/rules/service-account-level.yaml",
-            Self::AllowNothing => "examples/rules/allow-nothing.yaml",
-            Self::Final => "deploy/rules/egress.yaml",
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::NamespaceLevel => "namespace-level",
-            Self::ServiceAccountLevel => "service-account-level",
-            Self::AllowNothing => "allow-nothing",
-            Self::Final => "final",
-        }
-    }
-
-    pub fn text(self) -> String {
-        std::fs::read_to_string(self.path())
-            .unwrap_or_else(|e| panic!("read {}: {e}", self.path().display()))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// World
-
-/// One authz server (behind the relay), the four stand-in hosts and the requested Envoy gateways, all on
-/// 127.0.0.1, plus the per-run PKI and a rules directory. Everything is stopped when it is dropped; on a
-/// panic the tails of every log are printed first.
-#[derive(Debug)]
-pub struct World {
-    pub tmp: tempfile::TempDir,
-    pub pki: Pki,
-    pub rules_dir: PathBuf,
-    pub rules_file: PathBuf,
-    pub google_http: Upstream,
-    pub yahoo_http: Upstream,
-    pub google_tcp: Upstream,
-    pub yahoo_tcp: Upstream,
-    pub relay: Relay,
-    pub server: Option<AuthzServer>,
-    pub envoys: BTreeMap<Gateway, Envoy>,
-    pub decision_log: &'static str,
-}
-
-/// The egress-authz binary: Cargo's `CARGO_BIN_EXE_egress-authz` in integration tests; elsewhere (the
-/// demo example) `EGRESS_AUTHZ_BIN`, else target/debug/egress-authz.
-pub fn server_bin() -> PathBuf {
-    if let Some(p) = option_env!("CARGO_BIN_EXE_egress-authz") {
-        return PathBuf::from(p);
-    }
-    std::env::var_os("EGRESS_AUTHZ_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest_dir().join("target/debug/egress-authz"))
-}
-
-impl World {
-    pub async fn start(
-        envoy_bin: &Path,
-        gateways: &[Gateway],
-        rules: &str,
-    ) -> Result<Self, String> {
-        Self::start_with(envoy_bin, gateways, rules, Variant::ISTIO_DEFAULT).await
-    }
-
-    /// [`Self::start`] with the gateways' bootstraps changed by `variant`.
-    pub async fn start_with(
-        envoy_bin: &Path,
-        gateways: &[Gateway],
-        rules: &str,
-        variant: Variant,
-    ) -> Result<Self, String> {
-        let tmp = tempfile::Builder::new()
-            .prefix("egress-authz-e2e-")
-            .tempdir()
-            .map_err(|e| e.to_string())?;
-        let pki = Pki::generate(&tmp.path().join("certs"));
-        let rules_dir = tmp.path().join("rules");
-        std::fs::create_dir_all(&rules_dir).map_err(|e| e.to_string())?;
-        let rules_file = rules_dir.join("egress.yaml");
-        std::fs::write(&rules_file, rules).map_err(|e| e.to_string())?;
-        let google_http = Upstream::http(GOOGLE).await;
-        let yahoo_http = Upstream::http(YAHOO).await;
-        let google_tcp = Upstream::tcp(GOOGLE).await;
-        let yahoo_tcp = Upstream::tcp(YAHOO).await;
-        let relay = Relay::start().await;
-        let server = AuthzServer::start(&server_bin(), &rules_dir, "all").await?;
-        relay.set_target(Some(server.grpc));
-        let vars = BTreeMap::from([
-            ("CERTS", pki.dir.display().to_string()),
-            ("AUTHZ_PORT", relay.addr.port().to_string()),
-            ("GOOGLE_HTTP_PORT", google_http.addr.port().to_string()),
-            ("YAHOO_HTTP_PORT", yahoo_http.addr.port().to_string()),
-            ("GOOGLE_TCP_PORT", google_tcp.addr.port().to_string()),
-            ("YAHOO_TCP_PORT", yahoo_tcp.addr.port().to_string()),
-        ]);
-        let mut world = Self {
-            tmp,
-            pki,
-            rules_dir,
-            rules_file,
-            google_http,
-            yahoo_http,
-            google_tcp,
-            yahoo_tcp,
-            relay,
-            server: Some(server),
-            envoys: BTreeMap::new(),
-            decision_log: "all",
-        };
-        for gw in gateways {
-            let envoy = Envoy::start(envoy_bin, *gw, world.tmp.path(), &vars, variant).await?;
-            world.envoys.insert(*gw, envoy);
-        }
-        Ok(world)
-    }
-
-    pub fn envoy(&self, gw: Gateway) -> &Envoy {
-        self.envoys
-            .get(&gw)
-            .unwrap_or_else(|| panic!("gateway {gw:?} not started"))
-    }
-
-    pub fn server(&self) -> &AuthzServer {
-        self.server.as_ref().expect("server running")
-    }
-
-    pub fn http_upstream(&self, host: &str) -> &Upstream {
-        if host == GOOGLE {
-            &self.google_http
-        } else {
-            &self.yahoo_http
-        }
-    }
-
-    pub fn tcp_upstream(&self, host: &str) -> &Upstream {
-        if host == GOOGLE {
-            &self.google_tcp
-        } else {
-            &self.yahoo_tcp
-        }
-    }
-
-    /// Switches rules by restarting the server on the new file (the relay keeps Envoy's view stable).
-    /// Independent of hot reload, which has its own scenario.
-    pub async fn restart_server_with(&mut self, rules: &str) -> Result<(), String> {
-        self.relay.set_target(None);
-        if let Some(old) = self.server.take() {
-            old.kill().await;
-        }
-        std::fs::write(&self.rules_file, rules).map_err(|e| e.to_string())?;
-        let server = AuthzServer::start(&server_bin(), &self.rules_dir, self.decision_log).await?;
-        self.relay.set_target(Some(server.grpc));
-        self.server = Some(server);
-        Ok(())
-    }
-
-    /// Replaces the rule file atomically (write + rename in the same directory), as a ConfigMap update or
-    /// an editor's save would; the running server is expected to hot-reload it.
-    pub fn swap_rules_file(&self, rules: &str) -> Result<(), String> {
-        let tmp = self.rules_dir.join(".egress.yaml.tmp");
-        std::fs::write(&tmp, rules).map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, &self.rules_file).map_err(|e| e.to_string())
-    }
-
-    /// Replaces the rule file under the running server and waits (bounded) until the server reports a
-    /// successful reload (`egress_authz_reloads_total{result="success"}` went up).
-    pub async fn reload_rules(&self, rules: &str) -> Result<(), String> {
-        let srv = self.server();
-        let before = srv
-            .metric("egress_authz_reloads_total", &[("result", "success")])
-            .await;
-        self.swap_rules_file(rules)?;
-        poll_until(
-            Duration::from_secs(5),
-            "the server to reload the rule file",
-            || async move {
-                let now = srv
-                    .metric("egress_authz_reloads_total", &[("result", "success")])
-                    .await;
-                (now > before).then_some(())
-            },
-        )
-        .await
-    }
-
-    pub async fn kill_server(&mut self) {
-        if let Some(s) = self.server.take() {
-            s.kill().await;
-        }
-    }
-
-    pub fn diagnostics(&self) -> String {
-        let mut out = String::new();
-        for e in self.envoys.values() {
-            out.push_str(&e.diagnostics());
-            out.push('\n');
-        }
-        if let Some(s) = &self.server {
-            let text = s.log_text();
-            let lines: Vec<&str> = text.lines().collect();
-            out.push_str("--- egress-authz output (tail) ---\n");
-            out.push_str(&lines[lines.len().saturating_sub(30)..].join("\n"));
-        }
-        out
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("=== e2e diagnostics ===\n{}", self.diagnostics());
-        }
-        // Children are SIGKILLed by their kill_on_drop guards when the fields drop.
-    }
 }
