@@ -94,6 +94,11 @@ pub(crate) fn tail(path: &Path, lines: usize) -> String {
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
+/// `stat_prefix` of the HTTP connection manager in http-*.yaml (stats `http.<prefix>.ext_authz.*`).
+pub const HTTP_STAT_PREFIX: &str = "outbound_0.0.0.0_8080";
+/// `stat_prefix` of the network ext_authz filter in tcp-istio.yaml (stats `ext_authz.<prefix>.*`).
+pub const TCP_STAT_PREFIX: &str = "egress_tcp";
+
 /// The bootstrap templates under tests/e2e/envoy/.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Gateway {
@@ -560,8 +565,21 @@ impl Envoy {
             .collect()
     }
 
+    /// One counter or gauge by its full name; 0 if Envoy has none by that name.
     pub async fn stat(&self, name: &str) -> u64 {
         self.stats(name).await.get(name).copied().unwrap_or(0)
+    }
+
+    /// The ext_authz filter's counter `name` (`ok`, `denied`, `error`, ...), under the prefix this
+    /// gateway's filter reports it with.
+    pub async fn ext_authz_stat(&self, name: &str) -> u64 {
+        let full = match self.gateway {
+            Gateway::TcpIstio => format!("ext_authz.{TCP_STAT_PREFIX}.{name}"),
+            Gateway::HttpIstio | Gateway::HttpTlsSession => {
+                format!("http.{HTTP_STAT_PREFIX}.ext_authz.{name}")
+            }
+        };
+        self.stat(&full).await
     }
 
     pub fn access_log_entries(&self) -> Vec<Value> {

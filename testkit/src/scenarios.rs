@@ -6,14 +6,11 @@ use serde_json::Value;
 
 use crate::envoy::{Envoy, Gateway};
 use crate::http::HttpOutcome;
-use crate::net::{TcpOutcome, https_request, tls_stream};
+use crate::net::{TcpOutcome, TcpResult, https_request, tls_stream};
 use crate::pki::{DEFAULT_SLEEP, FOREIGN_TD, NO_URI_SAN, OTHERNS_SLEEP, SLEEP_GOOGLE, SLEEP_YAHOO};
 use crate::world::{GOOGLE, Stage, World, YAHOO};
 
-/// `stat_prefix` of the HTTP connection manager in http-*.yaml (stats `http.<prefix>.ext_authz.*`).
-pub const HTTP_STAT_PREFIX: &str = "outbound_0.0.0.0_8080";
-/// `stat_prefix` of the network ext_authz filter in tcp-istio.yaml (stats `ext_authz.<prefix>.*`).
-pub const TCP_STAT_PREFIX: &str = "egress_tcp";
+pub use crate::envoy::{HTTP_STAT_PREFIX, TCP_STAT_PREFIX};
 
 /// Expected decision. `reasons` lists acceptable reason codes (identity edge cases may legitimately be
 /// reported as `no_matching_rule` or `invalid_principal`).
@@ -269,18 +266,12 @@ fn assert_peer(entry: &Value, caller: &str, ctx: &str) {
 /// One opaque stream through the TLS gateway as `caller` with SNI `host`; asserts bytes flow (the
 /// upstream answers with its name) or the connection is closed before any upstream byte, plus Envoy's log.
 pub async fn check_tcp(world: &World, caller: &str, host: &str, exp: &Expect, ctx: &str) -> Value {
-    let envoy = world.envoy(Gateway::TcpIstio);
     let upstream = world.tcp_upstream(host);
     let before = upstream.hits();
-    let cfg = world.pki.client_config(caller, &[]);
-    let skip = envoy.access_log_len();
-    let r = tls_stream(envoy.listener, cfg, host)
+    let (r, entry) = through_tcp(world, caller, host)
         .await
         .unwrap_or_else(|e| panic!("{ctx} [TCP]: {e}"));
-    let entry = envoy
-        .access_log_for(r.local_addr, skip)
-        .await
-        .unwrap_or_else(|e| panic!("{ctx} [TCP]: {e}"));
+    let entry = entry.unwrap_or_else(|e| panic!("{ctx} [TCP]: {e}"));
     let after = upstream.hits();
     let ctx = format!("{ctx} [TCP] got {:?}; log {entry}", r.outcome);
     if exp.allow {
@@ -299,6 +290,20 @@ pub async fn check_tcp(world: &World, caller: &str, host: &str, exp: &Expect, ct
     assert_peer(&entry, caller, &ctx);
     assert_metadata(&entry["authz"], exp, &ctx);
     entry
+}
+
+/// [`check_http`] through `http_gateway` with SNI and Host `host`, then [`check_tcp`] to `host`: the
+/// same caller, destination and expectation over both paths.
+pub async fn check_http_and_tcp(
+    world: &World,
+    http_gateway: Gateway,
+    caller: &str,
+    host: &str,
+    exp: &Expect,
+    ctx: &str,
+) {
+    check_http(world, http_gateway, caller, host, host, "/", exp, ctx).await;
+    check_tcp(world, caller, host, exp, ctx).await;
 }
 
 /// Number of 5xx responses in an HTTP gateway's access log.
@@ -360,7 +365,7 @@ pub async fn observe_http(
 /// One HTTPS request through gateway `gw` as `caller` (see [`https_request`]), and Envoy's access-log
 /// entry for it (`Err` if none turned up in time).
 #[allow(clippy::too_many_arguments)]
-async fn through_http(
+pub async fn through_http(
     world: &World,
     gw: Gateway,
     caller: &str,
@@ -380,11 +385,9 @@ async fn through_http(
 
 /// An opaque TLS-in-mTLS stream from `caller` to `host` through the TCP gateway.
 pub async fn observe_tcp(world: &World, caller: &str, host: &str) -> Observation {
-    let envoy = world.envoy(Gateway::TcpIstio);
-    let skip = envoy.access_log_len();
-    match tls_stream(envoy.listener, world.pki.client_config(caller, &[]), host).await {
-        Ok(r) => {
-            let entry = envoy.access_log_for(r.local_addr, skip).await.ok();
+    match through_tcp(world, caller, host).await {
+        Ok((r, entry)) => {
+            let entry = entry.ok();
             let (outcome, allowed) = match &r.outcome {
                 TcpOutcome::Flowed(who) if who == host => ("flowed".to_owned(), true),
                 TcpOutcome::Flowed(who) => (format!("flowed to {who}!"), false),
@@ -394,4 +397,18 @@ pub async fn observe_tcp(world: &World, caller: &str, host: &str) -> Observation
         }
         Err(e) => Observation::failed(e),
     }
+}
+
+/// One opaque stream through the TCP gateway as `caller` with SNI `host` (see [`tls_stream`]), and
+/// Envoy's access-log entry for it (`Err` if none turned up in time).
+pub async fn through_tcp(
+    world: &World,
+    caller: &str,
+    host: &str,
+) -> Result<(TcpResult, Result<Value, String>), String> {
+    let envoy = world.envoy(Gateway::TcpIstio);
+    let skip = envoy.access_log_len();
+    let r = tls_stream(envoy.listener, world.pki.client_config(caller, &[]), host).await?;
+    let entry = envoy.access_log_for(r.local_addr, skip).await;
+    Ok((r, entry))
 }

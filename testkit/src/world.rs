@@ -4,16 +4,17 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use crate::envoy::{Envoy, Gateway, Variant};
+use crate::envoy::{Envoy, Gateway, Variant, envoy_or_skip};
 use crate::fixtures::project_dir;
 use crate::net::Upstream;
 use crate::pki::Pki;
@@ -155,7 +156,50 @@ pub struct World {
     pub decision_log: &'static str,
 }
 
+/// A [`World`] holding [`serial`] for as long as it lives: how every e2e test that runs traffic starts.
+#[derive(Debug)]
+pub struct SerialWorld {
+    world: World,
+    // After `world`: fields drop in order, so the lock is released only once every process is gone.
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Deref for SerialWorld {
+    type Target = World;
+
+    fn deref(&self) -> &World {
+        &self.world
+    }
+}
+
+impl DerefMut for SerialWorld {
+    fn deref_mut(&mut self) -> &mut World {
+        &mut self.world
+    }
+}
+
 impl World {
+    /// The world of the test named `test`: finds Envoy (or returns `None` once [`envoy_or_skip`] said
+    /// why the test is skipped), takes [`serial`], and starts `gateways`, changed by `variant`, in front
+    /// of a server over `rules`. Panics if anything does not start.
+    pub async fn for_test(
+        test: &str,
+        gateways: &[Gateway],
+        rules: &str,
+        variant: Variant,
+    ) -> Option<SerialWorld> {
+        let envoy = envoy_or_skip(test)?;
+        let serial = serial();
+        let world = Self::start_with(&envoy, gateways, rules, variant)
+            .await
+            .unwrap_or_else(|e| panic!("{test}: the e2e world did not start: {e}"));
+        Some(SerialWorld {
+            world,
+            _serial: serial,
+        })
+    }
+
+    /// Starts `gateways` as checked in (istiod's rendering) in front of a server over `rules`.
     pub async fn start(
         envoy_bin: &Path,
         gateways: &[Gateway],
