@@ -24,7 +24,7 @@
 //! ```
 //!
 //! With `default-features = false` (the fuzz crate: nightly, libFuzzer) only the parts that need no
-//! runtime are built: [`check`], [`fixtures`], [`reference`], [`rules`].
+//! runtime are built: [`check`](mod@check), [`fixtures`], [`reference`](mod@reference), [`rules`].
 //!
 //! The kit depends on the egress-authz library for its types; the library never depends on the kit
 //! (its unit tests do not use it), so the only cycle is the dev-dependency Cargo allows.

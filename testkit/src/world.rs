@@ -182,6 +182,9 @@ impl World {
     /// The world of the test named `test`: finds Envoy (or returns `None` once [`envoy_or_skip`] said
     /// why the test is skipped), takes [`serial`], and starts `gateways`, changed by `variant`, in front
     /// of a server over `rules`. Panics if anything does not start.
+    // A std Mutex on purpose: it serializes tests that each run their own runtime, so it is held while
+    // this one awaits its processes.
+    #[allow(clippy::await_holding_lock)]
     pub async fn for_test(
         test: &str,
         gateways: &[Gateway],
