@@ -10,6 +10,7 @@ use envoy_types::pb::envoy::config::core::v3::{
     Address, Pipe, SocketAddress, address, socket_address,
 };
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::TlsSession;
 use prost::Message as _;
 use testkit::check::{attributes_of, envoy_sample, http_of, raw_header_map};
 
@@ -22,7 +23,7 @@ fn read(path: &Path) -> Vec<u8> {
 }
 
 fn destination_socket(check: &mut CheckRequest) -> &mut SocketAddress {
-    let address = attributes(check)
+    let address = attributes_of(check)
         .destination
         .get_or_insert_with(Default::default)
         .address
