@@ -2,8 +2,7 @@
 //! in flow style (one rule per line) and as JSON on one line. Locating rules for error messages must be
 //! linear in every style: the ratios flow/block and JSON/block, measured in the same run, show it.
 
-#[path = "support/rules.rs"]
-mod rules;
+use testkit::rules;
 
 use std::hint::black_box;
 use std::time::Duration;

@@ -2,8 +2,7 @@
 //! evaluator as the in-run baseline (at sizes where it finishes quickly), and compiling 100k rules.
 //! Sample sizes and times are kept small so the whole run takes a few minutes on 2 cores.
 
-#[path = "support/rules.rs"]
-mod rules;
+use testkit::rules;
 
 use std::hint::black_box;
 use std::time::Duration;

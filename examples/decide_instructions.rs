@@ -8,8 +8,7 @@
 //! order they are measured.
 #![allow(clippy::print_stdout)]
 
-#[path = "../benches/support/rules.rs"]
-mod rules;
+use testkit::rules;
 
 use std::hint::black_box;
 

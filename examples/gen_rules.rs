@@ -2,8 +2,7 @@
 //! `cargo run --release --example gen_rules -- 10000 > rules-10k.yaml`; a second argument `flow` or
 //! `json` writes the same rules in that style (block style otherwise).
 
-#[path = "../benches/support/rules.rs"]
-mod rules;
+use testkit::rules;
 
 use std::io::Write as _;
 

@@ -19,10 +19,7 @@
 //! `--recover-secs`, the flood's connections are then closed and a fresh client measures recovery: the
 //! time until a probe check is decided again, then a closed-loop run at the given shape, with the
 //! decided checks' p99 per 100 ms window.
-#![allow(clippy::print_stdout, dead_code, unreachable_pub)]
-
-#[path = "../benches/support/rules.rs"]
-mod rules;
+#![allow(clippy::print_stdout)]
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,17 +29,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use egress_authz::policy::Verdict;
 use egress_authz::reload::load_policy;
-use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
 use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
-    HttpRequest, Peer, Request, TlsSession,
+    HttpRequest, Request, TlsSession,
 };
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-use envoy_types::pb::google::protobuf::value::Kind;
 use prost::Message as _;
-use rules::SampleRequest;
+use testkit::check::{mk_peer, reason_of};
+use testkit::rules::{self, SampleRequest};
 
 const OK: i32 = 0;
 const PERMISSION_DENIED: i32 = 7;
@@ -161,25 +157,14 @@ fn walkthrough_mix() -> Vec<SampleRequest> {
     ]
 }
 
-fn peer(principal: &str, port: u16) -> Peer {
-    Peer {
-        principal: principal.into(),
-        address: Some(Address {
-            address: Some(address::Address::SocketAddress(SocketAddress {
-                address: "10.0.0.7".into(),
-                port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
-                ..Default::default()
-            })),
-        }),
-        ..Default::default()
-    }
-}
+/// The gateway's and the callers' pod address in the generated requests.
+const POD_IP: &str = "10.0.0.7";
 
 /// A CheckRequest shaped as Envoy 1.40 sends it from an Istio egress gateway (see the reference samples):
 /// HTTP checks carry the usual headers, TCP checks the SNI as `destination.service` and `tls_session`.
 fn check_request(s: &SampleRequest) -> CheckRequest {
     let gateway = "spiffe://cluster.local/ns/istio-system/sa/istio-egressgateway-service-account";
-    let mut destination = peer(gateway, s.port);
+    let mut destination = mk_peer(gateway, POD_IP, s.port);
     let request = s.http.as_ref().map(|(method, path)| {
         let headers = HashMap::from([
             (":authority".to_owned(), s.host.clone()),
@@ -219,7 +204,7 @@ fn check_request(s: &SampleRequest) -> CheckRequest {
     };
     CheckRequest {
         attributes: Some(AttributeContext {
-            source: Some(peer(&s.principal, 40_000)),
+            source: Some(mk_peer(&s.principal, POD_IP, 40_000)),
             destination: Some(destination),
             request,
             tls_session,
@@ -287,12 +272,7 @@ impl Tally {
 
 /// Whether a response is the server's shed answer; `Err` if it says `overloaded` without HTTP 503.
 fn is_shed(response: &CheckResponse) -> Result<bool, ()> {
-    let reason = response
-        .dynamic_metadata
-        .as_ref()
-        .and_then(|m| m.fields.get("reason"))
-        .and_then(|v| v.kind.as_ref());
-    if !matches!(reason, Some(Kind::StringValue(r)) if r == "overloaded") {
+    if reason_of(response).as_deref() != Some("overloaded") {
         return Ok(false);
     }
     match &response.http_response {

@@ -6,19 +6,10 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-mod support;
-
-use bytes::Bytes;
-use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::google::protobuf::value::Kind;
-use http_body_util::{BodyExt as _, Full};
 use prost::Message as _;
-use support::{Server, ServerBuilder, bounded, mk_http_check, mk_tcp_check, spiffe};
-use tonic::transport::Channel;
-use tower_service::Service as _;
-
-const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+use testkit::grpc::{CHECK_PATH, framed, message, raw_call};
+use testkit::{Server, ServerBuilder, bounded, mk_http_check, mk_tcp_check, spiffe};
 
 const RULES: &str = r#"
 defaultAction: DENY
@@ -27,80 +18,6 @@ rules:
   from: {namespaces: [team-a]}
   to: {hosts: ["**.google.com"]}
 "#;
-
-/// What the server answered to one raw HTTP/2 request.
-#[derive(Debug)]
-struct RawAnswer {
-    /// `grpc-status` from the trailers (or the headers, for a trailers-only answer).
-    grpc_status: Option<String>,
-    /// The decoded CheckResponse, when the body held one.
-    response: Option<CheckResponse>,
-}
-
-impl RawAnswer {
-    /// The decision's `reason` metadata; asserts the call itself succeeded with a deny.
-    fn denied_reason(&self) -> String {
-        assert_eq!(
-            self.grpc_status.as_deref(),
-            Some("0"),
-            "the RPC must succeed: {self:?}"
-        );
-        let response = self.response.as_ref().expect("a CheckResponse");
-        assert_eq!(
-            response.status.as_ref().map(|s| s.code),
-            Some(7),
-            "{self:?}"
-        );
-        let reason = &response.dynamic_metadata.as_ref().unwrap().fields["reason"];
-        match &reason.kind {
-            Some(Kind::StringValue(reason)) => reason.clone(),
-            other => panic!("reason is not a string: {other:?}"),
-        }
-    }
-}
-
-fn framed(flag: u8, declared_len: u32, payload: &[u8]) -> Vec<u8> {
-    let mut body = vec![flag];
-    body.extend_from_slice(&declared_len.to_be_bytes());
-    body.extend_from_slice(payload);
-    body
-}
-
-fn message(payload: &[u8]) -> Vec<u8> {
-    framed(0, u32::try_from(payload.len()).unwrap(), payload)
-}
-
-/// Sends `body` as the request body of a gRPC call to `path`, exactly as given.
-async fn raw_call(channel: &mut Channel, path: &str, body: Vec<u8>) -> RawAnswer {
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://egress-authz{path}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(tonic::body::Body::new(Full::new(Bytes::from(body))))
-        .unwrap();
-    std::future::poll_fn(|cx| channel.poll_ready(cx))
-        .await
-        .unwrap();
-    let response = channel.call(request).await.unwrap();
-    let header_status = response.headers().get("grpc-status").cloned();
-    let collected = response.into_body().collect().await.unwrap();
-    let trailer_status = collected
-        .trailers()
-        .and_then(|t| t.get("grpc-status"))
-        .cloned();
-    let data = collected.to_bytes();
-    let response = data
-        .get(5..)
-        .filter(|_| data[0] == 0)
-        .map(|m| CheckResponse::decode(m).unwrap());
-    RawAnswer {
-        grpc_status: trailer_status
-            .or(header_status)
-            .map(|v| v.to_str().unwrap().to_owned()),
-        response,
-    }
-}
 
 /// Replaces every `placeholder` in an encoded message with `bytes` of the same length, so the
 /// protobuf stays well-formed while string fields hold bytes a strict decoder refuses.

@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use egress_authz::app::{self, GrpcLimits};
@@ -14,15 +13,12 @@ use egress_authz::decision_log::DecisionLog;
 use egress_authz::grpc::admin::pb as admin_pb;
 use egress_authz::listener;
 use egress_authz::reload::{RuleStore, load_policy};
-use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
-    HttpRequest, Peer, Request, TlsSession,
-};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::TlsSession;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use envoy_types::pb::google::protobuf::value::Kind;
-use serde_json::Value as Json;
+use testkit::check::{REASON_HEADER, denied_header, envoy_sample as sample};
 use tonic::transport::Channel;
 
 const SAMPLE_RULES: &str = r#"
@@ -77,62 +73,6 @@ async fn client(server: &Server) -> AuthorizationClient<Channel> {
         .unwrap()
 }
 
-/// Builds a CheckRequest from Envoy's protobuf-JSON (as captured), for the fields Envoy 1.40 sends.
-fn from_envoy_json(json: &Json) -> CheckRequest {
-    let attrs = &json["attributes"];
-    let str_of = |v: &Json| v.as_str().unwrap_or_default().to_owned();
-    let peer = |p: &Json| Peer {
-        address: p.get("address").map(|a| Address {
-            address: Some(address::Address::SocketAddress(SocketAddress {
-                address: str_of(&a["socketAddress"]["address"]),
-                port_specifier: Some(socket_address::PortSpecifier::PortValue(
-                    a["socketAddress"]["portValue"].as_u64().unwrap() as u32,
-                )),
-                ..Default::default()
-            })),
-        }),
-        service: str_of(&p["service"]),
-        principal: str_of(&p["principal"]),
-        ..Default::default()
-    };
-    let http = &attrs["request"]["http"];
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(peer(&attrs["source"])),
-            destination: Some(peer(&attrs["destination"])),
-            request: http.is_object().then(|| Request {
-                http: Some(HttpRequest {
-                    id: str_of(&http["id"]),
-                    method: str_of(&http["method"]),
-                    headers: http["headers"]
-                        .as_object()
-                        .unwrap()
-                        .iter()
-                        .map(|(k, v)| (k.clone(), str_of(v)))
-                        .collect(),
-                    path: str_of(&http["path"]),
-                    host: str_of(&http["host"]),
-                    scheme: str_of(&http["scheme"]),
-                    protocol: str_of(&http["protocol"]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            tls_session: attrs.get("tlsSession").map(|t| TlsSession {
-                sni: str_of(&t["sni"]),
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
-fn sample(kind: &str) -> CheckRequest {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
-        "tests/fixtures/envoy-1.40/{kind}_checkrequest.json"
-    ));
-    from_envoy_json(&serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap())
-}
-
 fn with_principal(mut check: CheckRequest, principal: &str) -> CheckRequest {
     check
         .attributes
@@ -162,14 +102,9 @@ fn metadata(response: &CheckResponse) -> std::collections::BTreeMap<String, Stri
 fn denied(response: &CheckResponse) -> (u32, String, String) {
     match &response.http_response {
         Some(HttpResponse::DeniedResponse(denied)) => {
-            let header = denied
-                .headers
-                .iter()
-                .filter_map(|h| h.header.as_ref())
-                .find(|h| h.key == "x-egress-authz-reason")
+            let header = denied_header(response, REASON_HEADER)
                 .expect("reason header")
-                .value
-                .clone();
+                .to_owned();
             (
                 denied.status.as_ref().unwrap().code as u32,
                 denied.body.clone(),

@@ -9,37 +9,27 @@
 //! or PATH), since rustls only sends DNS names; without it they skip or fail like the others.
 //!
 //! Run: `scripts/install-envoy.sh && EGRESS_AUTHZ_REQUIRE_ENVOY=1 cargo test --test e2e_envoy`
-// Harness modules are shared with examples/demo.rs (not every item is used by both); `serial()` holds a
-// std Mutex across awaits on purpose: it serializes tests that each run their own runtime.
-#![allow(
-    unreachable_pub,
-    dead_code,
-    clippy::unwrap_used,
-    clippy::print_stdout,
-    clippy::await_holding_lock
-)]
-
-#[path = "e2e/harness.rs"]
-mod harness;
-#[path = "e2e/net.rs"]
-mod net;
-#[path = "e2e/pki.rs"]
-mod pki;
-#[path = "e2e/scenarios.rs"]
-mod scenarios;
+// `serial()` holds a std Mutex across awaits on purpose: it serializes tests that each run their own
+// runtime.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::await_holding_lock)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use harness::{
-    GOOGLE, Gateway, Stage, Variant, World, YAHOO, envoy_or_skip, envoy_validate, render_template,
-    serial,
+use testkit::envoy::{
+    self, CustomGate, Gateway, Variant, envoy_or_skip, envoy_validate, render_template,
 };
-use net::{TcpOutcome, https_request, tls_stream};
-use pki::{DEFAULT_SLEEP, OTHERNS_SLEEP, Pki, SLEEP_YAHOO};
-use scenarios::{
-    Expect, HTTP_STAT_PREFIX, TCP_STAT_PREFIX, Tally, check_http, check_tcp, expected,
+use testkit::http::{http_get, parse_response};
+use testkit::net::{self, TcpOutcome, https_request, tls_stream};
+use testkit::pki::{DEFAULT_SLEEP, OTHERNS_SLEEP, Pki, SLEEP_YAHOO};
+use testkit::prom::Metrics;
+use testkit::scenarios::{
+    self, Expect, HTTP_STAT_PREFIX, TCP_STAT_PREFIX, Tally, check_http, check_http_and_tcp,
+    check_tcp, expected, through_http, through_tcp,
 };
+use testkit::server::Server;
+use testkit::wait::poll_for;
+use testkit::world::{GOOGLE, SerialWorld, Stage, World, YAHOO, serial};
 
 /// Every template renders and passes `envoy --mode validate`, as checked in and with the fail-open
 /// variant; (a') differs from (a) only by `include_tls_session: true`.
@@ -79,7 +69,7 @@ async fn envoy_bootstraps_validate() {
             (
                 "-custom-gate",
                 Variant {
-                    custom_gate: Some(harness::CustomGate::from_bundle().1),
+                    custom_gate: Some(CustomGate::from_bundle().1),
                     ..Variant::ISTIO_DEFAULT
                 },
             ),
@@ -97,7 +87,7 @@ async fn envoy_bootstraps_validate() {
         }
     }
     let code = |gw: Gateway| -> Vec<String> {
-        let p = harness::manifest_dir()
+        let p = testkit::fixtures::project_dir()
             .join("tests/e2e/envoy")
             .join(format!("{}.yaml", gw.template()));
         std::fs::read_to_string(p)
@@ -137,26 +127,23 @@ async fn envoy_bootstraps_validate() {
 /// metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn istio_egress_walkthrough_http_and_tcp() {
-    let Some(envoy) = envoy_or_skip("istio_egress_walkthrough_http_and_tcp") else {
-        return;
-    };
-    let _serial = serial();
     let started = Instant::now();
-    let world = World::start(
-        &envoy,
-        &[Gateway::HttpIstio, Gateway::TcpIstio],
-        &Stage::NamespaceLevel.text(),
+    let Some(world) = http_and_tcp_world(
+        "istio_egress_walkthrough_http_and_tcp",
+        Stage::NamespaceLevel,
     )
     .await
-    .unwrap();
+    else {
+        return;
+    };
     let mut total = Tally::default();
-    let counts = |srv: &'_ harness::AuthzServer| {
-        let srv = srv.admin;
+    let counts = |srv: &'_ Server| {
+        let srv = srv.admin_addr;
         async move {
-            let (_, body) = net::http_get(srv, "/metrics").await.unwrap();
+            let (_, body) = http_get(srv, "/metrics").await.unwrap();
+            let metrics = Metrics::parse(&body);
             let m = |d: &str, p: &str| {
-                harness::sum_metric(
-                    &body,
+                metrics.sum(
                     "egress_authz_checks_total",
                     &[("decision", d), ("protocol", p)],
                 ) as usize
@@ -181,18 +168,7 @@ async fn istio_egress_walkthrough_http_and_tcp() {
             for host in [GOOGLE, YAHOO] {
                 let exp = expected(stage, caller, host);
                 let ctx = format!("stage {}: {caller} -> {host}", stage.name());
-                check_http(
-                    &world,
-                    Gateway::HttpIstio,
-                    caller,
-                    host,
-                    host,
-                    "/",
-                    &exp,
-                    &ctx,
-                )
-                .await;
-                check_tcp(&world, caller, host, &exp, &ctx).await;
+                check_http_and_tcp(&world, Gateway::HttpIstio, caller, host, &exp, &ctx).await;
                 tally.add(&exp);
             }
         }
@@ -209,37 +185,12 @@ async fn istio_egress_walkthrough_http_and_tcp() {
         total.deny += tally.deny;
     }
     // Envoy's own view over the whole walkthrough.
-    let http = world.envoy(Gateway::HttpIstio);
-    assert_eq!(
-        http.stat(&format!("http.{HTTP_STAT_PREFIX}.ext_authz.ok"))
-            .await as usize,
-        total.allow
-    );
-    assert_eq!(
-        http.stat(&format!("http.{HTTP_STAT_PREFIX}.ext_authz.denied"))
-            .await as usize,
-        total.deny
-    );
-    assert_eq!(
-        http.stat(&format!("http.{HTTP_STAT_PREFIX}.ext_authz.error"))
-            .await,
-        0
-    );
-    let tcp = world.envoy(Gateway::TcpIstio);
-    assert_eq!(
-        tcp.stat(&format!("ext_authz.{TCP_STAT_PREFIX}.ok")).await as usize,
-        total.allow
-    );
-    assert_eq!(
-        tcp.stat(&format!("ext_authz.{TCP_STAT_PREFIX}.denied"))
-            .await as usize,
-        total.deny
-    );
-    assert_eq!(
-        tcp.stat(&format!("ext_authz.{TCP_STAT_PREFIX}.error"))
-            .await,
-        0
-    );
+    for gw in [Gateway::HttpIstio, Gateway::TcpIstio] {
+        let envoy = world.envoy(gw);
+        assert_eq!(envoy.ext_authz_stat("ok").await as usize, total.allow);
+        assert_eq!(envoy.ext_authz_stat("denied").await as usize, total.deny);
+        assert_eq!(envoy.ext_authz_stat("error").await, 0);
+    }
     eprintln!(
         "Istio egress walkthrough: {} allowed, {} denied (each over HTTP and TCP) in {:?}",
         total.allow,
@@ -264,88 +215,48 @@ fn final_with_dry_run() -> String {
 /// shows up in Envoy's ext_authz dynamic metadata.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_host_mismatch_and_dry_run() {
-    let Some(envoy) = envoy_or_skip("sni_host_mismatch_and_dry_run") else {
+    let Some(world) = World::for_test(
+        "sni_host_mismatch_and_dry_run",
+        &Gateway::ALL,
+        &final_with_dry_run(),
+        Variant::ISTIO_DEFAULT,
+    )
+    .await
+    else {
         return;
     };
-    let _serial = serial();
-    let world = World::start(&envoy, &Gateway::ALL, &final_with_dry_run())
-        .await
-        .unwrap();
 
-    // Control: matching SNI and Host on (a').
     let allow = Expect::allow("allowed_by_rule", Some("default-ns-to-google"));
-    check_http(
-        &world,
-        Gateway::HttpTlsSession,
-        DEFAULT_SLEEP,
-        GOOGLE,
-        GOOGLE,
-        "/",
-        &allow,
-        "a' control",
-    )
-    .await;
-    // Domain fronting: TLS SNI says yahoo, Host says google.
     let mismatch = Expect::deny("sni_host_mismatch", None);
-    let entry = check_http(
-        &world,
-        Gateway::HttpTlsSession,
-        DEFAULT_SLEEP,
-        YAHOO,
-        GOOGLE,
-        "/",
-        &mismatch,
-        "a' SNI!=Host",
-    )
-    .await;
-    assert_eq!(
-        entry["sni"].as_str(),
-        Some(YAHOO),
-        "Envoy saw SNI {YAHOO}: {entry}"
-    );
-    // Istio-exact (a): no tls_session in the CheckRequest, the Host alone decides.
-    check_http(
-        &world,
-        Gateway::HttpIstio,
-        DEFAULT_SLEEP,
-        YAHOO,
-        GOOGLE,
-        "/",
-        &allow,
-        "a SNI!=Host (no tls_session)",
-    )
-    .await;
-
-    // Dry-run DENY: traffic flows; the metadata names the rule that would have denied.
-    let exp = Expect::allow("allowed_by_rule", Some("otherns-sleep-to-both"))
+    let dry_run = Expect::allow("allowed_by_rule", Some("otherns-sleep-to-both"))
         .with_dry_run(DRY_RUN_RULE, "deny");
-    for gw in [Gateway::HttpIstio, Gateway::HttpTlsSession] {
-        check_http(
-            &world,
-            gw,
-            OTHERNS_SLEEP,
-            YAHOO,
-            YAHOO,
-            "/headers",
-            &exp,
-            &format!("{gw:?} dry-run"),
-        )
-        .await;
-    }
-    check_tcp(&world, OTHERNS_SLEEP, YAHOO, &exp, "tcp dry-run").await;
-    // A caller the dry-run rule does not name has no dry-run keys.
     let plain = Expect::allow("allowed_by_rule", Some("otherns-sleep-yahoo-to-yahoo"));
-    check_http(
-        &world,
-        Gateway::HttpIstio,
-        SLEEP_YAHOO,
-        YAHOO,
-        YAHOO,
-        "/",
-        &plain,
-        "no dry-run match",
-    )
-    .await;
+    // (gateway, caller, TLS SNI, Host, path, expectation, what the row shows)
+    #[rustfmt::skip]
+    let requests = [
+        // Control: matching SNI and Host on (a').
+        (Gateway::HttpTlsSession, DEFAULT_SLEEP, GOOGLE, GOOGLE, "/", &allow, "a' control"),
+        // Domain fronting: TLS SNI says yahoo, Host says google.
+        (Gateway::HttpTlsSession, DEFAULT_SLEEP, YAHOO, GOOGLE, "/", &mismatch, "a' SNI!=Host"),
+        // Istio-exact (a): no tls_session in the CheckRequest, the Host alone decides.
+        (Gateway::HttpIstio, DEFAULT_SLEEP, YAHOO, GOOGLE, "/", &allow, "a SNI!=Host (no tls_session)"),
+        // Dry-run DENY: traffic flows; the metadata names the rule that would have denied.
+        (Gateway::HttpIstio, OTHERNS_SLEEP, YAHOO, YAHOO, "/headers", &dry_run, "HttpIstio dry-run"),
+        (Gateway::HttpTlsSession, OTHERNS_SLEEP, YAHOO, YAHOO, "/headers", &dry_run, "HttpTlsSession dry-run"),
+        // A caller the dry-run rule does not name has no dry-run keys.
+        (Gateway::HttpIstio, SLEEP_YAHOO, YAHOO, YAHOO, "/", &plain, "no dry-run match"),
+    ];
+    let mut entries = Vec::new();
+    for (gw, caller, sni, host, path, exp, ctx) in requests {
+        entries.push(check_http(&world, gw, caller, sni, host, path, exp, ctx).await);
+    }
+    let fronted = &entries[1];
+    assert_eq!(
+        fronted["sni"].as_str(),
+        Some(YAHOO),
+        "Envoy saw SNI {YAHOO}: {fronted}"
+    );
+    check_tcp(&world, OTHERNS_SLEEP, YAHOO, &dry_run, "tcp dry-run").await;
 }
 
 /// The rule file is replaced (atomic rename) while two clients send traffic: the affected decision flips
@@ -353,17 +264,11 @@ async fn sni_host_mismatch_and_dry_run() {
 /// A broken rule file is rejected and the last good rules keep deciding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_flips_decisions_without_5xx() {
-    let Some(envoy) = envoy_or_skip("hot_reload_flips_decisions_without_5xx") else {
+    let Some(world) =
+        http_and_tcp_world("hot_reload_flips_decisions_without_5xx", Stage::Final).await
+    else {
         return;
     };
-    let _serial = serial();
-    let world = World::start(
-        &envoy,
-        &[Gateway::HttpIstio, Gateway::TcpIstio],
-        &Stage::Final.text(),
-    )
-    .await
-    .unwrap();
     let http_gw = world.envoy(Gateway::HttpIstio).listener;
     let tcp_gw = world.envoy(Gateway::TcpIstio).listener;
     let probe_cfg = world.pki.client_config(DEFAULT_SLEEP, &["http/1.1"]);
@@ -421,7 +326,7 @@ async fn hot_reload_flips_decisions_without_5xx() {
     world
         .swap_rules_file("defaultAction: DENY\nrules: [ {name: broken\n")
         .unwrap();
-    harness::poll_until(
+    poll_for(
         Duration::from_secs(5),
         "the broken rule file to be rejected",
         || async {
@@ -433,18 +338,7 @@ async fn hot_reload_flips_decisions_without_5xx() {
     )
     .await
     .unwrap();
-    check_http(
-        &world,
-        Gateway::HttpIstio,
-        DEFAULT_SLEEP,
-        GOOGLE,
-        GOOGLE,
-        "/",
-        &allow,
-        "broken file ignored",
-    )
-    .await;
-    check_tcp(&world, DEFAULT_SLEEP, GOOGLE, &allow, "broken file ignored").await;
+    default_to_google(&world, &allow, "broken file ignored").await;
 
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let steady = steady.await.unwrap();
@@ -457,17 +351,9 @@ async fn hot_reload_flips_decisions_without_5xx() {
         );
     }
     let http = world.envoy(Gateway::HttpIstio);
-    assert_eq!(
-        http.stat(&format!("http.{HTTP_STAT_PREFIX}.ext_authz.error"))
-            .await,
-        0
-    );
+    assert_eq!(http.ext_authz_stat("error").await, 0);
     let tcp = world.envoy(Gateway::TcpIstio);
-    assert_eq!(
-        tcp.stat(&format!("ext_authz.{TCP_STAT_PREFIX}.error"))
-            .await,
-        0
-    );
+    assert_eq!(tcp.ext_authz_stat("error").await, 0);
     assert_eq!(scenarios::logged_5xx(http), 0, "Envoy logged a 5xx");
     eprintln!(
         "hot reload: {} probe requests, {} steady TCP connections",
@@ -481,48 +367,32 @@ async fn hot_reload_flips_decisions_without_5xx() {
 /// is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_killed_fails_closed() {
-    let Some(envoy) = envoy_or_skip("server_killed_fails_closed") else {
+    let Some(mut world) = http_and_tcp_world("server_killed_fails_closed", Stage::Final).await
+    else {
         return;
     };
-    let _serial = serial();
-    let mut world = World::start(
-        &envoy,
-        &[Gateway::HttpIstio, Gateway::TcpIstio],
-        &Stage::Final.text(),
-    )
-    .await
-    .unwrap();
     let allow = Expect::allow("allowed_by_rule", Some("default-ns-to-google"));
-    check_http(
-        &world,
-        Gateway::HttpIstio,
-        DEFAULT_SLEEP,
-        GOOGLE,
-        GOOGLE,
-        "/",
-        &allow,
-        "before kill",
-    )
-    .await;
-    check_tcp(&world, DEFAULT_SLEEP, GOOGLE, &allow, "before kill").await;
+    default_to_google(&world, &allow, "before kill").await;
 
     world.kill_server().await;
     let http = world.envoy(Gateway::HttpIstio);
     let tcp = world.envoy(Gateway::TcpIstio);
-    let http_err = format!("http.{HTTP_STAT_PREFIX}.ext_authz.error");
-    let tcp_err = format!("ext_authz.{TCP_STAT_PREFIX}.error");
-    let (http_err0, tcp_err0) = (http.stat(&http_err).await, tcp.stat(&tcp_err).await);
+    let (http_err0, tcp_err0) = (
+        http.ext_authz_stat("error").await,
+        tcp.ext_authz_stat("error").await,
+    );
     let (g_http0, g_tcp0) = (world.google_http.hits(), world.google_tcp.hits());
     for i in 0..3 {
-        let skip = http.access_log_len();
-        let r = https_request(
-            http.listener,
-            world.pki.client_config(DEFAULT_SLEEP, &["http/1.1"]),
+        let id = format!("killed-{i}");
+        let (r, e) = through_http(
+            &world,
+            Gateway::HttpIstio,
+            DEFAULT_SLEEP,
             GOOGLE,
             GOOGLE,
             "GET",
             "/",
-            &format!("killed-{i}"),
+            &id,
         )
         .await
         .unwrap();
@@ -532,29 +402,17 @@ async fn server_killed_fails_closed() {
             r.header("x-egress-authz-reason").is_none(),
             "no server, no reason header: {r:?}"
         );
-        let e = http.access_log_for(r.local_addr, skip).await.unwrap();
+        let e = e.unwrap();
         assert_eq!(e["details"].as_str(), Some("ext_authz_error"), "{e}");
         assert_eq!(e["flags"].as_str(), Some("UAEX"), "{e}");
-        assert!(
-            world
-                .google_http
-                .seen_with_id(&format!("killed-{i}"))
-                .is_empty()
-        );
+        assert!(world.google_http.seen_with_id(&id).is_empty());
 
-        let skip = tcp.access_log_len();
-        let t = tls_stream(
-            tcp.listener,
-            world.pki.client_config(DEFAULT_SLEEP, &[]),
-            GOOGLE,
-        )
-        .await
-        .unwrap();
+        let (t, e) = through_tcp(&world, DEFAULT_SLEEP, GOOGLE).await.unwrap();
         assert!(
             matches!(t.outcome, TcpOutcome::Closed(_)),
             "fail closed on TCP: {t:?}"
         );
-        let e = tcp.access_log_for(t.local_addr, skip).await.unwrap();
+        let e = e.unwrap();
         assert_eq!(e["details"].as_str(), Some("ext_authz_error"), "{e}");
         assert_eq!(e["flags"].as_str(), Some("UAEX"), "{e}");
     }
@@ -568,26 +426,31 @@ async fn server_killed_fails_closed() {
         g_tcp0,
         "bytes reached the TCP upstream without a decision"
     );
-    assert_eq!(http.stat(&http_err).await, http_err0 + 3);
-    assert_eq!(tcp.stat(&tcp_err).await, tcp_err0 + 3);
+    assert_eq!(http.ext_authz_stat("error").await, http_err0 + 3);
+    assert_eq!(tcp.ext_authz_stat("error").await, tcp_err0 + 3);
 
     // Back up: decisions resume.
     world
         .restart_server_with(&Stage::Final.text())
         .await
         .unwrap();
-    check_http(
-        &world,
-        Gateway::HttpIstio,
-        DEFAULT_SLEEP,
-        GOOGLE,
-        GOOGLE,
-        "/",
-        &allow,
-        "after restart",
+    default_to_google(&world, &allow, "after restart").await;
+}
+
+/// The world most tests run in: the Istio-exact HTTP and TCP gateways, the server over `stage`'s rules.
+async fn http_and_tcp_world(test: &str, stage: Stage) -> Option<SerialWorld> {
+    World::for_test(
+        test,
+        &[Gateway::HttpIstio, Gateway::TcpIstio],
+        &stage.text(),
+        Variant::ISTIO_DEFAULT,
     )
-    .await;
-    check_tcp(&world, DEFAULT_SLEEP, GOOGLE, &allow, "after restart").await;
+    .await
+}
+
+/// default/sleep -> developers.google.com over the HTTP and the TCP gateway, both as `exp` says.
+async fn default_to_google(world: &World, exp: &Expect, ctx: &str) {
+    check_http_and_tcp(world, Gateway::HttpIstio, DEFAULT_SLEEP, GOOGLE, exp, ctx).await;
 }
 
 /// The hot-reload probe: default/sleep -> developers.google.com over the HTTP gateway.
@@ -694,24 +557,13 @@ impl Counters {
         };
         let stats = envoy.stats("ext_authz").await;
         let stat = |s: &str| stats.get(&format!("{prefix}.{s}")).copied().unwrap_or(0);
-        let (_, body) = net::http_get(world.server().admin, "/metrics")
-            .await
-            .unwrap();
+        let metrics = world.server().metrics().await;
         let mut server = BTreeMap::new();
-        for line in body
-            .lines()
-            .filter(|l| l.starts_with("egress_authz_checks_total{"))
-        {
-            let label = |k: &str| {
-                line.split_once(&format!("{k}=\""))
-                    .and_then(|(_, rest)| rest.split_once('"'))
-                    .map(|(v, _)| v.to_owned())
-                    .unwrap_or_default()
-            };
-            let value: f64 = line.rsplit_once(' ').unwrap().1.parse().unwrap();
+        for (_, labels, value) in metrics.matching("egress_authz_checks_total", &[]) {
+            let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
             *server
                 .entry((label("decision"), label("reason")))
-                .or_insert(0) += value as u64;
+                .or_insert(0) += *value as u64;
         }
         let upstream_hits = match gw {
             Gateway::TcpIstio => world.google_tcp.hits() + world.yahoo_tcp.hits(),
@@ -812,27 +664,20 @@ async fn bad_sni_denied_with_fail_open_tcp_without_tls_session() {
 }
 
 async fn bad_sni_over_tcp(test: &str, tcp_tls_session: bool) {
-    let Some(envoy_bin) = envoy_or_skip(test) else {
+    let Some(openssl) = envoy::openssl_or_skip(test) else {
         return;
     };
-    let Some(openssl) = harness::openssl_or_skip(test) else {
-        return;
-    };
-    let _serial = serial();
     let variant = Variant {
         fail_open: true,
         google_wildcard: true,
         tcp_tls_session,
         custom_gate: None,
     };
-    let world = World::start_with(
-        &envoy_bin,
-        &[Gateway::TcpIstio],
-        &Stage::Final.text(),
-        variant,
-    )
-    .await
-    .unwrap();
+    let Some(world) =
+        World::for_test(test, &[Gateway::TcpIstio], &Stage::Final.text(), variant).await
+    else {
+        return;
+    };
     let client = raw_sni_client(&world, openssl);
     let gw = world.envoy(Gateway::TcpIstio);
 
@@ -904,27 +749,25 @@ async fn bad_sni_over_tcp(test: &str, tcp_tls_session: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_sni_denied_with_fail_open_https() {
     let test = "bad_sni_denied_with_fail_open_https";
-    let Some(envoy_bin) = envoy_or_skip(test) else {
+    let Some(openssl) = envoy::openssl_or_skip(test) else {
         return;
     };
-    let Some(openssl) = harness::openssl_or_skip(test) else {
-        return;
-    };
-    let _serial = serial();
     let variant = Variant {
         fail_open: true,
         google_wildcard: true,
         tcp_tls_session: false,
         custom_gate: None,
     };
-    let world = World::start_with(
-        &envoy_bin,
+    let Some(world) = World::for_test(
+        test,
         &[Gateway::HttpTlsSession],
         &Stage::Final.text(),
         variant,
     )
     .await
-    .unwrap();
+    else {
+        return;
+    };
     let client = raw_sni_client(&world, openssl);
     let gw = world.envoy(Gateway::HttpTlsSession);
 
@@ -946,7 +789,7 @@ async fn bad_sni_denied_with_fail_open_https() {
                 .await
                 .delta(&before);
             let response =
-                net::parse_response(&out.received, std::net::SocketAddr::new(out.source_ip, 0));
+                parse_response(&out.received, std::net::SocketAddr::new(out.source_ip, 0));
             let seen = world.google_http.seen_with_id(&id).len();
             (out, response, entry, delta, seen)
         }
@@ -1117,12 +960,13 @@ fn gate_like_istiod(dump: &mut serde_json::Value, permissions: &serde_json::Valu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_gateway_on_the_suites_envoys() {
     use egress_authz::audit::{Code, audit};
+    // Two worlds one after the other, both under the lock.
     let Some(envoy) = envoy_or_skip("audit_gateway_on_the_suites_envoys") else {
         return;
     };
     let _serial = serial();
     let dump_of = async |world: &World, gw: Gateway| -> serde_json::Value {
-        let (status, body) = net::http_get(world.envoy(gw).admin, "/config_dump")
+        let (status, body) = http_get(world.envoy(gw).admin, "/config_dump")
             .await
             .unwrap();
         assert_eq!(status, 200, "{body}");
@@ -1328,8 +1172,8 @@ async fn audit_gateway_on_the_suites_envoys() {
 /// instead lets traffic on another port through unchecked, and `audit-gateway` says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bundle_custom_policy_checks_every_gateway_port() {
+    use CustomGate;
     use egress_authz::audit::{Code, audit};
-    use harness::CustomGate;
     let Some(envoy) = envoy_or_skip("bundle_custom_policy_checks_every_gateway_port") else {
         return;
     };
@@ -1346,7 +1190,7 @@ async fn bundle_custom_policy_checks_every_gateway_port() {
         ..Variant::ISTIO_DEFAULT
     };
     let audited = async |world: &World, gw: Gateway| {
-        let (_, body) = net::http_get(world.envoy(gw).admin, "/config_dump")
+        let (_, body) = http_get(world.envoy(gw).admin, "/config_dump")
             .await
             .unwrap();
         audit(&serde_json::from_str(&body).unwrap()).unwrap()
@@ -1362,18 +1206,7 @@ async fn bundle_custom_policy_checks_every_gateway_port() {
             denied += usize::from(!exp.allow);
             let ctx = format!("bundle's CUSTOM gate, {caller} -> {host}");
             // Both assert the ext_authz decision in Envoy's access log: the check ran.
-            check_http(
-                &world,
-                Gateway::HttpTlsSession,
-                caller,
-                host,
-                host,
-                "/",
-                &exp,
-                &ctx,
-            )
-            .await;
-            check_tcp(&world, caller, host, &exp, &ctx).await;
+            check_http_and_tcp(&world, Gateway::HttpTlsSession, caller, host, &exp, &ctx).await;
         }
     }
     assert!(denied > 0, "a deny shows the check decides, not just runs");
@@ -1393,11 +1226,10 @@ async fn bundle_custom_policy_checks_every_gateway_port() {
     .unwrap();
     let exp = expected(Stage::Final, DEFAULT_SLEEP, YAHOO);
     assert!(!exp.allow, "the walkthrough denies default -> {YAHOO}");
-    let http = world.envoy(Gateway::HttpTlsSession);
-    let skip = http.access_log_len();
-    let r = https_request(
-        http.listener,
-        world.pki.client_config(DEFAULT_SLEEP, &["http/1.1"]),
+    let (r, entry) = through_http(
+        &world,
+        Gateway::HttpTlsSession,
+        DEFAULT_SLEEP,
         YAHOO,
         YAHOO,
         "GET",
@@ -1408,7 +1240,7 @@ async fn bundle_custom_policy_checks_every_gateway_port() {
     .unwrap();
     assert_eq!(r.status, 200, "never checked, so never denied: {r:?}");
     assert_eq!(world.yahoo_http.seen_with_id("scoped-gate").len(), 1);
-    let entry = http.access_log_for(r.local_addr, skip).await.unwrap();
+    let entry = entry.unwrap();
     assert!(
         entry["authz"]["decision"].is_null(),
         "no check ran: {entry}"

@@ -6,13 +6,11 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Server, ServerBuilder};
+use testkit::{Server, ServerBuilder};
 
 /// Starts `serve` on the shipped rules; the shared support waits for its "Serving" line.
 async fn start_server() -> Server {

@@ -6,11 +6,9 @@
 //! later marker line (SIGHUP's "SIGHUP: reloading rules") proves that no further decision event of the
 //! checks already answered can still arrive.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{
+use testkit::{
     Server, ServerBuilder, bounded, check, message_of, mk_http_check,
     mk_http_check_with_request_id, mk_tcp_check, spiffe,
 };
@@ -44,7 +42,7 @@ async fn settle(server: &Server) {
         })
         .await;
     assert!(marker.is_some());
-    let seen = support::poll_until(GIVE_UP, || async {
+    let seen = testkit::poll_until(GIVE_UP, || async {
         (server.logs.with_message("SIGHUP: reloading rules").len() > before).then_some(())
     })
     .await;

@@ -7,8 +7,6 @@
 //! The full-filesystem test mounts a tmpfs, so it needs root (CI runs as root); it fails, not skips,
 //! without it.
 
-mod support;
-
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
@@ -21,7 +19,7 @@ use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use tonic::transport::Channel;
 
-use support::{
+use testkit::{
     RPC_TIMEOUT, Server, ServerBuilder, bounded, check, is_allowed, message_of, mk_http_check,
     poll_until, reason_of, rules_allowing, spiffe, time_until_verdict, write_by_rename,
     write_in_place,

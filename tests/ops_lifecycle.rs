@@ -6,14 +6,12 @@
 //! A long-lived `grpc.health.v1.Health/Watch` stream serves as the in-flight RPC: it is deterministic
 //! (it stays open until the client drops it), where a Check is too fast to catch mid-flight.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use support::{
+use testkit::{
     Server, ServerBuilder, bounded, check, is_allowed, message_of, mk_http_check, poll_until,
     rules_allowing, spiffe,
 };
@@ -161,7 +159,7 @@ async fn sigterm_goes_not_serving_then_drains_in_flight_rpcs_and_exits_0() {
         server.signal("TERM");
         assert_eq!(next_status(&mut in_flight).await, ServingStatus::NotServing);
         let not_ready = poll_until(GIVE_UP, || async {
-            (support::http_get(server.admin_addr, "/readyz")
+            (testkit::http_get(server.admin_addr, "/readyz")
                 .await
                 .ok()?
                 .0

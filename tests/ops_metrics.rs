@@ -2,14 +2,12 @@
 //! right labels; rule series follow `--rule-metrics`; the rule-set gauges and `config_info` follow
 //! reloads; and no label carries a request's host, principal or path.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 
-use support::{
+use testkit::{
     Metrics, ServerBuilder, bounded, check, is_allowed, mk_http_check, mk_tcp_check, poll_until,
     rules_allowing, spiffe, write_by_rename,
 };

@@ -8,22 +8,20 @@
 //! With a limit of 2, exactly 2 checks of such a burst are admitted and every other one must be shed,
 //! whatever the order the streams arrive in.
 
-mod support;
-
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 
-use support::{
+use testkit::check::{REASON_HEADER, denied_header};
+use testkit::grpc::held_check;
+use testkit::{
     RPC_TIMEOUT, Server, ServerBuilder, bounded, check, is_allowed, mk_http_check, reason_of,
     rules_allowing, spiffe,
 };
 
 const CHECKS_TOTAL: &str = "egress_authz_checks_total";
-const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
-const REASON_HEADER: &str = "x-egress-authz-reason";
 const MAX_IN_FLIGHT: usize = 2;
 const CONNECTIONS: usize = 4;
 /// Small enough that the streams alone stay within the server's allowance for its own tasks, so only the
@@ -86,13 +84,11 @@ fn is_shed(response: &CheckResponse) -> bool {
         Some(503),
         "shed, not a policy deny: {response:?}"
     );
-    let header = denied
-        .headers
-        .iter()
-        .filter_map(|h| h.header.as_ref())
-        .find(|h| h.key == REASON_HEADER)
-        .map(|h| h.value.as_str());
-    assert_eq!(header, Some("overloaded"), "{response:?}");
+    assert_eq!(
+        denied_header(response, REASON_HEADER),
+        Some("overloaded"),
+        "{response:?}"
+    );
     true
 }
 
@@ -109,34 +105,6 @@ fn assert_decided(response: &CheckResponse, allowed: bool, what: &str) {
         (allowed, Some(expected)),
         "{what}: {response:?}"
     );
-}
-
-/// A Check whose message is sent only when `release` fires (or is dropped); until then it is in
-/// flight on the server. Returns the RPC's answer, `Err` being a gRPC error.
-async fn held_check(
-    channel: Channel,
-    request: CheckRequest,
-    release: oneshot::Receiver<()>,
-) -> Result<CheckResponse, tonic::Status> {
-    let (sender, receiver) = mpsc::channel(1);
-    tokio::spawn(async move {
-        // A dropped release sends the message too: the check is then answered rather than left to
-        // the server's read timeout.
-        let _ = release.await;
-        let _ = sender.send(request).await;
-    });
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    // A client stream of one message is, on the wire, exactly a unary call whose message comes late.
-    grpc.client_streaming(
-        tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(receiver)),
-        http::uri::PathAndQuery::from_static(CHECK_PATH),
-        tonic_prost::ProstCodec::<CheckRequest, CheckResponse>::default(),
-    )
-    .await
-    .map(tonic::Response::into_inner)
 }
 
 async fn channels(server: &Server) -> Vec<Channel> {

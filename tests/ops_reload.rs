@@ -5,8 +5,6 @@
 //! Each flip test starts on rule set A (allows `a.example.com`), switches to B (allows only
 //! `b.example.com`) and measures from the write to the first Check that is denied, polling every 20 ms.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,7 +14,7 @@ use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use tonic::transport::Channel;
 
-use support::{
+use testkit::{
     ConfigMapDir, Server, ServerBuilder, bounded, check, is_allowed, message_of, mk_http_check,
     poll_until, reason_of, rules_allowing, spiffe, time_until_verdict, write_by_rename,
     write_in_place,

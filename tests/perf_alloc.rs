@@ -2,8 +2,7 @@
 //! index lookups and matching all borrow or use inline buffers. Proven under a counting global allocator
 //! (`stats_alloc`, so this crate needs no `unsafe`). One test per file: the counter is process-wide.
 
-#[path = "../benches/support/rules.rs"]
-mod rules;
+use testkit::rules;
 
 use std::alloc::System;
 

@@ -16,9 +16,9 @@ use egress_authz::reload::{RuleStore, load_policy};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use proptest::prelude::*;
 use prost::Message as _;
+use testkit::check::raw_header_map;
 
-mod reference;
-use reference::{
+use testkit::reference::{
     reference_dns_name, reference_inet_aton, reference_is_number, reference_normalize_host,
     reference_spiffe,
 };
@@ -84,7 +84,7 @@ fn check_request_bytes() -> BoxedStrategy<Vec<u8>> {
 /// `header_map`, and destination addresses that are and are not socket addresses with a port.
 fn any_check_request() -> BoxedStrategy<CheckRequest> {
     use envoy_types::pb::envoy::config::core::v3::{
-        Address, HeaderMap, HeaderValue, Pipe, SocketAddress, address, socket_address,
+        Address, Pipe, SocketAddress, address, socket_address,
     };
     use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
@@ -128,16 +128,7 @@ fn any_check_request() -> BoxedStrategy<CheckRequest> {
                 ..Default::default()
             };
             if raw {
-                http.header_map = Some(HeaderMap {
-                    headers: headers
-                        .into_iter()
-                        .map(|(key, value)| HeaderValue {
-                            key,
-                            raw_value: value.into_bytes(),
-                            ..Default::default()
-                        })
-                        .collect(),
-                });
+                http.header_map = Some(raw_header_map(headers));
             } else {
                 http.headers = headers.into_iter().collect();
             }

@@ -9,9 +9,7 @@ use egress_authz::policy::{
 };
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../tests/reference/mod.rs"]
-mod reference;
-use reference::{reference_dns_name, reference_normalize_host};
+use testkit::reference::{reference_dns_name, reference_normalize_host};
 
 fuzz_target!(|data: &[u8]| {
     let raw = String::from_utf8_lossy(data);

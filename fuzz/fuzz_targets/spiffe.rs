@@ -8,9 +8,7 @@
 use egress_authz::policy::{Caller, parse_spiffe_id};
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../tests/reference/mod.rs"]
-mod reference;
-use reference::reference_spiffe;
+use testkit::reference::reference_spiffe;
 
 fuzz_target!(|data: &[u8]| {
     let id = String::from_utf8_lossy(data);

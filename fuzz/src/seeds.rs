@@ -7,14 +7,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, HeaderMap, HeaderValue, Pipe, SocketAddress, address, socket_address,
+    Address, Pipe, SocketAddress, address, socket_address,
 };
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
-    HttpRequest, Peer, Request, TlsSession,
-};
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::TlsSession;
 use prost::Message as _;
-use serde_json::Value as Json;
+use testkit::check::{attributes_of, envoy_sample, http_of, raw_header_map};
 
 fn project() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -24,79 +22,8 @@ fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// A CheckRequest from Envoy's protobuf JSON, for the fields Envoy 1.40 sends (as in tests/check_rpc.rs).
-fn from_envoy_json(json: &Json) -> CheckRequest {
-    let attrs = &json["attributes"];
-    let str_of = |v: &Json| v.as_str().unwrap_or_default().to_owned();
-    let peer = |p: &Json| Peer {
-        address: p.get("address").map(|a| Address {
-            address: Some(address::Address::SocketAddress(SocketAddress {
-                address: str_of(&a["socketAddress"]["address"]),
-                port_specifier: a["socketAddress"]["portValue"]
-                    .as_u64()
-                    .and_then(|port| u32::try_from(port).ok())
-                    .map(socket_address::PortSpecifier::PortValue),
-                ..Default::default()
-            })),
-        }),
-        service: str_of(&p["service"]),
-        principal: str_of(&p["principal"]),
-        ..Default::default()
-    };
-    let http = &attrs["request"]["http"];
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(peer(&attrs["source"])),
-            destination: Some(peer(&attrs["destination"])),
-            request: http.is_object().then(|| Request {
-                http: Some(HttpRequest {
-                    id: str_of(&http["id"]),
-                    method: str_of(&http["method"]),
-                    headers: http["headers"]
-                        .as_object()
-                        .into_iter()
-                        .flatten()
-                        .map(|(k, v)| (k.clone(), str_of(v)))
-                        .collect(),
-                    path: str_of(&http["path"]),
-                    host: str_of(&http["host"]),
-                    scheme: str_of(&http["scheme"]),
-                    protocol: str_of(&http["protocol"]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            tls_session: attrs.get("tlsSession").map(|t| TlsSession {
-                sni: str_of(&t["sni"]),
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
-fn captured(kind: &str) -> CheckRequest {
-    let path = project().join(format!(
-        "tests/fixtures/envoy-1.40/{kind}_checkrequest.json"
-    ));
-    let json =
-        serde_json::from_slice(&read(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    from_envoy_json(&json)
-}
-
-fn attributes(check: &mut CheckRequest) -> &mut AttributeContext {
-    check.attributes.get_or_insert_with(Default::default)
-}
-
-fn http(check: &mut CheckRequest) -> &mut HttpRequest {
-    attributes(check)
-        .request
-        .get_or_insert_with(Default::default)
-        .http
-        .get_or_insert_with(Default::default)
-}
-
 fn destination_socket(check: &mut CheckRequest) -> &mut SocketAddress {
-    let address = attributes(check)
+    let address = attributes_of(check)
         .destination
         .get_or_insert_with(Default::default)
         .address
@@ -111,8 +38,8 @@ fn destination_socket(check: &mut CheckRequest) -> &mut SocketAddress {
 }
 
 fn check_request_seeds() -> Vec<Seed> {
-    let http_check = captured("http");
-    let tcp_check = captured("tcp");
+    let http_check = envoy_sample("http");
+    let tcp_check = envoy_sample("tcp");
     let mut seeds = vec![
         ("envoy-1.40-http".to_owned(), http_check.clone()),
         ("envoy-1.40-tcp".to_owned(), tcp_check.clone()),
@@ -122,27 +49,18 @@ fn check_request_seeds() -> Vec<Seed> {
     // `encode_raw_headers: true`: the headers travel in `header_map` with `raw_value`, and Envoy leaves
     // `host` and `path` empty.
     let mut raw = http_check.clone();
-    let http_raw = http(&mut raw);
+    let http_raw = http_of(&mut raw);
     let headers = std::mem::take(&mut http_raw.headers);
     http_raw.host.clear();
     http_raw.path.clear();
-    http_raw.header_map = Some(HeaderMap {
-        headers: headers
-            .into_iter()
-            .collect::<BTreeMap<_, _>>()
-            .into_iter()
-            .map(|(key, value)| HeaderValue {
-                key,
-                raw_value: value.into_bytes(),
-                ..Default::default()
-            })
-            .collect(),
-    });
+    http_raw.header_map = Some(raw_header_map(
+        headers.into_iter().collect::<BTreeMap<_, _>>(),
+    ));
     seeds.push(("http-raw-header-map".to_owned(), raw));
 
     // No `host`: the authority comes from the `:authority` header, here with a port and an IPv4 spelling.
     let mut no_host = http_check.clone();
-    let http_no_host = http(&mut no_host);
+    let http_no_host = http_of(&mut no_host);
     http_no_host.host.clear();
     http_no_host
         .headers
@@ -151,12 +69,12 @@ fn check_request_seeds() -> Vec<Seed> {
 
     // A caller from the second trust domain, to an IPv6 literal.
     let mut partner = http_check.clone();
-    attributes(&mut partner)
+    attributes_of(&mut partner)
         .source
         .get_or_insert_with(Default::default)
         .principal = "spiffe://partner.example/ns/ops/sa/backup".to_owned();
-    http(&mut partner).host = "[2001:DB8::1]:443".to_owned();
-    attributes(&mut partner).tls_session = None;
+    http_of(&mut partner).host = "[2001:DB8::1]:443".to_owned();
+    attributes_of(&mut partner).tls_session = None;
     seeds.push(("http-partner-ipv6".to_owned(), partner));
 
     let mut named_port = tcp_check.clone();
@@ -165,7 +83,7 @@ fn check_request_seeds() -> Vec<Seed> {
     seeds.push(("tcp-named-port".to_owned(), named_port));
 
     let mut pipe = tcp_check.clone();
-    attributes(&mut pipe)
+    attributes_of(&mut pipe)
         .destination
         .get_or_insert_with(Default::default)
         .address = Some(Address {
@@ -178,7 +96,7 @@ fn check_request_seeds() -> Vec<Seed> {
 
     // An Istio cluster SNI, which is skipped in favour of `destination.service`.
     let mut cluster_sni = tcp_check;
-    attributes(&mut cluster_sni).tls_session = Some(TlsSession {
+    attributes_of(&mut cluster_sni).tls_session = Some(TlsSession {
         sni: "outbound_.443_._.istio-egressgateway.istio-system.svc.cluster.local".to_owned(),
     });
     seeds.push(("tcp-istio-cluster-sni".to_owned(), cluster_sni));

@@ -1,5 +1,6 @@
 //! Network pieces of the e2e harness: loopback stand-ins for the external hosts, the mTLS clients that
-//! play the mesh workloads, and a tiny HTTP/1.1 GET for admin endpoints. All I/O is bounded by timeouts.
+//! play the mesh workloads (rustls, and `openssl s_client` for server names rustls will not send). All I/O
+//! is bounded by timeouts.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -17,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
-pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::http::{HttpOutcome, IO_TIMEOUT, find, parse_response};
 
 /// One request as seen by an HTTP stand-in.
 #[derive(Debug, Clone)]
@@ -65,7 +66,40 @@ impl Upstream {
             .collect()
     }
 
+    /// The HTTP flavour: answers every request `200` with its name.
     pub async fn http(name: &'static str) -> Self {
+        Self::serve(name, |sock, name, hits, seen| async move {
+            let _ = serve_http_conn(sock, name, hits, seen).await;
+        })
+        .await
+    }
+
+    /// The TCP flavour: answers the first bytes of a stream with its name.
+    pub async fn tcp(name: &'static str) -> Self {
+        Self::serve(name, |mut sock, name, hits, _seen| async move {
+            let mut buf = [0u8; 1024];
+            // Envoy may keep an idle upstream connection open for a denied client; bound it.
+            let Ok(Ok(n)) = timeout(Duration::from_secs(30), sock.read(&mut buf)).await else {
+                return;
+            };
+            if n == 0 {
+                return;
+            }
+            hits.fetch_add(1, Ordering::SeqCst);
+            let _ = sock.write_all(format!("{name}\n").as_bytes()).await;
+            let _ = timeout(Duration::from_secs(30), sock.read(&mut buf)).await;
+        })
+        .await
+    }
+
+    /// Listens on an ephemeral loopback port and runs `conn` for every accepted connection.
+    async fn serve<F, Fut>(name: &'static str, conn: F) -> Self
+    where
+        F: Fn(TcpStream, &'static str, Arc<AtomicUsize>, Arc<Mutex<Vec<SeenRequest>>>) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
@@ -80,52 +114,7 @@ impl Upstream {
                     return;
                 };
                 a.fetch_add(1, Ordering::SeqCst);
-                let (h, s) = (h.clone(), s.clone());
-                tokio::spawn(async move {
-                    let _ = serve_http_conn(sock, name, h, s).await;
-                });
-            }
-        });
-        Self {
-            name,
-            addr,
-            hits,
-            accepted,
-            seen,
-            task,
-        }
-    }
-
-    pub async fn tcp(name: &'static str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
-        let addr = listener.local_addr().expect("addr");
-        let hits = Arc::new(AtomicUsize::new(0));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (h, a) = (hits.clone(), accepted.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut sock, _)) = listener.accept().await else {
-                    return;
-                };
-                a.fetch_add(1, Ordering::SeqCst);
-                let h = h.clone();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    // Envoy may keep an idle upstream connection open for a denied client; bound it.
-                    let Ok(Ok(n)) = timeout(Duration::from_secs(30), sock.read(&mut buf)).await
-                    else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    h.fetch_add(1, Ordering::SeqCst);
-                    let _ = sock.write_all(format!("{name}\n").as_bytes()).await;
-                    let _ = timeout(Duration::from_secs(30), sock.read(&mut buf)).await;
-                });
+                tokio::spawn(conn(sock, name, h.clone(), s.clone()));
             }
         });
         Self {
@@ -213,29 +202,6 @@ async fn serve_http_conn(
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// What an HTTPS client saw.
-#[derive(Debug, Clone)]
-pub struct HttpOutcome {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-    /// The client's local address: Envoy logs it as %DOWNSTREAM_REMOTE_ADDRESS%.
-    pub local_addr: SocketAddr,
-}
-
-impl HttpOutcome {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 /// One HTTP/1.1 request through the gateway's mTLS HTTPS listener, as a sidecar would send it:
 /// TLS with the workload certificate and `sni`, then `method path` with `Host: host`.
 pub async fn https_request(
@@ -272,32 +238,6 @@ pub async fn https_request(
     })
     .await
     .map_err(|_| "timed out".to_owned())?
-}
-
-pub fn parse_response(raw: &[u8], local_addr: SocketAddr) -> Result<HttpOutcome, String> {
-    let end = find(raw, b"\r\n\r\n")
-        .ok_or_else(|| format!("no response head in {:?}", String::from_utf8_lossy(raw)))?;
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let headers = lines
-        .filter_map(|l| {
-            l.split_once(':')
-                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        })
-        .collect();
-    let body = String::from_utf8_lossy(&raw[end + 4..]).into_owned();
-    Ok(HttpOutcome {
-        status,
-        headers,
-        body,
-        local_addr,
-    })
 }
 
 /// What a client of the opaque TLS-in-mTLS path saw after sending its first bytes.
@@ -509,67 +449,4 @@ impl RawSniClient {
             diagnostics,
         })
     }
-}
-
-/// Plain-HTTP GET against an admin endpoint (Envoy admin, egress-authz admin). Returns (status, body).
-pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    timeout(IO_TIMEOUT, async {
-        let mut s = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
-        let local = s.local_addr().map_err(|e| e.to_string())?;
-        let r = parse_response(&raw, local)?;
-        let body = if r
-            .header("transfer-encoding")
-            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-        {
-            dechunk(&r.body)
-        } else {
-            r.body
-        };
-        Ok((r.status, body))
-    })
-    .await
-    .map_err(|_| format!("GET {addr}{path} timed out"))?
-}
-
-/// Plain-HTTP POST with an empty body (Envoy admin mutations).
-pub async fn http_post(addr: SocketAddr, path: &str) -> Result<u16, String> {
-    timeout(IO_TIMEOUT, async {
-        let mut s = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        let req = format!(
-            "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-        );
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
-        let local = s.local_addr().map_err(|e| e.to_string())?;
-        Ok(parse_response(&raw, local)?.status)
-    })
-    .await
-    .map_err(|_| format!("POST {addr}{path} timed out"))?
-}
-
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size_line, after)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size_line.trim(), 16).unwrap_or(0);
-        if size == 0 || after.len() < size {
-            break;
-        }
-        out.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
-    }
-    out
 }

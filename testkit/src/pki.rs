@@ -32,6 +32,16 @@ pub const FOREIGN_TD: &str = "foreign-td";
 /// A CA-signed certificate without any URI SAN (Subject CN only): Envoy's principal becomes the Subject.
 pub const NO_URI_SAN: &str = "no-uri-san";
 
+/// Every workload the PKI issues a certificate for: the walkthrough's four, then the identity edge cases.
+pub const WORKLOADS: [&str; 6] = [
+    DEFAULT_SLEEP,
+    OTHERNS_SLEEP,
+    SLEEP_GOOGLE,
+    SLEEP_YAHOO,
+    FOREIGN_TD,
+    NO_URI_SAN,
+];
+
 pub fn spiffe_of(workload: &str) -> Option<String> {
     match workload {
         FOREIGN_TD => Some("spiffe://evil.example/ns/default/sa/sleep".to_owned()),
@@ -125,14 +135,7 @@ impl Pki {
         std::fs::write(dir.join("gateway.key"), &gw.key_pem).expect("write gw key");
 
         let mut workloads = BTreeMap::new();
-        for w in [
-            DEFAULT_SLEEP,
-            OTHERNS_SLEEP,
-            SLEEP_GOOGLE,
-            SLEEP_YAHOO,
-            FOREIGN_TD,
-            NO_URI_SAN,
-        ] {
+        for w in WORKLOADS {
             let spiffe = spiffe_of(w);
             let cn = if w == NO_URI_SAN {
                 Some("legacy-client")

@@ -4,14 +4,13 @@
 
 use serde_json::Value;
 
-use crate::harness::{Envoy, GOOGLE, Gateway, Stage, World, YAHOO};
-use crate::net::{TcpOutcome, https_request, tls_stream};
+use crate::envoy::{Envoy, Gateway};
+use crate::http::HttpOutcome;
+use crate::net::{TcpOutcome, TcpResult, https_request, tls_stream};
 use crate::pki::{DEFAULT_SLEEP, FOREIGN_TD, NO_URI_SAN, OTHERNS_SLEEP, SLEEP_GOOGLE, SLEEP_YAHOO};
+use crate::world::{GOOGLE, Stage, World, YAHOO};
 
-/// `stat_prefix` of the HTTP connection manager in http-*.yaml (stats `http.<prefix>.ext_authz.*`).
-pub const HTTP_STAT_PREFIX: &str = "outbound_0.0.0.0_8080";
-/// `stat_prefix` of the network ext_authz filter in tcp-istio.yaml (stats `ext_authz.<prefix>.*`).
-pub const TCP_STAT_PREFIX: &str = "egress_tcp";
+pub use crate::envoy::{HTTP_STAT_PREFIX, TCP_STAT_PREFIX};
 
 /// Expected decision. `reasons` lists acceptable reason codes (identity edge cases may legitimately be
 /// reported as `no_matching_rule` or `invalid_principal`).
@@ -82,14 +81,7 @@ impl Tally {
 }
 
 /// Callers of the walkthrough: the walkthrough's four workloads, then the identity edge cases.
-pub const CALLERS: [&str; 6] = [
-    DEFAULT_SLEEP,
-    OTHERNS_SLEEP,
-    SLEEP_GOOGLE,
-    SLEEP_YAHOO,
-    FOREIGN_TD,
-    NO_URI_SAN,
-];
+pub const CALLERS: [&str; 6] = crate::pki::WORKLOADS;
 
 /// The Istio egress walkthrough as a table: what each caller may reach in each stage, and which rule decides.
 pub fn expected(stage: Stage, caller: &str, host: &str) -> Expect {
@@ -192,16 +184,10 @@ pub async fn check_http(
         "req-{}",
         SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
     );
-    let envoy = world.envoy(gw);
-    let cfg = world.pki.client_config(caller, &["http/1.1"]);
-    let skip = envoy.access_log_len();
-    let r = https_request(envoy.listener, cfg, sni, host, "GET", path, &id)
+    let (r, entry) = through_http(world, gw, caller, sni, host, "GET", path, &id)
         .await
         .unwrap_or_else(|e| panic!("{ctx} [{gw:?}]: request failed: {e}"));
-    let entry = envoy
-        .access_log_for(r.local_addr, skip)
-        .await
-        .unwrap_or_else(|e| panic!("{ctx} [{gw:?}]: {e}"));
+    let entry = entry.unwrap_or_else(|e| panic!("{ctx} [{gw:?}]: {e}"));
     assert_eq!(
         entry["test_id"].as_str(),
         Some(id.as_str()),
@@ -280,18 +266,12 @@ fn assert_peer(entry: &Value, caller: &str, ctx: &str) {
 /// One opaque stream through the TLS gateway as `caller` with SNI `host`; asserts bytes flow (the
 /// upstream answers with its name) or the connection is closed before any upstream byte, plus Envoy's log.
 pub async fn check_tcp(world: &World, caller: &str, host: &str, exp: &Expect, ctx: &str) -> Value {
-    let envoy = world.envoy(Gateway::TcpIstio);
     let upstream = world.tcp_upstream(host);
     let before = upstream.hits();
-    let cfg = world.pki.client_config(caller, &[]);
-    let skip = envoy.access_log_len();
-    let r = tls_stream(envoy.listener, cfg, host)
+    let (r, entry) = through_tcp(world, caller, host)
         .await
         .unwrap_or_else(|e| panic!("{ctx} [TCP]: {e}"));
-    let entry = envoy
-        .access_log_for(r.local_addr, skip)
-        .await
-        .unwrap_or_else(|e| panic!("{ctx} [TCP]: {e}"));
+    let entry = entry.unwrap_or_else(|e| panic!("{ctx} [TCP]: {e}"));
     let after = upstream.hits();
     let ctx = format!("{ctx} [TCP] got {:?}; log {entry}", r.outcome);
     if exp.allow {
@@ -310,6 +290,20 @@ pub async fn check_tcp(world: &World, caller: &str, host: &str, exp: &Expect, ct
     assert_peer(&entry, caller, &ctx);
     assert_metadata(&entry["authz"], exp, &ctx);
     entry
+}
+
+/// [`check_http`] through `http_gateway` with SNI and Host `host`, then [`check_tcp`] to `host`: the
+/// same caller, destination and expectation over both paths.
+pub async fn check_http_and_tcp(
+    world: &World,
+    http_gateway: Gateway,
+    caller: &str,
+    host: &str,
+    exp: &Expect,
+    ctx: &str,
+) {
+    check_http(world, http_gateway, caller, host, host, "/", exp, ctx).await;
+    check_tcp(world, caller, host, exp, ctx).await;
 }
 
 /// Number of 5xx responses in an HTTP gateway's access log.
@@ -360,25 +354,40 @@ pub async fn observe_http(
     host: &str,
     path: &str,
 ) -> Observation {
-    let envoy = world.envoy(gw);
-    let cfg = world.pki.client_config(caller, &["http/1.1"]);
-    let skip = envoy.access_log_len();
-    match https_request(envoy.listener, cfg, sni, host, "HEAD", path, "demo").await {
-        Ok(r) => {
-            let entry = envoy.access_log_for(r.local_addr, skip).await.ok();
-            Observation::from_entry(r.status.to_string(), r.status == 200, entry)
+    match through_http(world, gw, caller, sni, host, "HEAD", path, "demo").await {
+        Ok((r, entry)) => {
+            Observation::from_entry(r.status.to_string(), r.status == 200, entry.ok())
         }
         Err(e) => Observation::failed(e),
     }
 }
 
+/// One HTTPS request through gateway `gw` as `caller` (see [`https_request`]), and Envoy's access-log
+/// entry for it (`Err` if none turned up in time).
+#[allow(clippy::too_many_arguments)]
+pub async fn through_http(
+    world: &World,
+    gw: Gateway,
+    caller: &str,
+    sni: &str,
+    host: &str,
+    method: &str,
+    path: &str,
+    test_id: &str,
+) -> Result<(HttpOutcome, Result<Value, String>), String> {
+    let envoy = world.envoy(gw);
+    let cfg = world.pki.client_config(caller, &["http/1.1"]);
+    let skip = envoy.access_log_len();
+    let r = https_request(envoy.listener, cfg, sni, host, method, path, test_id).await?;
+    let entry = envoy.access_log_for(r.local_addr, skip).await;
+    Ok((r, entry))
+}
+
 /// An opaque TLS-in-mTLS stream from `caller` to `host` through the TCP gateway.
 pub async fn observe_tcp(world: &World, caller: &str, host: &str) -> Observation {
-    let envoy = world.envoy(Gateway::TcpIstio);
-    let skip = envoy.access_log_len();
-    match tls_stream(envoy.listener, world.pki.client_config(caller, &[]), host).await {
-        Ok(r) => {
-            let entry = envoy.access_log_for(r.local_addr, skip).await.ok();
+    match through_tcp(world, caller, host).await {
+        Ok((r, entry)) => {
+            let entry = entry.ok();
             let (outcome, allowed) = match &r.outcome {
                 TcpOutcome::Flowed(who) if who == host => ("flowed".to_owned(), true),
                 TcpOutcome::Flowed(who) => (format!("flowed to {who}!"), false),
@@ -388,4 +397,18 @@ pub async fn observe_tcp(world: &World, caller: &str, host: &str) -> Observation
         }
         Err(e) => Observation::failed(e),
     }
+}
+
+/// One opaque stream through the TCP gateway as `caller` with SNI `host` (see [`tls_stream`]), and
+/// Envoy's access-log entry for it (`Err` if none turned up in time).
+pub async fn through_tcp(
+    world: &World,
+    caller: &str,
+    host: &str,
+) -> Result<(TcpResult, Result<Value, String>), String> {
+    let envoy = world.envoy(Gateway::TcpIstio);
+    let skip = envoy.access_log_len();
+    let r = tls_stream(envoy.listener, world.pki.client_config(caller, &[]), host).await?;
+    let entry = envoy.access_log_for(r.local_addr, skip).await;
+    Ok((r, entry))
 }

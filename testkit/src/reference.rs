@@ -1,13 +1,11 @@
 //! Straightforward statements of the request-path parsers' rules (split, parse, compare). The fast
 //! parsers are hand-rolled single passes; they must agree with these on every input. Shared by the
 //! property tests (`tests/robustness.rs`) and the fuzz targets (`fuzz/fuzz_targets/{host,spiffe}.rs`),
-//! which include this file by path, so both check against the same rules.
-// Each includer uses a different subset.
-#![allow(dead_code)]
+//! so both check against the same rules.
 
 /// A DNS name without trailing dot: labels of 1–63 `[A-Za-z0-9_-]`, not starting or ending with `-`,
 /// at most 253 bytes, the last label not a number.
-pub(crate) fn reference_dns_name(name: &str) -> bool {
+pub fn reference_dns_name(name: &str) -> bool {
     let labels_ok = name.split('.').all(|label| {
         (1..=63).contains(&label.len())
             && !label.starts_with('-')
@@ -21,7 +19,7 @@ pub(crate) fn reference_dns_name(name: &str) -> bool {
 }
 
 /// WHATWG's "ends in a number" test for one label: all decimal digits, or `0x`/`0X` and hex digits.
-pub(crate) fn reference_is_number(label: &str) -> bool {
+pub fn reference_is_number(label: &str) -> bool {
     let hex = label
         .strip_prefix("0x")
         .or_else(|| label.strip_prefix("0X"));
@@ -34,7 +32,7 @@ pub(crate) fn reference_is_number(label: &str) -> bool {
 /// `inet_aton` as its manual page states it: one to four parts separated by dots, each decimal,
 /// octal (leading `0`) or hex (leading `0x`/`0X`); every part but the last is one byte and the last
 /// fills the bytes left; anything out of range fails. A single trailing dot (DNS's root) is dropped.
-pub(crate) fn reference_inet_aton(raw: &str) -> Option<std::net::Ipv4Addr> {
+pub fn reference_inet_aton(raw: &str) -> Option<std::net::Ipv4Addr> {
     let name = raw.strip_suffix('.').unwrap_or(raw);
     let parts: Vec<&str> = name.split('.').collect();
     if parts.len() > 4 {
@@ -74,7 +72,7 @@ pub(crate) fn reference_inet_aton(raw: &str) -> Option<std::net::Ipv4Addr> {
 /// A host as the request path must see it: an IPv6 literal (bracketed or not) in canonical form, an
 /// IPv4-mapped one as its IPv4 address; a host ending in a number as the `inet_aton` address or
 /// nothing; else a DNS name, lower-cased, one trailing dot dropped.
-pub(crate) fn reference_normalize_host(raw: &str) -> Option<String> {
+pub fn reference_normalize_host(raw: &str) -> Option<String> {
     use std::net::Ipv6Addr;
     let canonical = |v6: Ipv6Addr| {
         v6.to_ipv4_mapped()
@@ -100,7 +98,7 @@ pub(crate) fn reference_normalize_host(raw: &str) -> Option<String> {
 
 /// `spiffe://<td>/ns/<ns>/sa/<sa>`, Istio's shape, under SPIFFE's rules: a trust domain of 1–255
 /// lower-case letters, digits, `.`, `-`, `_`; path segments of `[A-Za-z0-9._-]`, not empty, `.` or `..`.
-pub(crate) fn reference_spiffe(id: &str) -> Option<(String, String, String)> {
+pub fn reference_spiffe(id: &str) -> Option<(String, String, String)> {
     let segments: Vec<&str> = id.strip_prefix("spiffe://")?.split('/').collect();
     let [td, "ns", ns, "sa", sa] = segments[..] else {
         return None;

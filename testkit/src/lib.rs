@@ -1,0 +1,75 @@
+//! What the tests, the end-to-end suite, the demo, the benchmarks, the load tools and the fuzz targets of
+//! egress-authz share, written once: the real server binary as a child process, CheckRequests as Envoy
+//! sends them, the Prometheus text parser, bounded waits, a real Envoy gateway with its PKI, stand-in
+//! upstreams and mTLS clients, the walkthrough's expectations, the reference parsers and the generated
+//! benchmark rules.
+//!
+//! A new test of a Check through the real server is a few lines:
+//!
+//! ```no_run
+//! use testkit::{ServerBuilder, bounded, check, mk_http_check, reason_of, spiffe};
+//!
+//! # async fn example() {
+//! bounded(async {
+//!     let dir = tempfile::tempdir().unwrap();
+//!     let rules = dir.path().join("rules.yaml");
+//!     std::fs::write(&rules, testkit::rules_allowing("allow-google", "www.google.com")).unwrap();
+//!     let server = ServerBuilder::new(&rules).spawn().await;
+//!     let request = mk_http_check(&spiffe("default", "sleep"), "evil.example", 443, "GET", "/");
+//!     let response = check(&mut server.authz().await, request).await;
+//!     assert_eq!(reason_of(&response).as_deref(), Some("no_matching_rule"));
+//! })
+//! .await;
+//! # }
+//! ```
+//!
+//! With `default-features = false` (the fuzz crate: nightly, libFuzzer) only the parts that need no
+//! runtime are built: [`check`](mod@check), [`fixtures`], [`reference`](mod@reference), [`rules`].
+//!
+//! The kit depends on the egress-authz library for its types; the library never depends on the kit
+//! (its unit tests do not use it), so the only cycle is the dev-dependency Cargo allows.
+
+pub mod check;
+pub mod fixtures;
+pub mod reference;
+pub mod rules;
+
+#[cfg(feature = "process")]
+pub mod envoy;
+#[cfg(feature = "process")]
+pub mod files;
+#[cfg(feature = "process")]
+pub mod grpc;
+#[cfg(feature = "process")]
+pub mod http;
+#[cfg(feature = "process")]
+pub mod net;
+#[cfg(feature = "process")]
+pub mod pki;
+#[cfg(feature = "process")]
+pub mod prom;
+#[cfg(feature = "process")]
+pub mod scenarios;
+#[cfg(feature = "process")]
+pub mod server;
+#[cfg(feature = "process")]
+pub mod wait;
+#[cfg(feature = "process")]
+pub mod world;
+
+// The names the ops tests use, at the root, so a test imports them from one place.
+pub use check::{
+    is_allowed, mk_http_check, mk_http_check_with_request_id, mk_tcp_check, reason_of, spiffe,
+};
+#[cfg(feature = "process")]
+pub use files::{ConfigMapDir, rules_allowing, write_by_rename, write_in_place};
+#[cfg(feature = "process")]
+pub use grpc::{check, time_until_verdict};
+#[cfg(feature = "process")]
+pub use http::http_get;
+#[cfg(feature = "process")]
+pub use prom::Metrics;
+#[cfg(feature = "process")]
+pub use server::{Logs, Server, ServerBuilder, StartFailure, message_of};
+#[cfg(feature = "process")]
+pub use wait::{POLL_INTERVAL, RPC_TIMEOUT, STARTUP_TIMEOUT, TEST_TIMEOUT, bounded, poll_until};
