@@ -5,7 +5,7 @@ use std::sync::Arc;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
-use crate::policy::{Explanation, Verdict};
+use crate::policy::{Explanation, Rule, Verdict};
 use crate::reload::RuleStore;
 
 /// Generated types of `proto/egress_authz/admin/v1/admin.proto`.
@@ -42,7 +42,8 @@ impl pb::admin_server::Admin for AdminService {
         let check =
             envoy_types::pb::envoy::service::auth::v3::CheckRequest::decode(bytes.as_slice())
                 .map_err(|e| Status::invalid_argument(format!("not a CheckRequest: {e}")))?;
-        let policy = self.store.current();
+        let live = self.store.current();
+        let policy = &live.policy;
         let egress = super::convert::egress_request(&check);
         let explanation = policy.explain(&egress);
         Ok(Response::new(to_explain_response(
@@ -86,10 +87,7 @@ pub fn to_explain_response(
             .iter()
             .map(|t| pb::RuleResult {
                 name: t.rule.name.clone(),
-                action: match Verdict::from(t.rule.action) {
-                    Verdict::Allow => "ALLOW".to_owned(),
-                    Verdict::Deny => "DENY".to_owned(),
-                },
+                action: rule_action(t.rule).to_owned(),
                 dry_run: t.rule.dry_run,
                 matched: t.outcome.is_ok(),
                 failed_condition: t
@@ -100,6 +98,14 @@ pub fn to_explain_response(
             })
             .collect(),
         rules_sha256: digest.to_owned(),
+    }
+}
+
+/// A rule's action as the rule file spells it, as `explain` shows it in every form.
+pub fn rule_action(rule: &Rule) -> &'static str {
+    match Verdict::from(rule.action) {
+        Verdict::Allow => "ALLOW",
+        Verdict::Deny => "DENY",
     }
 }
 
