@@ -13,17 +13,17 @@ use axum::routing::get;
 
 /// What the admin endpoints read.
 #[derive(Clone, Debug)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     /// The live rules.
-    pub store: Arc<RuleStore>,
+    pub(crate) store: Arc<RuleStore>,
     /// Renders the metrics.
-    pub metrics: Metrics,
+    pub(crate) metrics: Metrics,
     /// Set once shutdown begins; `/readyz` then fails so load balancers stop sending.
-    pub shutting_down: Arc<AtomicBool>,
+    pub(crate) shutting_down: Arc<AtomicBool>,
 }
 
 /// The admin routes.
-pub fn router(state: AdminState) -> Router {
+pub(crate) fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

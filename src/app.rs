@@ -31,7 +31,7 @@ use crate::reload::{LoadError, RuleStore, load_policy};
 use crate::telemetry;
 
 /// The gRPC service name Envoy's health checks and Kubernetes gRPC probes ask about.
-pub const AUTHZ_SERVICE_NAME: &str = crate::grpc::endpoint::SERVICE_NAME;
+pub(crate) const AUTHZ_SERVICE_NAME: &str = crate::grpc::endpoint::SERVICE_NAME;
 
 /// The shortest period of the task that ends deny-sampling intervals.
 const MIN_FLUSH_INTERVAL: Duration = Duration::from_millis(10);

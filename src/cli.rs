@@ -170,7 +170,7 @@ pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Parses `10s`, `500ms`, `2m` or a bare number of seconds, at most a day.
-pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
     let split = raw
         .find(|c: char| !c.is_ascii_digit() && c != '.')

@@ -206,7 +206,7 @@ impl Metrics {
 
     /// Counts a check refused before its message was read: shed (`overloaded`) or with an unreadable
     /// gRPC frame (`invalid_request`). Cheap, since a flood of them is what shedding is for.
-    pub fn record_unread(&self, reason: Reason) {
+    pub(crate) fn record_unread(&self, reason: Reason) {
         match UNREAD_REASONS.iter().position(|r| *r == reason) {
             Some(index) => self.inner.unread[index].increment(1),
             None => self
@@ -219,7 +219,7 @@ impl Metrics {
     }
 
     /// Records one answered check; `decision` is `policy`'s.
-    pub fn record_check(
+    pub(crate) fn record_check(
         &self,
         policy: &Policy,
         decision: &Decision<'_>,
@@ -285,18 +285,18 @@ impl Metrics {
     }
 
     /// Records the outcome of a reload that was not a no-op.
-    pub fn record_reload(&self, success: bool) {
+    pub(crate) fn record_reload(&self, success: bool) {
         self.inner.reloads[usize::from(success)].increment(1);
     }
 
     /// Counts a check whose client reset the stream before its message arrived.
-    pub fn record_abandoned_check(&self) {
+    pub(crate) fn record_abandoned_check(&self) {
         self.inner.abandoned.increment(1);
     }
 
     /// Records the live rule set: its size and when it was loaded (its digest is rendered by
     /// [`Metrics::render`]).
-    pub fn record_rule_set(&self, rules: usize, loaded_at: SystemTime) {
+    pub(crate) fn record_rule_set(&self, rules: usize, loaded_at: SystemTime) {
         self.inner.rules.set(rules as f64);
         let unix = loaded_at
             .duration_since(SystemTime::UNIX_EPOCH)

@@ -81,7 +81,9 @@ pub fn load_policy(path: &Path) -> Result<Policy, LoadError> {
 
 /// [`load_policy`], and the directory entries skipped with a warning (reported even when loading fails:
 /// a `rules.YAML` is likely why a directory has no rule files).
-pub fn load_policy_with_warnings(path: &Path) -> (Result<Policy, LoadError>, Vec<LoadWarning>) {
+pub(crate) fn load_policy_with_warnings(
+    path: &Path,
+) -> (Result<Policy, LoadError>, Vec<LoadWarning>) {
     let (files, warnings) = read_rule_files(path);
     (
         files.and_then(|files| compile(&files).map_err(LoadError::Invalid)),
@@ -90,7 +92,7 @@ pub fn load_policy_with_warnings(path: &Path) -> (Result<Policy, LoadError>, Vec
 }
 
 /// The rule files a path stands for, read into memory, and the directory entries skipped with a warning.
-pub fn read_rule_files(path: &Path) -> (Result<Vec<SourceFile>, LoadError>, Vec<LoadWarning>) {
+fn read_rule_files(path: &Path) -> (Result<Vec<SourceFile>, LoadError>, Vec<LoadWarning>) {
     let (paths, warnings) = rule_file_paths(path);
     let files = paths.and_then(|paths| paths.iter().map(|p| read_rule_file(p)).collect());
     (files, warnings)
@@ -108,7 +110,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + use<> {
 /// widen access, so the last good rules keep serving instead. An entry that only looks like a rule file
 /// (`rules.YAML`, `rules.yaml ` with a trailing space, `rules.json`) is not part of it, by the naming
 /// rule, and is reported as a warning.
-pub fn rule_file_paths(path: &Path) -> (Result<Vec<PathBuf>, LoadError>, Vec<LoadWarning>) {
+fn rule_file_paths(path: &Path) -> (Result<Vec<PathBuf>, LoadError>, Vec<LoadWarning>) {
     let mut warnings = Vec::new();
     let metadata = match std::fs::metadata(path) {
         Ok(metadata) => metadata,
@@ -365,7 +367,7 @@ impl RuleStore {
 
     /// Records a reload that ended without an outcome (its thread panicked or could not start): the
     /// rules in force stay, and the failure shows in `/rules` and the reload metrics like any other.
-    pub fn record_failed_reload(&self, why: &str) {
+    pub(crate) fn record_failed_reload(&self, why: &str) {
         self.metrics.record_reload(false);
         self.problems().last_error = Some(why.to_owned());
     }

@@ -23,7 +23,7 @@ pub enum LogFormat {
 }
 
 /// The filter used when `RUST_LOG` is unset.
-pub const DEFAULT_FILTER: &str = "info";
+const DEFAULT_FILTER: &str = "info";
 
 /// Lines queued for the log thread; past this, new lines are dropped. At a few hundred bytes a line this
 /// bounds the queue to a few MiB, and it is a second or more of logging at any realistic rate.
@@ -33,20 +33,20 @@ static DROPPED_LINES: OnceLock<ErrorCounter> = OnceLock::new();
 static WRITE_ERRORS: AtomicU64 = AtomicU64::new(0);
 
 /// Log lines dropped because the queue to the log thread was full (stderr not keeping up).
-pub fn dropped_lines() -> u64 {
+pub(crate) fn dropped_lines() -> u64 {
     DROPPED_LINES
         .get()
         .map_or(0, |counter| counter.dropped_lines() as u64)
 }
 
 /// Log lines that could not be written to stderr (a closed pipe, a full disk) and were dropped.
-pub fn write_errors() -> u64 {
+pub(crate) fn write_errors() -> u64 {
     WRITE_ERRORS.load(Ordering::Relaxed)
 }
 
 /// Installs the global subscriber. Safe to call more than once (later calls are ignored). Keep the
 /// guard until the process ends: dropping it writes out the lines still queued.
-pub fn init(format: LogFormat) -> WorkerGuard {
+pub(crate) fn init(format: LogFormat) -> WorkerGuard {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let (writer, guard) = NonBlockingBuilder::default()

@@ -5,6 +5,8 @@
 //! Uses are read from the source text: every `crate::<module>` (and, in `main.rs`, `egress_authz::`)
 //! path outside comments, including the names in a `crate::{a, b}` group.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

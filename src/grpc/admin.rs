@@ -19,13 +19,13 @@ pub mod pb {
 
 /// Serves Explain from the current rule set.
 #[derive(Debug, Clone)]
-pub struct AdminService {
+pub(crate) struct AdminService {
     store: Arc<RuleStore>,
 }
 
 impl AdminService {
     /// An admin service over `store`.
-    pub fn new(store: Arc<RuleStore>) -> Self {
+    pub(crate) fn new(store: Arc<RuleStore>) -> Self {
         Self { store }
     }
 }
@@ -55,7 +55,7 @@ impl pb::admin_server::Admin for AdminService {
 }
 
 /// Converts an explanation to its wire form.
-pub fn to_explain_response(
+fn to_explain_response(
     explanation: &Explanation<'_>,
     protocol: &str,
     digest: &str,
@@ -102,7 +102,7 @@ pub fn to_explain_response(
 }
 
 /// A rule's action as the rule file spells it, as `explain` shows it in every form.
-pub fn rule_action(rule: &Rule) -> &'static str {
+pub(crate) fn rule_action(rule: &Rule) -> &'static str {
     match Verdict::from(rule.action) {
         Verdict::Allow => "ALLOW",
         Verdict::Deny => "DENY",
@@ -111,7 +111,7 @@ pub fn rule_action(rule: &Rule) -> &'static str {
 
 /// gRPC server reflection for the admin API and health, in both protocol versions: `v1` for current
 /// clients and `v1alpha` for older ones (grpcurl before 1.8.8 speaks only `v1alpha`).
-pub fn reflection_services() -> Result<
+pub(crate) fn reflection_services() -> Result<
     (
         tonic_reflection::server::v1::ServerReflectionServer<
             impl tonic_reflection::server::v1::ServerReflection,
