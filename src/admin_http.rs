@@ -4,27 +4,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::UNIX_EPOCH;
 
+use crate::metrics::Metrics;
+use crate::reload::RuleStore;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use metrics_exporter_prometheus::PrometheusHandle;
-
-use crate::reload::RuleStore;
 
 /// What the admin endpoints read.
 #[derive(Clone, Debug)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     /// The live rules.
-    pub store: Arc<RuleStore>,
+    pub(crate) store: Arc<RuleStore>,
     /// Renders the metrics.
-    pub prometheus: PrometheusHandle,
+    pub(crate) metrics: Metrics,
     /// Set once shutdown begins; `/readyz` then fails so load balancers stop sending.
-    pub shutting_down: Arc<AtomicBool>,
+    pub(crate) shutting_down: Arc<AtomicBool>,
 }
 
 /// The admin routes.
-pub fn router(state: AdminState) -> Router {
+pub(crate) fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -47,24 +46,20 @@ async fn metrics(State(state): State<AdminState>) -> ([(&'static str, &'static s
     let status = state.store.status();
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-        crate::metrics::render(
-            &state.prometheus,
-            &status.digest,
-            status.last_error.is_some(),
-        ),
+        state
+            .metrics
+            .render(status.live.policy.digest(), status.last_error.is_some()),
     )
 }
 
 async fn rules(State(state): State<AdminState>) -> axum::Json<serde_json::Value> {
     let status = state.store.status();
-    let loaded_at = status
-        .loaded_at
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let (policy, loaded_at) = (&status.live.policy, status.live.loaded_at);
+    let loaded_at = loaded_at.duration_since(UNIX_EPOCH).unwrap_or_default();
     axum::Json(serde_json::json!({
-        "sha256": status.digest,
-        "rules": status.rules,
-        "files": status.files,
+        "sha256": policy.digest(),
+        "rules": policy.rules().len(),
+        "files": policy.files(),
         "path": state.store.path().display().to_string(),
         "last_reload_success_unix_seconds": loaded_at.as_secs_f64(),
         "last_reload_error": status.last_error,

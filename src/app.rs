@@ -1,35 +1,43 @@
 //! `serve`: load the rules (fail fast), then run the gRPC server and the admin listener until
 //! SIGTERM/SIGINT, then drain.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use crate::admin_http::{self, AdminState};
-use crate::cli::ServeArgs;
+use crate::cli::{
+    DEFAULT_MAX_CHECKS_IN_FLIGHT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_STREAMS_PER_CONNECTION, ServeArgs,
+};
 use crate::decision_log::{DecisionLog, Sampling};
 use crate::grpc::AuthzService;
 use crate::grpc::admin::{AdminService, pb};
 use crate::grpc::endpoint::{CheckEndpoint, Limits};
-use crate::listener::OpenConnections;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
 use crate::reload::{LoadError, RuleStore, load_policy};
-use crate::{metrics, telemetry};
-use tonic::transport::server::Router;
+use crate::telemetry;
 
 /// The gRPC service name Envoy's health checks and Kubernetes gRPC probes ask about.
-pub const AUTHZ_SERVICE_NAME: &str = crate::grpc::endpoint::SERVICE_NAME;
+pub(crate) const AUTHZ_SERVICE_NAME: &str = crate::grpc::endpoint::SERVICE_NAME;
 
 /// The shortest period of the task that ends deny-sampling intervals.
-const MIN_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+const MIN_FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Fallback drain deadline should adding the grace period to now overflow.
-const MAX_DEADLINE: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+const MAX_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Runs the server; returns when it has shut down.
 pub fn serve(args: ServeArgs) -> ExitCode {
@@ -54,8 +62,159 @@ pub fn serve(args: ServeArgs) -> ExitCode {
 }
 
 async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let policy = match load_policy(&args.rules) {
-        Ok(policy) => policy,
+    let policy = load_rules(&args.rules)?;
+    let metrics =
+        Metrics::prometheus(args.rule_metrics).context("cannot set up the metrics registry")?;
+    let store = Arc::new(RuleStore::new(args.rules.clone(), policy, metrics.clone()));
+    let grpc_listener = bind(args.grpc_addr, "gRPC").await?;
+    let admin_listener = bind(args.admin_addr, "admin").await?;
+    let (grpc_addr, admin_addr) = (grpc_listener.local_addr()?, admin_listener.local_addr()?);
+    let stop = Stop::new();
+    crate::watch::spawn(Arc::clone(&store), stop.grpc.subscribe());
+    let decision_log = Arc::new(decision_log(&args));
+    let flusher = tokio::spawn(flush_suppressed(
+        Arc::clone(&decision_log),
+        stop.grpc.subscribe(),
+    ));
+    let services = GrpcServices {
+        store: Arc::clone(&store),
+        decision_log: Arc::clone(&decision_log),
+        metrics: metrics.clone(),
+    };
+    let limits = GrpcLimits::from(&args);
+    let (health, grpc) = grpc_server(grpc_listener, services, &limits, stop.grpc_stopped())?;
+    set_serving(&health, true).await;
+    let admin_state = AdminState {
+        store: Arc::clone(&store),
+        metrics,
+        shutting_down: Arc::clone(&stop.shutting_down),
+    };
+    let admin = axum::serve(admin_listener, admin_http::router(admin_state))
+        .with_graceful_shutdown(stop.admin_stopped());
+    let live = store.current();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        %grpc_addr,
+        %admin_addr,
+        rules_sha256 = %live.policy.digest(),
+        rules = live.policy.rules().len(),
+        rules_path = %args.rules.display(),
+        "Serving"
+    );
+    drop(live);
+    let running = Running {
+        health,
+        grpc: tokio::spawn(grpc),
+        admin: tokio::spawn(async move { admin.await }),
+        flusher,
+        decision_log,
+    };
+    let signal = shutdown_signal().await;
+    running
+        .drain(stop, signal, args.shutdown_grace, args.shutdown_delay)
+        .await
+}
+
+/// The decision log `serve`'s flags ask for.
+fn decision_log(args: &ServeArgs) -> DecisionLog {
+    DecisionLog::new(
+        args.decision_log,
+        args.decision_log_level,
+        Sampling {
+            limit: args.decision_log_sample_limit,
+            interval: args.decision_log_sample_interval,
+        },
+    )
+}
+
+/// How `serve` stops. Two signals: the gRPC side (and the reload triggers) stop when shutdown begins;
+/// the admin listener stays up through the drain so `/readyz` answers 503 and `/metrics` can still be
+/// scraped.
+struct Stop {
+    grpc: watch::Sender<bool>,
+    admin: watch::Sender<bool>,
+    /// Set once shutdown begins; `/readyz` then fails.
+    shutting_down: Arc<AtomicBool>,
+}
+
+impl Stop {
+    fn new() -> Self {
+        Self {
+            grpc: watch::Sender::new(false),
+            admin: watch::Sender::new(false),
+            shutting_down: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn grpc_stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        wait_for(self.grpc.subscribe())
+    }
+
+    fn admin_stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        wait_for(self.admin.subscribe())
+    }
+}
+
+/// The servers and tasks `serve` started, to drain once a signal arrives.
+struct Running {
+    health: HealthReporter,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    admin: JoinHandle<std::io::Result<()>>,
+    flusher: JoinHandle<()>,
+    decision_log: Arc<DecisionLog>,
+}
+
+impl Running {
+    /// Not ready and NOT_SERVING first; then, after `delay` (time for Envoy's health checks and
+    /// Kubernetes endpoints to notice), stop accepting and let in-flight RPCs finish (tonic sends each
+    /// connection a GOAWAY), all within `grace`.
+    async fn drain(
+        self,
+        stop: Stop,
+        signal: &str,
+        grace: Duration,
+        delay: Duration,
+    ) -> anyhow::Result<()> {
+        let started = tokio::time::Instant::now();
+        // `parse_duration` bounds both durations, so this cannot overflow; saturate anyway.
+        let deadline = started
+            .checked_add(grace)
+            .unwrap_or_else(|| started + MAX_DEADLINE);
+        tracing::info!(
+            signal,
+            ?grace,
+            ?delay,
+            "Shutting down; draining in-flight checks"
+        );
+        stop.shutting_down.store(true, Ordering::Release);
+        set_serving(&self.health, false).await;
+        tokio::time::sleep_until(deadline.min(started + delay)).await;
+        stop.grpc.send_replace(true);
+
+        let grpc = tokio::time::timeout_at(deadline, self.grpc).await;
+        stop.admin.send_replace(true);
+        let admin = tokio::time::timeout_at(deadline, self.admin).await;
+        let _ = self.flusher.await;
+        self.decision_log.flush();
+        match (grpc, admin) {
+            (Ok(grpc), Ok(admin)) => {
+                grpc.context("gRPC server task failed")?
+                    .context("gRPC server failed")?;
+                admin
+                    .context("admin server task failed")?
+                    .context("admin server failed")?;
+                tracing::info!("Stopped");
+            }
+            _ => tracing::warn!(?grace, "Grace period over; exiting with requests in flight"),
+        }
+        Ok(())
+    }
+}
+
+/// The first load of the rules: every error is logged, and any of them stops the server from starting.
+fn load_rules(path: &Path) -> anyhow::Result<Policy> {
+    match load_policy(path) {
+        Ok(policy) => Ok(policy),
         Err(LoadError::Invalid(errors)) => {
             for error in &errors {
                 tracing::error!(%error, "Invalid rule file");
@@ -63,116 +222,11 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
             anyhow::bail!(
                 "{} error(s) in the rules at {}",
                 errors.len(),
-                args.rules.display()
+                path.display()
             );
         }
-        Err(error) => return Err(error).context("cannot load the rules"),
-    };
-    let prometheus =
-        metrics::install(args.rule_metrics).context("cannot install the metrics recorder")?;
-    let store = Arc::new(RuleStore::new(args.rules.clone(), policy));
-
-    let grpc_listener = bind(args.grpc_addr, "gRPC").await?;
-    let admin_listener = bind(args.admin_addr, "admin").await?;
-    let grpc_addr = grpc_listener.local_addr()?;
-    let admin_addr = admin_listener.local_addr()?;
-
-    // Two stop signals: the gRPC side (and the reload triggers) stop when shutdown begins; the admin
-    // listener stays up through the drain so `/readyz` answers 503 and `/metrics` can still be scraped.
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
-    let shutting_down = Arc::new(AtomicBool::new(false));
-    crate::watch::spawn(Arc::clone(&store), shutdown_rx.clone());
-
-    let decision_log = Arc::new(DecisionLog::new(
-        args.decision_log,
-        args.decision_log_level,
-        Sampling {
-            limit: args.decision_log_sample_limit,
-            interval: args.decision_log_sample_interval,
-        },
-    ));
-    let flusher = tokio::spawn(flush_suppressed(
-        Arc::clone(&decision_log),
-        shutdown_rx.clone(),
-    ));
-    let (incoming, connections) =
-        crate::listener::incoming(grpc_listener, args.max_connections as usize);
-    let (health, router) = grpc_router(
-        Arc::clone(&store),
-        Arc::clone(&decision_log),
-        &GrpcLimits::from(&args),
-        connections,
-    )?;
-    health.set_service_status("", ServingStatus::Serving).await;
-    health
-        .set_service_status(AUTHZ_SERVICE_NAME, ServingStatus::Serving)
-        .await;
-    let grpc = router.serve_with_incoming_shutdown(incoming, wait_for(shutdown_rx.clone()));
-    let admin = axum::serve(
-        admin_listener,
-        admin_http::router(AdminState {
-            store: Arc::clone(&store),
-            prometheus,
-            shutting_down: Arc::clone(&shutting_down),
-        }),
-    )
-    .with_graceful_shutdown(wait_for(admin_stop_rx));
-
-    let status = store.status();
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        %grpc_addr,
-        %admin_addr,
-        rules_sha256 = %status.digest,
-        rules = status.rules,
-        rules_path = %args.rules.display(),
-        "Serving"
-    );
-
-    let grpc_task = tokio::spawn(grpc);
-    let admin_task = tokio::spawn(async move { admin.await });
-
-    let signal = shutdown_signal().await;
-    let started = tokio::time::Instant::now();
-    // `parse_duration` bounds both durations, so this cannot overflow; saturate anyway.
-    let deadline = started
-        .checked_add(args.shutdown_grace)
-        .unwrap_or_else(|| started + MAX_DEADLINE);
-    tracing::info!(signal, grace = ?args.shutdown_grace, delay = ?args.shutdown_delay, "Shutting down; draining in-flight checks");
-    // Not ready and NOT_SERVING first; then, after --shutdown-delay (time for Envoy's health checks and
-    // Kubernetes endpoints to notice), stop accepting and let in-flight RPCs finish (tonic sends each
-    // connection a GOAWAY), all within the grace period.
-    shutting_down.store(true, Ordering::Release);
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status(AUTHZ_SERVICE_NAME, ServingStatus::NotServing)
-        .await;
-    tokio::time::sleep_until(deadline.min(started + args.shutdown_delay)).await;
-    let _ = shutdown_tx.send(true);
-
-    let grpc = tokio::time::timeout_at(deadline, grpc_task).await;
-    let _ = admin_stop_tx.send(true);
-    let admin = tokio::time::timeout_at(deadline, admin_task).await;
-    let _ = flusher.await;
-    decision_log.flush();
-    match (grpc, admin) {
-        (Ok(grpc), Ok(admin)) => {
-            grpc.context("gRPC server task failed")?
-                .context("gRPC server failed")?;
-            admin
-                .context("admin server task failed")?
-                .context("admin server failed")?;
-            tracing::info!("Stopped");
-        }
-        _ => tracing::warn!(
-            grace = ?args.shutdown_grace,
-            "Grace period over; exiting with requests in flight"
-        ),
+        Err(error) => Err(error).context("cannot load the rules"),
     }
-    Ok(())
 }
 
 /// Limits of the gRPC server, from `serve`'s flags.
@@ -182,6 +236,8 @@ pub struct GrpcLimits {
     pub max_request_bytes: usize,
     /// Checks in flight past which new ones are shed.
     pub max_checks_in_flight: usize,
+    /// Connections served at once.
+    pub max_connections: usize,
     /// HTTP/2 streams per connection.
     pub max_streams_per_connection: u32,
 }
@@ -191,24 +247,59 @@ impl From<&ServeArgs> for GrpcLimits {
         Self {
             max_request_bytes: args.max_request_bytes,
             max_checks_in_flight: args.max_checks_in_flight as usize,
+            max_connections: args.max_connections as usize,
             max_streams_per_connection: args.max_streams_per_connection,
         }
     }
 }
 
-/// Everything the gRPC port serves (Check, health, reflection, the admin Explain), built in one place
-/// for `serve` and for tests. Returns the health reporter, which starts out with no status set.
-pub fn grpc_router(
-    store: Arc<RuleStore>,
-    decision_log: Arc<DecisionLog>,
+/// `serve`'s defaults.
+impl Default for GrpcLimits {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_checks_in_flight: DEFAULT_MAX_CHECKS_IN_FLIGHT as usize,
+            max_connections: DEFAULT_MAX_CONNECTIONS as usize,
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+        }
+    }
+}
+
+/// What the gRPC services decide from, log to and count in.
+#[derive(Clone, Debug)]
+pub struct GrpcServices {
+    /// The live rules.
+    pub store: Arc<RuleStore>,
+    /// Where decisions are logged.
+    pub decision_log: Arc<DecisionLog>,
+    /// Where checks are counted.
+    pub metrics: Metrics,
+}
+
+/// The gRPC server on `listener` as `serve` runs it (Check, health, reflection, the admin Explain,
+/// within `limits`), until `shutdown` completes; built in one place for `serve` and for tests. Returns
+/// the health reporter, which starts out with no status set (see [`set_serving`]), and the server to
+/// spawn.
+pub fn grpc_server(
+    listener: TcpListener,
+    services: GrpcServices,
     limits: &GrpcLimits,
-    connections: OpenConnections,
-) -> anyhow::Result<(tonic_health::server::HealthReporter, Router)> {
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(
+    HealthReporter,
+    impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+)> {
+    let (incoming, connections) = crate::listener::incoming(listener, limits.max_connections);
     let (health, health_service) = tonic_health::server::health_reporter();
     let (reflection, reflection_v1alpha) =
         crate::grpc::admin::reflection_services().context("cannot build the reflection service")?;
+    let GrpcServices {
+        store,
+        decision_log,
+        metrics,
+    } = services;
     let check = CheckEndpoint::new(
-        AuthzService::new(Arc::clone(&store), decision_log),
+        AuthzService::new(Arc::clone(&store), decision_log, metrics),
         Limits {
             max_message_bytes: limits.max_request_bytes,
             max_in_flight: limits.max_checks_in_flight,
@@ -232,7 +323,21 @@ pub fn grpc_router(
             pb::admin_server::AdminServer::new(AdminService::new(store))
                 .max_decoding_message_size(limits.max_request_bytes),
         );
-    Ok((health, router))
+    Ok((
+        health,
+        router.serve_with_incoming_shutdown(incoming, shutdown),
+    ))
+}
+
+/// Reports the server and the Check service as SERVING or NOT_SERVING to gRPC health checks.
+pub async fn set_serving(health: &HealthReporter, serving: bool) {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    health.set_service_status(AUTHZ_SERVICE_NAME, status).await;
 }
 
 /// Ends deny-sampling intervals on time, so what a flood suppressed is reported once it stops, not

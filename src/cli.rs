@@ -1,9 +1,11 @@
 //! The command line: `serve`, `validate`, `explain`, `audit-gateway`. Every `serve` flag is also an `EGRESS_AUTHZ_*`
 //! environment variable, so a Deployment can configure it without rewriting args.
+//!
+//! Only the arguments, their defaults and parsers live here; `main` dispatches to `app` and `commands`,
+//! so this module depends on nothing above the types its flags parse into.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -15,12 +17,14 @@ use crate::telemetry::LogFormat;
 #[derive(Debug, Parser)]
 #[command(name = "egress-authz", version, about)]
 pub struct Cli {
+    /// The subcommand and its options.
     #[command(subcommand)]
-    command: Command,
+    pub command: Command,
 }
 
+/// The subcommands.
 #[derive(Debug, Subcommand)]
-enum Command {
+pub enum Command {
     /// Serve Envoy's ext_authz Check (plus health, reflection and Explain) and the admin HTTP endpoints.
     Serve(ServeArgs),
     /// Check rule files or directories; exit 1 with every error found.
@@ -99,24 +103,25 @@ pub struct ServeArgs {
     pub max_request_bytes: usize,
     /// Checks in flight past which new ones are answered at once with a deny carrying HTTP 503 and
     /// reason overloaded, instead of queueing without bound.
-    #[arg(long, env = "EGRESS_AUTHZ_MAX_CHECKS_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "EGRESS_AUTHZ_MAX_CHECKS_IN_FLIGHT", default_value_t = DEFAULT_MAX_CHECKS_IN_FLIGHT, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_checks_in_flight: u32,
     /// gRPC connections served at once; more wait in the kernel's accept queue.
-    #[arg(long, env = "EGRESS_AUTHZ_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "EGRESS_AUTHZ_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
     /// HTTP/2 streams (concurrent checks) per gRPC connection.
-    #[arg(long, env = "EGRESS_AUTHZ_MAX_STREAMS_PER_CONNECTION", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "EGRESS_AUTHZ_MAX_STREAMS_PER_CONNECTION", default_value_t = DEFAULT_MAX_STREAMS_PER_CONNECTION, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams_per_connection: u32,
     /// Runtime worker threads (default: one per CPU).
     #[arg(long, env = "EGRESS_AUTHZ_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
 }
 
+/// `validate` options.
 #[derive(Debug, Args)]
-struct ValidateArgs {
+pub struct ValidateArgs {
     /// Rule files or directories.
     #[arg(required = true)]
-    paths: Vec<PathBuf>,
+    pub paths: Vec<PathBuf>,
 }
 
 /// `explain` options.
@@ -154,12 +159,18 @@ pub struct ExplainArgs {
 /// Default for `--max-request-bytes`: 64 MiB, above Envoy's largest header limit (`max_request_headers_kb`
 /// tops out at 8 MiB) with room for a request body.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+/// Default for `--max-checks-in-flight`.
+pub const DEFAULT_MAX_CHECKS_IN_FLIGHT: u32 = 1024;
+/// Default for `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+/// Default for `--max-streams-per-connection`.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// Durations longer than this are certainly a typo (and would overflow deadlines).
 const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Parses `10s`, `500ms`, `2m` or a bare number of seconds, at most a day.
-pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
     let split = raw
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -179,18 +190,6 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         return Err(format!("{raw:?} is longer than a day"));
     }
     Ok(duration)
-}
-
-impl Cli {
-    /// Runs the chosen command.
-    pub fn run(self) -> ExitCode {
-        match self.command {
-            Command::Serve(args) => crate::app::serve(args),
-            Command::Validate(args) => crate::commands::validate(&args.paths),
-            Command::Explain(args) => crate::commands::explain(&args),
-            Command::AuditGateway(args) => crate::commands::audit_gateway(&args),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -6,8 +6,7 @@ use std::process::ExitCode;
 
 use crate::audit::{Report, audit};
 use crate::cli::{AuditGatewayArgs, ExplainArgs};
-use crate::grpc::admin::to_explain_response;
-use crate::policy::{EgressRequest, HttpRequest, lint};
+use crate::policy::{Condition, EgressRequest, Explanation, HttpRequest, lint};
 use crate::reload::{LoadError, load_policy, load_policy_with_warnings};
 
 /// `egress-authz validate PATH...`: a summary line per file, or every error; exit 1 on any error.
@@ -92,89 +91,95 @@ pub fn explain(args: &ExplainArgs) -> ExitCode {
         port: args.port,
     };
     let explanation = policy.explain(&request);
-    let response = to_explain_response(&explanation, request.protocol().as_str(), policy.digest());
+    let protocol = request.protocol().as_str();
     if args.json {
-        let rules: Vec<_> = response
-            .rules
-            .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "name": r.name, "action": r.action, "dry_run": r.dry_run,
-                    "matched": r.matched, "failed_condition": (!r.matched).then_some(&r.failed_condition),
-                })
-            })
-            .collect();
-        let json = serde_json::json!({
-            "decision": response.decision,
-            "reason": response.reason,
-            "rule": (!response.rule.is_empty()).then_some(&response.rule),
-            "dry_run": response.dry_run.as_ref().map(|d| serde_json::json!({"rule": d.rule, "decision": d.decision})),
-            "protocol": response.protocol,
-            "host": (!response.host.is_empty()).then_some(&response.host),
-            "namespace": (!response.namespace.is_empty()).then_some(&response.namespace),
-            "service_account": (!response.service_account.is_empty()).then_some(&response.service_account),
-            "identity_problem": (!response.identity_problem.is_empty()).then_some(&response.identity_problem),
-            "rules": rules,
-            "rules_sha256": response.rules_sha256,
-        });
-        println!("{json:#}");
-        return ExitCode::SUCCESS;
-    }
-    println!("decision: {}", response.decision);
-    println!("reason:   {}", response.reason);
-    println!(
-        "rule:     {}",
-        if response.rule.is_empty() {
-            "-"
-        } else {
-            &response.rule
-        }
-    );
-    if let Some(dry_run) = &response.dry_run {
         println!(
-            "dry run:  would {} (rule {})",
-            dry_run.decision, dry_run.rule
-        );
-    }
-    println!("protocol: {}", response.protocol);
-    println!(
-        "host:     {}",
-        if response.host.is_empty() {
-            "-"
-        } else {
-            &response.host
-        }
-    );
-    if response.identity_problem.is_empty() {
-        println!(
-            "caller:   namespace {} service account {}",
-            response.namespace, response.service_account
+            "{:#}",
+            explanation_json(&explanation, protocol, policy.digest())
         );
     } else {
-        println!(
-            "caller:   no trusted identity: {}",
-            response.identity_problem
-        );
-    }
-    if !response.rules.is_empty() {
-        println!("rules (file order; enforced DENY rules are applied before ALLOW rules):");
-        let width = response
-            .rules
-            .iter()
-            .map(|r| r.name.len())
-            .max()
-            .unwrap_or(0);
-        for rule in &response.rules {
-            let outcome = if rule.matched {
-                "matched".to_owned()
-            } else {
-                format!("no: {}", rule.failed_condition)
-            };
-            let dry = if rule.dry_run { " (dry run)" } else { "" };
-            println!("  {:width$}  {:5}  {outcome}{dry}", rule.name, rule.action);
-        }
+        print_explanation(&explanation, protocol);
     }
     ExitCode::SUCCESS
+}
+
+/// `explain --json`: absent parts are `null`.
+fn explanation_json(
+    explanation: &Explanation<'_>,
+    protocol: &str,
+    digest: &str,
+) -> serde_json::Value {
+    let decision = &explanation.decision;
+    let identity = explanation.identity.as_ref();
+    let rules: Vec<_> = explanation
+        .rules
+        .iter()
+        .map(|trace| {
+            serde_json::json!({
+                "name": trace.rule.name, "action": trace.rule.action.as_rule_str(), "dry_run": trace.rule.dry_run,
+                "matched": trace.outcome.is_ok(), "failed_condition": trace.outcome.err().map(Condition::as_str),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "decision": decision.verdict.as_str(),
+        "reason": decision.reason.as_str(),
+        "rule": decision.rule.map(|rule| &rule.name),
+        "dry_run": decision.dry_run.map(|d| serde_json::json!({"rule": d.rule.name, "decision": d.verdict.as_str()})),
+        "protocol": protocol,
+        "host": explanation.host,
+        "namespace": identity.map(|i| &i.namespace),
+        "service_account": identity.map(|i| &i.service_account),
+        "identity_problem": explanation.identity_problem,
+        "rules": rules,
+        "rules_sha256": digest,
+    })
+}
+
+/// `explain`'s table: the decision, the caller, then every rule's outcome.
+fn print_explanation(explanation: &Explanation<'_>, protocol: &str) {
+    let decision = &explanation.decision;
+    println!("decision: {}", decision.verdict.as_str());
+    println!("reason:   {}", decision.reason.as_str());
+    println!(
+        "rule:     {}",
+        decision.rule.map_or("-", |rule| rule.name.as_str())
+    );
+    if let Some(dry_run) = &decision.dry_run {
+        println!(
+            "dry run:  would {} (rule {})",
+            dry_run.verdict.as_str(),
+            dry_run.rule.name
+        );
+    }
+    println!("protocol: {protocol}");
+    println!("host:     {}", explanation.host.as_deref().unwrap_or("-"));
+    match (explanation.identity_problem, explanation.identity.as_ref()) {
+        (Some(problem), _) => println!("caller:   no trusted identity: {problem}"),
+        (None, identity) => println!(
+            "caller:   namespace {} service account {}",
+            identity.map_or("", |i| i.namespace.as_str()),
+            identity.map_or("", |i| i.service_account.as_str())
+        ),
+    }
+    if !explanation.rules.is_empty() {
+        println!("rules (file order; enforced DENY rules are applied before ALLOW rules):");
+        let width = explanation
+            .rules
+            .iter()
+            .map(|trace| trace.rule.name.len())
+            .max()
+            .unwrap_or(0);
+        for trace in &explanation.rules {
+            let outcome = match trace.outcome {
+                Ok(()) => "matched".to_owned(),
+                Err(condition) => format!("no: {}", condition.as_str()),
+            };
+            let dry = if trace.rule.dry_run { " (dry run)" } else { "" };
+            let (name, action) = (&trace.rule.name, trace.rule.action.as_rule_str());
+            println!("  {name:width$}  {action:5}  {outcome}{dry}");
+        }
+    }
 }
 
 /// `egress-authz audit-gateway CONFIG_DUMP`: the findings as a table or JSON; exit 1 on any error-severity

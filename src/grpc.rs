@@ -18,7 +18,7 @@ use std::time::Instant;
 use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 
 use crate::decision_log::DecisionLog;
-use crate::metrics;
+use crate::metrics::Metrics;
 use crate::policy::{Decision, EgressRequest, HttpRequest, Protocol, Reason};
 use crate::reload::RuleStore;
 
@@ -27,12 +27,22 @@ use crate::reload::RuleStore;
 pub struct AuthzService {
     store: Arc<RuleStore>,
     log: Arc<DecisionLog>,
+    metrics: Metrics,
 }
 
 impl AuthzService {
-    /// A service deciding from `store`, logging decisions through `log`.
-    pub fn new(store: Arc<RuleStore>, log: Arc<DecisionLog>) -> Self {
-        Self { store, log }
+    /// A service deciding from `store`, logging decisions through `log` and counting them in `metrics`.
+    pub fn new(store: Arc<RuleStore>, log: Arc<DecisionLog>, metrics: Metrics) -> Self {
+        Self {
+            store,
+            log,
+            metrics,
+        }
+    }
+
+    /// Where this service counts its checks, for the transport around it to count what it refuses.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Decides one check given as its protobuf encoding. Synchronous and infallible: any bytes get
@@ -66,8 +76,9 @@ impl AuthzService {
         };
         let response = convert::to_check_response(&decision, protocol);
         let elapsed = started.elapsed();
-        let policy = self.store.current();
-        metrics::record_check(&policy, &decision, protocol, elapsed);
+        let live = self.store.current();
+        self.metrics
+            .record_check(&live.policy, &decision, protocol, elapsed);
         self.log.record(&decision, &request, None, elapsed);
         response
     }
@@ -77,11 +88,12 @@ impl AuthzService {
         let text = CheckText::from_fields(fields);
         let request = text.request();
         // A guard, not a clone: the rule set cannot be freed under us, and no `.await` happens while held.
-        let policy = self.store.current();
-        let decision = policy.decide(&request);
+        let live = self.store.current();
+        let decision = live.policy.decide(&request);
         let response = convert::to_check_response(&decision, request.protocol());
         let elapsed = started.elapsed();
-        metrics::record_check(&policy, &decision, request.protocol(), elapsed);
+        self.metrics
+            .record_check(&live.policy, &decision, request.protocol(), elapsed);
         let request_id = text.request_id.as_deref().filter(|id| !id.is_empty());
         self.log.record(&decision, &request, request_id, elapsed);
         response

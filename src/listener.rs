@@ -36,7 +36,7 @@ impl OpenConnections {
 
 /// The accepted connections of `listener`, for `serve_with_incoming_shutdown`, and a count of those
 /// open. The accept loop ends when the stream is dropped.
-pub fn incoming(
+pub(crate) fn incoming(
     listener: TcpListener,
     max_connections: usize,
 ) -> (ReceiverStream<io::Result<Connection>>, OpenConnections) {

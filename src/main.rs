@@ -1,6 +1,8 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use egress_authz::cli::{Cli, Command};
+use egress_authz::{app, commands};
 
 // See Cargo.toml: returns a rule file parse's peak memory to the OS.
 #[cfg(not(target_env = "msvc"))]
@@ -8,5 +10,10 @@ use clap::Parser as _;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    egress_authz::cli::Cli::parse().run()
+    match Cli::parse().command {
+        Command::Serve(args) => app::serve(args),
+        Command::Validate(args) => commands::validate(&args.paths),
+        Command::Explain(args) => commands::explain(&args),
+        Command::AuditGateway(args) => commands::audit_gateway(&args),
+    }
 }

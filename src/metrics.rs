@@ -1,22 +1,25 @@
-//! Prometheus metrics: every name and label key is spelled once, here; the rest of the crate calls the
-//! `record_*` functions. Labels only take values from bounded sets (decisions, reason codes, protocols,
-//! rule names): never the host, principal or path of a request.
-#![allow(clippy::disallowed_macros)]
+//! Prometheus metrics: every name and label key is spelled once, here; the rest of the crate records
+//! through a [`Metrics`] handle, which `app` creates and passes to the services the way it passes the
+//! decision log. Labels only take values from bounded sets (decisions, reason codes, protocols, rule
+//! names): never the host, principal or path of a request.
+//!
+//! The handle owns its recorder instead of installing a process-wide one, so a test makes its own and
+//! reads what it recorded, and no check path depends on whether a global recorder happens to be set.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use metrics::{
-    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
-    histogram,
+    Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, NoopRecorder, Recorder,
+    SharedString, Unit,
 };
 use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandle};
 
-use crate::policy::{Decision, Policy, Protocol, Reason, Rule, Verdict};
+use crate::policy::{Decision, Policy, Protocol, Reason, Rule};
 
 /// Checks answered, by decision, reason code and protocol.
 pub const CHECKS_TOTAL: &str = "egress_authz_checks_total";
@@ -34,9 +37,10 @@ pub const RULES: &str = "egress_authz_rules";
 pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
     "egress_authz_config_last_reload_success_timestamp_seconds";
 /// Log lines that could not be written to stderr (a closed pipe, a full disk) and were dropped.
+/// Written by [`Metrics::render`] from the count `telemetry` keeps.
 pub const LOG_WRITE_ERRORS_TOTAL: &str = "egress_authz_log_write_errors_total";
 /// 1 unless the rules on disk are currently rejected (while `/rules` shows a `last_reload_error`).
-/// Written by [`render`], not through the recorder (see there).
+/// Written by [`Metrics::render`], not through the recorder (see there).
 pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "egress_authz_config_last_reload_successful";
 /// Unix time the process started (taken when its metrics come up, just after the first rule load): a
 /// restart (a crash, an OOM kill) shows as a new value. The name Prometheus client libraries use, so
@@ -44,10 +48,10 @@ pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "egress_authz_config_last_reload
 pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
 /// Checks whose client reset the stream before sending its message (an Envoy timeout, typically).
 pub const CHECKS_ABANDONED_TOTAL: &str = "egress_authz_checks_abandoned_total";
-/// Log lines dropped because the queue to the log thread was full. Written by [`render`].
+/// Log lines dropped because the queue to the log thread was full. Written by [`Metrics::render`].
 pub const LOG_LINES_DROPPED_TOTAL: &str = "egress_authz_log_lines_dropped_total";
 /// Always 1, labelled with the live rule set's SHA-256, so a rollout can be seen to have landed.
-/// Written by [`render`], not through the recorder (see there).
+/// Written by [`Metrics::render`], not through the recorder (see there).
 pub const CONFIG_INFO: &str = "egress_authz_config_info";
 
 const LABEL_DECISION: &str = "decision";
@@ -66,196 +70,373 @@ const DURATION_BUCKETS: &[f64] = &[
     0.002_5, 0.005, 0.01,
 ];
 
-static RULE_METRICS: AtomicBool = AtomicBool::new(true);
-
-/// Handles for the series every check touches, resolved once per label set, so recording a check
-/// neither builds a key (a `Vec` of labels) nor looks it up in the recorder's registry (a sharded
-/// lock). Set by `install`; without it (unit tests with a local recorder) the macros are used.
-#[derive(Debug)]
-struct CheckHandles {
-    /// Indexed by `[verdict][reason][protocol]`; each handle is resolved on first use (the series
-    /// themselves are pre-registered at zero by `describe`).
-    checks: [[[OnceLock<Counter>; 2]; Reason::ALL.len()]; 2],
-    duration: Histogram,
-}
-
-static CHECK_HANDLES: OnceLock<CheckHandles> = OnceLock::new();
-
-fn checks_counter(verdict: Verdict, reason: Reason, protocol: Protocol) -> Counter {
-    counter!(
-        CHECKS_TOTAL,
-        LABEL_DECISION => verdict.as_str(),
-        LABEL_REASON => reason.as_str(),
-        LABEL_PROTOCOL => protocol.as_str()
-    )
-}
-
-/// Installs the global Prometheus recorder and describes every metric.
-pub fn install(rule_metrics: bool) -> Result<PrometheusHandle, BuildError> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full(CHECK_DURATION_SECONDS.to_owned()),
-            DURATION_BUCKETS,
-        )?
-        .install_recorder()?;
-    RULE_METRICS.store(rule_metrics, Ordering::Relaxed);
-    describe();
-    let started = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    gauge!(PROCESS_START_TIME_SECONDS).set(started.as_secs_f64());
-    let _ = CHECK_HANDLES.set(CheckHandles {
-        checks: std::array::from_fn(|_| {
-            std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new()))
-        }),
-        duration: histogram!(CHECK_DURATION_SECONDS),
-    });
-    Ok(handle)
-}
-
-/// Registers help text and units with the current recorder.
-pub fn describe() {
-    describe_counter!(
-        CHECKS_TOTAL,
-        Unit::Count,
-        "Checks answered, by decision, reason code and protocol"
-    );
-    describe_histogram!(
-        CHECK_DURATION_SECONDS,
-        Unit::Seconds,
-        "Server time spent deciding one Check"
-    );
-    describe_counter!(
-        RULE_MATCHES_TOTAL,
-        Unit::Count,
-        "Checks decided by each rule (and dry-run rules reported)"
-    );
-    describe_counter!(
-        DRY_RUN_TOTAL,
-        Unit::Count,
-        "Checks where dry-run rules would have decided differently"
-    );
-    describe_counter!(
-        RELOADS_TOTAL,
-        Unit::Count,
-        "Rule reloads that applied a change or failed"
-    );
-    describe_counter!(
-        LOG_WRITE_ERRORS_TOTAL,
-        Unit::Count,
-        "Log lines dropped because stderr could not be written"
-    );
-    counter!(LOG_WRITE_ERRORS_TOTAL).absolute(0);
-    describe_counter!(
-        CHECKS_ABANDONED_TOTAL,
-        Unit::Count,
-        "Checks whose client reset the stream before sending the message (an Envoy timeout, typically)"
-    );
-    counter!(CHECKS_ABANDONED_TOTAL).absolute(0);
-    describe_gauge!(
-        PROCESS_START_TIME_SECONDS,
-        Unit::Seconds,
-        "Unix time the process started"
-    );
-    describe_gauge!(RULES, Unit::Count, "Rules in the live rule set");
-    describe_gauge!(
-        CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
-        Unit::Seconds,
-        "Unix time of the last successful rule load"
-    );
-    // Pre-register the check counters so dashboards see zeros, not gaps, before the first check.
-    for protocol in [Protocol::Http, Protocol::Tcp] {
-        // A shed check is never read, so it never has a protocol.
-        for reason in Reason::ALL.into_iter().filter(|r| *r != Reason::Overloaded) {
-            let decision = reason.verdict().as_str();
-            counter!(CHECKS_TOTAL, LABEL_DECISION => decision, LABEL_REASON => reason.as_str(), LABEL_PROTOCOL => protocol.as_str()).absolute(0);
-        }
-    }
-    for reason in UNREAD_REASONS {
-        unread_counter(reason).absolute(0);
-    }
-    for result in ["success", "failure"] {
-        counter!(RELOADS_TOTAL, LABEL_RESULT => result).absolute(0);
-    }
-}
-
 /// The `protocol` label of checks refused before their message was read.
 const PROTOCOL_UNKNOWN: &str = "unknown";
 /// Checks refused before their message was read, by reason.
 const UNREAD_REASONS: [Reason; 2] = [Reason::Overloaded, Reason::InvalidRequest];
+/// The `result` label of `egress_authz_reloads_total`, indexed by `success as usize`.
+const RELOAD_RESULTS: [&str; 2] = ["failure", "success"];
+/// Protocols a read check has, indexed by `Protocol as usize`.
+const PROTOCOLS: [Protocol; 2] = [Protocol::Http, Protocol::Tcp];
 
-fn unread_counter(reason: Reason) -> Counter {
-    counter!(
-        CHECKS_TOTAL,
-        LABEL_DECISION => reason.verdict().as_str(),
-        LABEL_REASON => reason.as_str(),
-        LABEL_PROTOCOL => PROTOCOL_UNKNOWN
-    )
+/// What the recorder is told about where a series comes from (the Prometheus exporter ignores it).
+const METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// Where the process records its metrics, cheap to clone. Series that every check touches are resolved
+/// to handles once, so recording a check neither builds a key (a `Vec` of labels) nor looks it up in
+/// the recorder's registry (a sharded lock).
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Registry>,
 }
 
-/// Counts a check refused before its message was read: shed (`overloaded`) or with an unreadable
-/// gRPC frame (`invalid_request`). Cheap, since a flood of them is what shedding is for.
-pub fn record_unread(reason: Reason) {
-    static HANDLES: OnceLock<[Counter; UNREAD_REASONS.len()]> = OnceLock::new();
-    // Cached handles only with the installed recorder (see `CheckHandles`).
-    let cached = CHECK_HANDLES
-        .get()
-        .and(UNREAD_REASONS.iter().position(|r| *r == reason));
-    match cached {
-        Some(index) => {
-            HANDLES.get_or_init(|| UNREAD_REASONS.map(unread_counter))[index].increment(1)
-        }
-        None => unread_counter(reason).increment(1),
+struct Registry {
+    /// Tells this registry's rule-match handles from another's in the per-thread cache.
+    id: u64,
+    recorder: Arc<dyn Recorder + Send + Sync>,
+    /// Renders the recorder's series; absent for a recorder that keeps nothing.
+    prometheus: Option<PrometheusHandle>,
+    /// Whether `egress_authz_rule_matches_total` (one series per rule) is recorded.
+    rule_metrics: bool,
+    /// Indexed by `[reason][protocol]`; the verdict label follows from the reason. Those a check can
+    /// have are set (at zero) from the start; the others only once recorded, so that `/metrics` does not
+    /// list combinations that never happen.
+    checks: [[OnceLock<Counter>; PROTOCOLS.len()]; Reason::ALL.len()],
+    /// Indexed like [`UNREAD_REASONS`].
+    unread: [Counter; UNREAD_REASONS.len()],
+    duration: Histogram,
+    /// Indexed like [`RELOAD_RESULTS`].
+    reloads: [Counter; RELOAD_RESULTS.len()],
+    abandoned: Counter,
+    rules: Gauge,
+    last_success: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("rule_metrics", &self.inner.rule_metrics)
+            .field("prometheus", &self.inner.prometheus.is_some())
+            .finish_non_exhaustive()
     }
 }
 
-/// Records one answered check; `decision` is `policy`'s.
-pub fn record_check(
-    policy: &Policy,
-    decision: &Decision<'_>,
-    protocol: Protocol,
-    elapsed: Duration,
-) {
-    let (verdict, reason) = (decision.verdict, decision.reason);
-    if let Some(handles) = CHECK_HANDLES.get() {
+// === impl Metrics ===
+
+impl Metrics {
+    /// A Prometheus registry with every metric described and the fixed series at zero. `rule_metrics`
+    /// turns on `egress_authz_rule_matches_total`.
+    pub fn prometheus(rule_metrics: bool) -> Result<Self, BuildError> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(CHECK_DURATION_SECONDS.to_owned()),
+                DURATION_BUCKETS,
+            )?
+            .build_recorder();
+        let handle = recorder.handle();
+        Ok(Self::with_recorder(
+            Arc::new(recorder),
+            Some(handle),
+            rule_metrics,
+        ))
+    }
+
+    /// A handle that records nothing, for code that needs one but not its numbers (fuzzing).
+    pub fn disabled() -> Self {
+        Self::with_recorder(Arc::new(NoopRecorder), None, false)
+    }
+
+    fn with_recorder(
+        recorder: Arc<dyn Recorder + Send + Sync>,
+        prometheus: Option<PrometheusHandle>,
+        rule_metrics: bool,
+    ) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        describe(recorder.as_ref());
+        let counter = |name: &'static str, labels: Vec<Label>| {
+            recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
+        };
+        let checks: [[OnceLock<Counter>; PROTOCOLS.len()]; Reason::ALL.len()] = Default::default();
+        let unread = UNREAD_REASONS.map(|reason| {
+            counter(
+                CHECKS_TOTAL,
+                check_labels(reason, PROTOCOL_UNKNOWN).to_vec(),
+            )
+        });
+        let reloads = RELOAD_RESULTS
+            .map(|result| counter(RELOADS_TOTAL, vec![Label::new(LABEL_RESULT, result)]));
+        let gauge = |name: &'static str| recorder.register_gauge(&Key::from_name(name), &METADATA);
+        // Zeros, not gaps, on dashboards before the first check or reload. A shed check is never read,
+        // so it never has a protocol: its read-check series are left out.
+        for reason in Reason::ALL.into_iter().filter(|r| *r != Reason::Overloaded) {
+            for protocol in PROTOCOLS {
+                let labels = check_labels(reason, protocol.as_str()).to_vec();
+                let handle = checks[reason as usize][protocol as usize]
+                    .get_or_init(|| counter(CHECKS_TOTAL, labels));
+                handle.absolute(0);
+            }
+        }
+        for counter in unread.iter().chain(&reloads) {
+            counter.absolute(0);
+        }
+        let abandoned = counter(CHECKS_ABANDONED_TOTAL, Vec::new());
+        abandoned.absolute(0);
+        let started = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        gauge(PROCESS_START_TIME_SECONDS).set(started.as_secs_f64());
+        Self {
+            inner: Arc::new(Registry {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                duration: recorder
+                    .register_histogram(&Key::from_name(CHECK_DURATION_SECONDS), &METADATA),
+                rules: gauge(RULES),
+                last_success: gauge(CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS),
+                recorder,
+                prometheus,
+                rule_metrics,
+                checks,
+                unread,
+                reloads,
+                abandoned,
+            }),
+        }
+    }
+
+    /// Counts a check refused before its message was read: shed (`overloaded`) or with an unreadable
+    /// gRPC frame (`invalid_request`). Cheap, since a flood of them is what shedding is for.
+    pub(crate) fn record_unread(&self, reason: Reason) {
+        match UNREAD_REASONS.iter().position(|r| *r == reason) {
+            Some(index) => self.inner.unread[index].increment(1),
+            None => self
+                .counter(
+                    CHECKS_TOTAL,
+                    check_labels(reason, PROTOCOL_UNKNOWN).to_vec(),
+                )
+                .increment(1),
+        }
+    }
+
+    /// Records one answered check; `decision` is `policy`'s.
+    pub(crate) fn record_check(
+        &self,
+        policy: &Policy,
+        decision: &Decision<'_>,
+        protocol: Protocol,
+        elapsed: Duration,
+    ) {
+        let inner = &self.inner;
         // Fieldless enums: the casts are their declaration indexes, within the arrays' bounds.
-        handles.checks[verdict as usize][reason as usize][protocol as usize]
-            .get_or_init(|| checks_counter(verdict, reason, protocol))
+        let reason = decision.reason;
+        inner.checks[reason as usize][protocol as usize]
+            .get_or_init(|| {
+                self.counter(
+                    CHECKS_TOTAL,
+                    check_labels(reason, protocol.as_str()).to_vec(),
+                )
+            })
             .increment(1);
-        handles.duration.record(elapsed.as_secs_f64());
-    } else {
-        checks_counter(verdict, reason, protocol).increment(1);
-        histogram!(CHECK_DURATION_SECONDS).record(elapsed.as_secs_f64());
-    }
-    if RULE_METRICS.load(Ordering::Relaxed) {
-        if let Some(rule) = decision.rule {
-            record_rule_match(policy, rule, false);
+        inner.duration.record(elapsed.as_secs_f64());
+        if inner.rule_metrics {
+            if let Some(rule) = decision.rule {
+                self.record_rule_match(policy, rule, false);
+            }
+            if let Some(dry_run) = decision.dry_run {
+                self.record_rule_match(policy, dry_run.rule, true);
+            }
         }
-        if let Some(dry_run) = decision.dry_run {
-            record_rule_match(policy, dry_run.rule, true);
+        if let Some(dry_run) = decision.dry_run.filter(|_| decision.dry_run_disagrees()) {
+            let labels = vec![
+                Label::new(LABEL_RULE, dry_run.rule.name.clone()),
+                Label::new(LABEL_WOULD, dry_run.verdict.as_str()),
+            ];
+            self.counter(DRY_RUN_TOTAL, labels).increment(1);
         }
     }
-    if let Some(dry_run) = decision.dry_run.filter(|_| decision.dry_run_disagrees()) {
-        counter!(DRY_RUN_TOTAL, LABEL_RULE => dry_run.rule.name.clone(), LABEL_WOULD => dry_run.verdict.as_str())
-            .increment(1);
+
+    fn record_rule_match(&self, policy: &Policy, rule: &Rule, dry_run: bool) {
+        let Some(position) = policy.rule_position(rule) else {
+            self.rule_match_counter(rule, dry_run).increment(1);
+            return;
+        };
+        RULE_MATCH_HANDLES.with_borrow_mut(|handles| {
+            if handles.registry != Some(self.inner.id) || handles.digest != policy.digest() {
+                handles.registry = Some(self.inner.id);
+                handles.digest.clear();
+                handles.digest.push_str(policy.digest());
+                handles.by_position.clear();
+            }
+            handles
+                .by_position
+                .entry((position, dry_run))
+                .or_insert_with(|| self.rule_match_counter(rule, dry_run))
+                .increment(1);
+        });
+    }
+
+    fn rule_match_counter(&self, rule: &Rule, dry_run: bool) -> Counter {
+        let labels = vec![
+            Label::new(LABEL_RULE, rule.name.clone()),
+            Label::new(LABEL_ACTION, rule.action.as_str()),
+            Label::new(LABEL_DRY_RUN, if dry_run { "true" } else { "false" }),
+        ];
+        self.counter(RULE_MATCHES_TOTAL, labels)
+    }
+
+    /// Records the outcome of a reload that was not a no-op.
+    pub(crate) fn record_reload(&self, success: bool) {
+        self.inner.reloads[usize::from(success)].increment(1);
+    }
+
+    /// Counts a check whose client reset the stream before its message arrived.
+    pub(crate) fn record_abandoned_check(&self) {
+        self.inner.abandoned.increment(1);
+    }
+
+    /// Records the live rule set: its size and when it was loaded (its digest is rendered by
+    /// [`Metrics::render`]).
+    pub(crate) fn record_rule_set(&self, rules: usize, loaded_at: SystemTime) {
+        self.inner.rules.set(rules as f64);
+        let unix = loaded_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.inner.last_success.set(unix.as_secs_f64());
+    }
+
+    /// The Prometheus text for `/metrics`: the recorder's series plus the ones written here.
+    ///
+    /// `egress_authz_config_info` is written here rather than through the recorder because the
+    /// `metrics` facade cannot delete a series: every past digest would linger (as a 0), one more per
+    /// reload, and it must name exactly one rule set per process. The success flag is derived from the
+    /// status `/rules` reports (`reload_failing` is its `last_error` being set), so the two cannot
+    /// disagree; unlike `egress_authz_reloads_total{result="failure"}`, which counts a rejected content
+    /// once, it stays 0 for as long as the rules on disk are rejected. The log counters are kept by
+    /// `telemetry`'s writer, which cannot use the recorder (recording could log).
+    pub fn render(&self, digest: &str, reload_failing: bool) -> String {
+        let mut text = self
+            .inner
+            .prometheus
+            .as_ref()
+            .map(PrometheusHandle::render)
+            .unwrap_or_default();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        // A hex digest needs no label escaping.
+        let _ = write!(
+            text,
+            "# HELP {CONFIG_INFO} Always 1; the {LABEL_SHA256} label identifies the live rule set\n\
+             # TYPE {CONFIG_INFO} gauge\n\
+             {CONFIG_INFO}{{{LABEL_SHA256}=\"{digest}\"}} 1\n"
+        );
+        let dropped = crate::telemetry::dropped_lines();
+        let _ = write!(
+            text,
+            "# HELP {LOG_LINES_DROPPED_TOTAL} Log lines dropped because stderr did not keep up\n\
+             # TYPE {LOG_LINES_DROPPED_TOTAL} counter\n\
+             {LOG_LINES_DROPPED_TOTAL} {dropped}\n"
+        );
+        let write_errors = crate::telemetry::write_errors();
+        let _ = write!(
+            text,
+            "# HELP {LOG_WRITE_ERRORS_TOTAL} Log lines dropped because stderr could not be written\n\
+             # TYPE {LOG_WRITE_ERRORS_TOTAL} counter\n\
+             {LOG_WRITE_ERRORS_TOTAL} {write_errors}\n"
+        );
+        let successful = u8::from(!reload_failing);
+        let _ = write!(
+            text,
+            "# HELP {CONFIG_LAST_RELOAD_SUCCESSFUL} 0 while the rules on disk are rejected; the last good rules serve\n\
+             # TYPE {CONFIG_LAST_RELOAD_SUCCESSFUL} gauge\n\
+             {CONFIG_LAST_RELOAD_SUCCESSFUL} {successful}\n"
+        );
+        text
+    }
+
+    fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
+        self.inner
+            .recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
     }
 }
 
-fn rule_match_counter(rule: &Rule, dry_run: bool) -> Counter {
-    counter!(
-        RULE_MATCHES_TOTAL,
-        LABEL_RULE => rule.name.clone(),
-        LABEL_ACTION => rule.action.as_str(),
-        LABEL_DRY_RUN => if dry_run { "true" } else { "false" }
-    )
+/// The labels of `egress_authz_checks_total`; the decision is the one `reason` always has.
+fn check_labels(reason: Reason, protocol: &'static str) -> [Label; 3] {
+    [
+        Label::new(LABEL_DECISION, reason.verdict().as_str()),
+        Label::new(LABEL_REASON, reason.as_str()),
+        Label::new(LABEL_PROTOCOL, protocol),
+    ]
 }
 
-/// This thread's `egress_authz_rule_matches_total` handles for one rule set, by rule position and dry-run
-/// flag. Resolving a labelled counter copies the rule name into a key and looks the key up in the
-/// recorder's registry; a handle is resolved once per rule, thread and rule set instead. Thread-local, so
-/// recording takes no lock; it holds at most two handles per rule that decided a check on this thread.
+/// Registers help text and units with `recorder`.
+fn describe(recorder: &dyn Recorder) {
+    let counters = [
+        (
+            CHECKS_TOTAL,
+            "Checks answered, by decision, reason code and protocol",
+        ),
+        (
+            RULE_MATCHES_TOTAL,
+            "Checks decided by each rule (and dry-run rules reported)",
+        ),
+        (
+            DRY_RUN_TOTAL,
+            "Checks where dry-run rules would have decided differently",
+        ),
+        (
+            RELOADS_TOTAL,
+            "Rule reloads that applied a change or failed",
+        ),
+        (
+            CHECKS_ABANDONED_TOTAL,
+            "Checks whose client reset the stream before sending the message (an Envoy timeout, typically)",
+        ),
+    ];
+    for (name, help) in counters {
+        recorder.describe_counter(
+            KeyName::from_const_str(name),
+            Some(Unit::Count),
+            SharedString::const_str(help),
+        );
+    }
+    recorder.describe_histogram(
+        KeyName::from_const_str(CHECK_DURATION_SECONDS),
+        Some(Unit::Seconds),
+        SharedString::const_str("Server time spent deciding one Check"),
+    );
+    let gauges = [
+        (
+            PROCESS_START_TIME_SECONDS,
+            Unit::Seconds,
+            "Unix time the process started",
+        ),
+        (RULES, Unit::Count, "Rules in the live rule set"),
+        (
+            CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
+            Unit::Seconds,
+            "Unix time of the last successful rule load",
+        ),
+    ];
+    for (name, unit, help) in gauges {
+        recorder.describe_gauge(
+            KeyName::from_const_str(name),
+            Some(unit),
+            SharedString::const_str(help),
+        );
+    }
+}
+
+/// This thread's `egress_authz_rule_matches_total` handles for one rule set of one registry, by rule
+/// position and dry-run flag. Resolving a labelled counter copies the rule name into a key and looks the
+/// key up in the recorder's registry; a handle is resolved once per rule, thread and rule set instead.
+/// Thread-local, so recording takes no lock; it holds at most two handles per rule that decided a check
+/// on this thread.
 #[derive(Default)]
 struct RuleMatchHandles {
+    /// The registry the handles were resolved in ([`Registry::id`]).
+    registry: Option<u64>,
     /// The rule set the handles belong to. Equal digests mean equal rules in equal order, so a position
     /// names the same rule; any other rule set starts afresh.
     digest: String,
@@ -266,89 +447,30 @@ thread_local! {
     static RULE_MATCH_HANDLES: RefCell<RuleMatchHandles> = RefCell::default();
 }
 
-fn record_rule_match(policy: &Policy, rule: &Rule, dry_run: bool) {
-    // Without the installed recorder (unit tests with a local one), handles must not outlive it.
-    let position = policy
-        .rule_position(rule)
-        .filter(|_| CHECK_HANDLES.get().is_some());
-    let Some(position) = position else {
-        rule_match_counter(rule, dry_run).increment(1);
-        return;
-    };
-    RULE_MATCH_HANDLES.with_borrow_mut(|handles| {
-        if handles.digest != policy.digest() {
-            handles.digest.clear();
-            handles.digest.push_str(policy.digest());
-            handles.by_position.clear();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_series_start_at_zero_and_count_through_the_handle() {
+        let metrics = Metrics::prometheus(true).unwrap();
+        metrics.record_unread(Reason::Overloaded);
+        metrics.record_reload(false);
+        let text = metrics.render("abc", true);
+        for line in [
+            "egress_authz_checks_total{decision=\"deny\",reason=\"overloaded\",protocol=\"unknown\"} 1",
+            "egress_authz_checks_total{decision=\"allow\",reason=\"allowed_by_rule\",protocol=\"tcp\"} 0",
+            "egress_authz_reloads_total{result=\"failure\"} 1",
+            "egress_authz_reloads_total{result=\"success\"} 0",
+            "egress_authz_config_info{sha256=\"abc\"} 1",
+            "egress_authz_config_last_reload_successful 0",
+            "egress_authz_checks_abandoned_total 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
         }
-        handles
-            .by_position
-            .entry((position, dry_run))
-            .or_insert_with(|| rule_match_counter(rule, dry_run))
-            .increment(1);
-    });
-}
-
-/// Records the outcome of a reload that was not a no-op.
-pub fn record_reload(success: bool) {
-    let result = if success { "success" } else { "failure" };
-    counter!(RELOADS_TOTAL, LABEL_RESULT => result).increment(1);
-}
-
-/// Counts a check whose client reset the stream before its message arrived.
-pub fn record_abandoned_check() {
-    counter!(CHECKS_ABANDONED_TOTAL).increment(1);
-}
-
-/// Counts a log line that could not be written. Lines that fail before the recorder is installed (only
-/// startup errors, after which the process exits) are not counted.
-pub fn record_log_write_error() {
-    counter!(LOG_WRITE_ERRORS_TOTAL).increment(1);
-}
-
-/// Records the live rule set: its size and when it was loaded (its digest is rendered by [`render`]).
-pub fn record_rule_set(rules: usize, loaded_at: SystemTime) {
-    gauge!(RULES).set(rules as f64);
-    let unix = loaded_at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    gauge!(CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS).set(unix.as_secs_f64());
-}
-
-/// The Prometheus text for `/metrics`: the recorder's series plus `egress_authz_config_info` for the
-/// live rule set and `egress_authz_config_last_reload_successful`. The info series is written here
-/// rather than through the recorder because the `metrics` facade cannot delete a series: every past
-/// digest would linger (as a 0), one more per reload, and `egress_authz_config_info` must name exactly
-/// one rule set per process. The success flag is derived here from the status `/rules` reports
-/// (`reload_failing` is its `last_error` being set), so the two cannot disagree; unlike
-/// `egress_authz_reloads_total{result="failure"}`, which counts a rejected content once, it stays 0
-/// for as long as the rules on disk are rejected.
-pub fn render(handle: &PrometheusHandle, digest: &str, reload_failing: bool) -> String {
-    let mut text = handle.render();
-    if !text.is_empty() && !text.ends_with('\n') {
-        text.push('\n');
+        assert!(!text.contains("reason=\"overloaded\",protocol=\"http\""));
     }
-    // A hex digest needs no label escaping.
-    let _ = write!(
-        text,
-        "# HELP {CONFIG_INFO} Always 1; the {LABEL_SHA256} label identifies the live rule set\n\
-         # TYPE {CONFIG_INFO} gauge\n\
-         {CONFIG_INFO}{{{LABEL_SHA256}=\"{digest}\"}} 1\n"
-    );
-    // Counted by the log writer, which cannot use the recorder (recording could log).
-    let dropped = crate::telemetry::dropped_lines();
-    let _ = write!(
-        text,
-        "# HELP {LOG_LINES_DROPPED_TOTAL} Log lines dropped because stderr did not keep up\n\
-         # TYPE {LOG_LINES_DROPPED_TOTAL} counter\n\
-         {LOG_LINES_DROPPED_TOTAL} {dropped}\n"
-    );
-    let successful = u8::from(!reload_failing);
-    let _ = write!(
-        text,
-        "# HELP {CONFIG_LAST_RELOAD_SUCCESSFUL} 0 while the rules on disk are rejected; the last good rules serve\n\
-         # TYPE {CONFIG_LAST_RELOAD_SUCCESSFUL} gauge\n\
-         {CONFIG_LAST_RELOAD_SUCCESSFUL} {successful}\n"
-    );
-    text
 }

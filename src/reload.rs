@@ -2,7 +2,7 @@
 //!
 //! `load_policy` reads, parses and compiles with no side effects; `validate`, `explain`, startup and
 //! every reload call it. `RuleStore` publishes a new policy with one atomic pointer swap, only after the
-//! whole rule set compiled: checks in flight keep the `Arc<Policy>` they started with, and the hot path
+//! whole rule set compiled: checks in flight keep the rule set they started with, and the hot path
 //! never takes a lock.
 
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-use crate::metrics;
+use crate::metrics::Metrics;
 use crate::policy::{
     CompileError, CompileErrorKind, Limit, Location, Policy, SourceFile, compile,
     compile_with_digest,
@@ -81,7 +81,9 @@ pub fn load_policy(path: &Path) -> Result<Policy, LoadError> {
 
 /// [`load_policy`], and the directory entries skipped with a warning (reported even when loading fails:
 /// a `rules.YAML` is likely why a directory has no rule files).
-pub fn load_policy_with_warnings(path: &Path) -> (Result<Policy, LoadError>, Vec<LoadWarning>) {
+pub(crate) fn load_policy_with_warnings(
+    path: &Path,
+) -> (Result<Policy, LoadError>, Vec<LoadWarning>) {
     let (files, warnings) = read_rule_files(path);
     (
         files.and_then(|files| compile(&files).map_err(LoadError::Invalid)),
@@ -90,7 +92,7 @@ pub fn load_policy_with_warnings(path: &Path) -> (Result<Policy, LoadError>, Vec
 }
 
 /// The rule files a path stands for, read into memory, and the directory entries skipped with a warning.
-pub fn read_rule_files(path: &Path) -> (Result<Vec<SourceFile>, LoadError>, Vec<LoadWarning>) {
+fn read_rule_files(path: &Path) -> (Result<Vec<SourceFile>, LoadError>, Vec<LoadWarning>) {
     let (paths, warnings) = rule_file_paths(path);
     let files = paths.and_then(|paths| paths.iter().map(|p| read_rule_file(p)).collect());
     (files, warnings)
@@ -108,7 +110,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + use<> {
 /// widen access, so the last good rules keep serving instead. An entry that only looks like a rule file
 /// (`rules.YAML`, `rules.yaml ` with a trailing space, `rules.json`) is not part of it, by the naming
 /// rule, and is reported as a warning.
-pub fn rule_file_paths(path: &Path) -> (Result<Vec<PathBuf>, LoadError>, Vec<LoadWarning>) {
+fn rule_file_paths(path: &Path) -> (Result<Vec<PathBuf>, LoadError>, Vec<LoadWarning>) {
     let mut warnings = Vec::new();
     let metadata = match std::fs::metadata(path) {
         Ok(metadata) => metadata,
@@ -259,51 +261,64 @@ pub enum ReloadOutcome {
     Failed(LoadError),
 }
 
-/// What `/rules` reports.
+/// A rule set as published: the compiled rules and when they went live, swapped in together so that
+/// what `/rules` and `/metrics` show is always the rule set that decides.
+#[derive(Debug)]
+pub struct LiveRules {
+    /// The compiled rules.
+    pub policy: Policy,
+    /// When they went live.
+    pub loaded_at: SystemTime,
+}
+
+/// What `/rules` reports: the live rule set and what is wrong with the rules path, read together.
 #[derive(Clone, Debug)]
 pub struct StoreStatus {
-    /// Digest of the live rule set.
-    pub digest: String,
-    /// Rules in the live rule set.
-    pub rules: usize,
-    /// Files the live rule set was read from.
-    pub files: Vec<String>,
-    /// When the live rule set was loaded.
-    pub loaded_at: SystemTime,
+    /// The live rule set (its digest, rules and files are the policy's).
+    pub live: Arc<LiveRules>,
     /// The error of the newest rejected reload, cleared by the next success.
     pub last_error: Option<String>,
     /// Entries of the rules directory that look like rule files but are not read, as of the newest read.
     pub warnings: Vec<String>,
 }
 
+/// What the newest reads of the rules path found wrong. Kept beside the live rules rather than in
+/// them: a rejected reload, or a stray file next to the rules, changes these but must not publish a
+/// rule set.
+#[derive(Debug, Default)]
+struct Problems {
+    last_error: Option<String>,
+    warnings: Vec<String>,
+}
+
 /// The live rule set.
 #[derive(Debug)]
 pub struct RuleStore {
     path: PathBuf,
-    current: ArcSwap<Policy>,
-    status: Mutex<StoreStatus>,
+    live: ArcSwap<LiveRules>,
+    /// Locked by every writer, and by [`RuleStore::status`] around its read of `live`, so that a status
+    /// never pairs new rules with the error of the reload they replaced.
+    problems: Mutex<Problems>,
     /// What the newest rejected reload read (content digest, or the I/O error), so the same bad files
     /// seen again by a resync are not rejected, logged and counted once more: unchanged is not a reload.
     last_rejected: Mutex<Option<String>>,
+    metrics: Metrics,
 }
 
 impl RuleStore {
-    /// A store serving `policy`, which was loaded from `path`.
-    pub fn new(path: PathBuf, policy: Policy) -> Self {
-        let status = StoreStatus {
-            digest: policy.digest().to_owned(),
-            rules: policy.rules().len(),
-            files: policy.files().to_vec(),
+    /// A store serving `policy`, which was loaded from `path`, recording reloads in `metrics`.
+    pub fn new(path: PathBuf, policy: Policy, metrics: Metrics) -> Self {
+        let live = LiveRules {
+            policy,
             loaded_at: SystemTime::now(),
-            last_error: None,
-            warnings: Vec::new(),
         };
-        metrics::record_rule_set(policy.rules().len(), status.loaded_at);
+        metrics.record_rule_set(live.policy.rules().len(), live.loaded_at);
         let store = Self {
             path,
-            current: ArcSwap::from_pointee(policy),
-            status: Mutex::new(status),
+            live: ArcSwap::from_pointee(live),
+            problems: Mutex::default(),
             last_rejected: Mutex::new(None),
+            metrics,
         };
         // Listing the directory again is cheap, and spares every caller from passing the warnings of
         // the load that made `policy`.
@@ -312,18 +327,22 @@ impl RuleStore {
         store
     }
 
+    fn problems(&self) -> std::sync::MutexGuard<'_, Problems> {
+        self.problems.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Records the warnings of the newest read for `/rules`, and logs them when they changed: a resync
     /// every few seconds must not repeat the same warnings in the log.
     fn note_warnings(&self, warnings: &[LoadWarning]) {
         let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
-        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        if status.warnings == warnings {
+        let mut problems = self.problems();
+        if problems.warnings == warnings {
             return;
         }
         for warning in &warnings {
             tracing::warn!(%warning, path = %self.path.display(), "Rules directory entry not read");
         }
-        status.warnings = warnings;
+        problems.warnings = warnings;
     }
 
     /// The rules path this store reloads from.
@@ -331,27 +350,26 @@ impl RuleStore {
         &self.path
     }
 
-    /// The live policy. Lock-free; do not hold the guard across an `.await`.
-    pub fn current(&self) -> arc_swap::Guard<Arc<Policy>> {
-        self.current.load()
+    /// The live rule set. Lock-free; do not hold the guard across an `.await`.
+    pub fn current(&self) -> arc_swap::Guard<Arc<LiveRules>> {
+        self.live.load()
     }
 
     /// A snapshot of the status for `/rules`.
     pub fn status(&self) -> StoreStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        let problems = self.problems();
+        StoreStatus {
+            live: self.live.load_full(),
+            last_error: problems.last_error.clone(),
+            warnings: problems.warnings.clone(),
+        }
     }
 
     /// Records a reload that ended without an outcome (its thread panicked or could not start): the
     /// rules in force stay, and the failure shows in `/rules` and the reload metrics like any other.
-    pub fn record_failed_reload(&self, why: &str) {
-        metrics::record_reload(false);
-        self.status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .last_error = Some(why.to_owned());
+    pub(crate) fn record_failed_reload(&self, why: &str) {
+        self.metrics.record_reload(false);
+        self.problems().last_error = Some(why.to_owned());
     }
 
     /// Re-reads the rules path and swaps the result in if it is valid and different.
@@ -359,47 +377,31 @@ impl RuleStore {
         let outcome = match self.load_if_changed() {
             Ok(None) => ReloadOutcome::Unchanged,
             Ok(Some(policy)) => {
-                let (digest, rules, files) = (
-                    policy.digest().to_owned(),
-                    policy.rules().len(),
-                    policy.files().to_vec(),
-                );
+                let (digest, rules) = (policy.digest().to_owned(), policy.rules().len());
                 let loaded_at = SystemTime::now();
-                // The swap happens under the status lock, so whoever sees the new rules decide and
-                // then reads the status sees them there too (no stale `last_error`).
-                let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-                let previous = self.current.swap(Arc::new(policy));
-                *status = StoreStatus {
-                    digest: digest.clone(),
-                    rules,
-                    files,
-                    loaded_at,
-                    last_error: None,
-                    warnings: std::mem::take(&mut status.warnings),
-                };
-                drop(status);
-                metrics::record_rule_set(rules, loaded_at);
+                let mut problems = self.problems();
+                let previous = self.live.swap(Arc::new(LiveRules { policy, loaded_at }));
+                problems.last_error = None;
+                drop(problems);
+                self.metrics.record_rule_set(rules, loaded_at);
                 release_on_this_thread(previous);
                 ReloadOutcome::Applied { digest, rules }
             }
             Err(error) => {
-                self.status
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .last_error = Some(error.to_string());
+                self.problems().last_error = Some(error.to_string());
                 ReloadOutcome::Failed(error)
             }
         };
         match &outcome {
             ReloadOutcome::Applied { digest, rules } => {
-                metrics::record_reload(true);
+                self.metrics.record_reload(true);
                 tracing::info!(rules_sha256 = %digest, rules, path = %self.path.display(), "Applied new rules");
             }
             ReloadOutcome::Unchanged => {
                 tracing::debug!(path = %self.path.display(), "Rules unchanged");
             }
             ReloadOutcome::Failed(error) => {
-                metrics::record_reload(false);
+                self.metrics.record_reload(false);
                 log_rejected(error, &self.path);
             }
         }
@@ -428,13 +430,10 @@ impl RuleStore {
             Err(error) => return rejected(error.to_string(), error),
         };
         let digest = crate::policy::digest(&files);
-        if digest == self.current().digest() {
+        if digest == self.current().policy.digest() {
             // Back to the live rules (a rejected edit was reverted, or nothing changed): nothing is wrong.
             *self.last_rejected.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            self.status
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .last_error = None;
+            self.problems().last_error = None;
             return Ok(None);
         }
         match compile_with_digest(&files, digest.clone()) {
@@ -453,7 +452,7 @@ const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Frees the previous rule set here, on the reload thread, rather than on whichever request thread drops
 /// the last reference: freeing 100k rules takes milliseconds that would land in a check's latency. Checks
 /// hold a rule set for microseconds, so the wait is short; after `RELEASE_WAIT` we stop waiting.
-fn release_on_this_thread(previous: Arc<Policy>) {
+fn release_on_this_thread(previous: Arc<LiveRules>) {
     let started = std::time::Instant::now();
     while Arc::strong_count(&previous) > 1 && started.elapsed() < RELEASE_WAIT {
         std::thread::sleep(std::time::Duration::from_millis(1));

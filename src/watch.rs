@@ -20,18 +20,18 @@ use crate::reload::RuleStore;
 /// Quiet time after the last event before reloading: a writer's burst of events (truncate, write…,
 /// close; or a ConfigMap's create, symlink, rename, delete) coalesces into one reload, and a slow
 /// writer still producing events is not read half-way.
-pub const DEBOUNCE: Duration = Duration::from_millis(100);
+const DEBOUNCE: Duration = Duration::from_millis(100);
 /// Longest wait from the first event to the reload, however busy the directory: keeps a change live
 /// well within 1 s even when something else keeps writing next to the rules.
-pub const MAX_DEBOUNCE: Duration = Duration::from_millis(400);
+const MAX_DEBOUNCE: Duration = Duration::from_millis(400);
 /// Reload speculatively this often even without events, in case an event was lost (a rules file that
 /// is a symlink into another directory, a network filesystem). Unchanged content costs a read and a hash.
-pub const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
+const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
 /// Wait before rebuilding a watcher that failed, so a persistent failure does not spin.
 const REBUILD_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Starts the reload task, the filesystem watcher and the SIGHUP listener. They stop on shutdown.
-pub fn spawn(store: Arc<RuleStore>, shutdown: watch::Receiver<bool>) {
+pub(crate) fn spawn(store: Arc<RuleStore>, shutdown: watch::Receiver<bool>) {
     // Capacity 1: pokes that arrive while one is pending coalesce into it.
     let (poke_tx, poke_rx) = mpsc::channel::<()>(1);
     let dir = watched_dir(store.path());
@@ -43,7 +43,7 @@ pub fn spawn(store: Arc<RuleStore>, shutdown: watch::Receiver<bool>) {
 /// The directory to watch for a rules path, made absolute (notify reports absolute paths, and the
 /// watcher must recognise events about the directory itself): the path if it is a directory, else
 /// its parent.
-pub fn watched_dir(rules: &Path) -> PathBuf {
+fn watched_dir(rules: &Path) -> PathBuf {
     let dir = if rules.is_dir() {
         rules.to_path_buf()
     } else {

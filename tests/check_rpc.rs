@@ -8,10 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use egress_authz::app::{self, GrpcLimits};
-use egress_authz::cli::DEFAULT_MAX_REQUEST_BYTES;
 use egress_authz::decision_log::DecisionLog;
 use egress_authz::grpc::admin::pb as admin_pb;
-use egress_authz::listener;
+use egress_authz::metrics::Metrics;
 use egress_authz::reload::{RuleStore, load_policy};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::TlsSession;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
@@ -46,22 +45,22 @@ async fn spawn_server(rules: &str) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rules.yaml");
     std::fs::write(&path, rules).unwrap();
-    let store = Arc::new(RuleStore::new(path.clone(), load_policy(&path).unwrap()));
+    let metrics = Metrics::prometheus(true).unwrap();
+    let store = Arc::new(RuleStore::new(
+        path.clone(),
+        load_policy(&path).unwrap(),
+        metrics.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (incoming, connections) = listener::incoming(listener, 64);
-    let (_health, router) = app::grpc_router(
+    let services = app::GrpcServices {
         store,
-        Arc::new(DecisionLog::disabled()),
-        &GrpcLimits {
-            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
-            max_checks_in_flight: 1024,
-            max_streams_per_connection: 1024,
-        },
-        connections,
-    )
-    .unwrap();
-    let server = router.serve_with_incoming(incoming);
+        decision_log: Arc::new(DecisionLog::disabled()),
+        metrics,
+    };
+    let limits = GrpcLimits::default();
+    let (_health, server) =
+        app::grpc_server(listener, services, &limits, std::future::pending()).unwrap();
     // Bound before spawning, so clients can connect at once: no readiness sleep.
     tokio::spawn(server);
     Server { addr, _dir: dir }

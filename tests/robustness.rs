@@ -223,8 +223,9 @@ fn authz_service() -> AuthzService {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rules.yaml");
     std::fs::write(&path, RULES).unwrap();
-    let store = RuleStore::new(path.clone(), load_policy(&path).unwrap());
-    AuthzService::new(Arc::new(store), Arc::new(DecisionLog::disabled()))
+    let metrics = egress_authz::metrics::Metrics::disabled();
+    let store = RuleStore::new(path.clone(), load_policy(&path).unwrap(), metrics.clone());
+    AuthzService::new(Arc::new(store), Arc::new(DecisionLog::disabled()), metrics)
 }
 
 fn policy() -> egress_authz::policy::Policy {

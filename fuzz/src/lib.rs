@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use egress_authz::decision_log::DecisionLog;
 use egress_authz::grpc::AuthzService;
+use egress_authz::metrics::Metrics;
 use egress_authz::policy::{Policy, SourceFile, compile};
 use egress_authz::reload::RuleStore;
 
@@ -27,8 +28,9 @@ pub fn check_policy() -> Policy {
 /// The Check service as the server builds it, over [`CHECK_RULES`], logging nothing. The store's path is
 /// only used by reloads, which the targets never do.
 pub fn check_service() -> AuthzService {
-    let store = RuleStore::new(CHECK_RULES_NAME.into(), check_policy());
-    AuthzService::new(Arc::new(store), Arc::new(DecisionLog::disabled()))
+    let store = RuleStore::new(CHECK_RULES_NAME.into(), check_policy(), Metrics::disabled());
+    let log = Arc::new(DecisionLog::disabled());
+    AuthzService::new(Arc::new(store), log, Metrics::disabled())
 }
 
 #[cfg(test)]

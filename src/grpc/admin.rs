@@ -19,13 +19,13 @@ pub mod pb {
 
 /// Serves Explain from the current rule set.
 #[derive(Debug, Clone)]
-pub struct AdminService {
+pub(crate) struct AdminService {
     store: Arc<RuleStore>,
 }
 
 impl AdminService {
     /// An admin service over `store`.
-    pub fn new(store: Arc<RuleStore>) -> Self {
+    pub(crate) fn new(store: Arc<RuleStore>) -> Self {
         Self { store }
     }
 }
@@ -42,7 +42,8 @@ impl pb::admin_server::Admin for AdminService {
         let check =
             envoy_types::pb::envoy::service::auth::v3::CheckRequest::decode(bytes.as_slice())
                 .map_err(|e| Status::invalid_argument(format!("not a CheckRequest: {e}")))?;
-        let policy = self.store.current();
+        let live = self.store.current();
+        let policy = &live.policy;
         let egress = super::convert::egress_request(&check);
         let explanation = policy.explain(&egress);
         Ok(Response::new(to_explain_response(
@@ -54,7 +55,7 @@ impl pb::admin_server::Admin for AdminService {
 }
 
 /// Converts an explanation to its wire form.
-pub fn to_explain_response(
+fn to_explain_response(
     explanation: &Explanation<'_>,
     protocol: &str,
     digest: &str,
@@ -102,7 +103,7 @@ pub fn to_explain_response(
 
 /// gRPC server reflection for the admin API and health, in both protocol versions: `v1` for current
 /// clients and `v1alpha` for older ones (grpcurl before 1.8.8 speaks only `v1alpha`).
-pub fn reflection_services() -> Result<
+pub(crate) fn reflection_services() -> Result<
     (
         tonic_reflection::server::v1::ServerReflectionServer<
             impl tonic_reflection::server::v1::ServerReflection,

@@ -32,7 +32,6 @@ use tonic::body::Body;
 
 use super::AuthzService;
 use crate::listener::OpenConnections;
-use crate::metrics;
 use crate::policy::{Decision, Protocol, Reason};
 
 /// The gRPC service the endpoint serves.
@@ -136,18 +135,18 @@ impl InFlight {
         }
         if !self.admitted {
             shared.note_shed();
-            return unread_refusal(Reason::Overloaded);
+            return unread_refusal(shared, Reason::Overloaded);
         }
         match read_message(request.into_body(), shared.limits.max_message_bytes).await {
             Ok(message) => unary_response(&shared.authz.decide_message(&message)),
             Err(Unread::Abandoned) => {
                 // Nobody is waiting for this answer; a deny is still the safe thing to send.
-                metrics::record_abandoned_check();
+                shared.authz.metrics().record_abandoned_check();
                 refusal(Reason::InvalidRequest)
             }
             Err(Unread::Invalid(problem)) => {
                 tracing::debug!(problem, "A check whose gRPC message cannot be read");
-                unread_refusal(Reason::InvalidRequest)
+                unread_refusal(shared, Reason::InvalidRequest)
             }
         }
     }
@@ -156,8 +155,8 @@ impl InFlight {
 /// The deny for a check refused before its message was read (shed, or its frame unreadable): the
 /// protocol is unknown, so it is counted under `protocol="unknown"`, and answered with the HTTP shape,
 /// which the network filter ignores.
-fn unread_refusal(reason: Reason) -> http::Response<Body> {
-    metrics::record_unread(reason);
+fn unread_refusal(shared: &Shared, reason: Reason) -> http::Response<Body> {
+    shared.authz.metrics().record_unread(reason);
     refusal(reason)
 }
 
