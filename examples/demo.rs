@@ -63,7 +63,7 @@ fn deciding(o: &Observation) -> String {
 
 async fn run() -> Result<usize, String> {
     let envoy =
-        find_envoy().ok_or("Envoy not found: set ENVOY_BIN or run scripts/install-envoy.sh")?;
+        find_envoy().ok_or("Envoy not found: set ENVOY_BIN or run scripts/install.sh envoy")?;
     let server = testkit::server::server_bin();
     if !server.is_file() {
         return Err(format!(

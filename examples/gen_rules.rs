@@ -1,4 +1,4 @@
-//! Writes the generated benchmark rule set (benches/support/rules.rs) to stdout:
+//! Writes the generated benchmark rule set (testkit/src/rules.rs) to stdout:
 //! `cargo run --release --example gen_rules -- 10000 > rules-10k.yaml`; a second argument `flow` or
 //! `json` writes the same rules in that style (block style otherwise).
 

@@ -4,7 +4,7 @@
 # gRPC ext_authz fail-closed with a 0.5 s timeout, direct_response 200, no upstream) in front of, alternating
 # round by round in one run:
 #   walkthrough  egress-authz with the walkthrough's rules (deploy/rules/egress.yaml) + the bench rule below
-#   10k    egress-authz with 10,000 generated rules (benches/support/rules.rs) + the bench rule below
+#   10k    egress-authz with 10,000 generated rules (testkit/src/rules.rs) + the bench rule below
 #   empty  examples/empty_check_server.rs: answers OK at once (the ceiling)
 #   shaped the same server answering with egress-authz's precomputed responses for the two hosts (metadata,
 #          403 with header and body): the ceiling for egress-authz's response shape, which the Check contract requires;

@@ -2,7 +2,7 @@
 # Load benchmark. In one run, alternating round by round, drives with the in-repo load generator
 # (examples/load_gen.rs: Envoy-shaped CheckRequests, many concurrent HTTP/2 streams, every answer checked):
 #   walkthrough  egress-authz with the walkthrough's rules (deploy/rules/egress.yaml)
-#   10k    egress-authz with 10,000 generated rules (benches/support/rules.rs)
+#   10k    egress-authz with 10,000 generated rules (testkit/src/rules.rs)
 #   empty  examples/empty_check_server.rs: answers OK at once, same tonic and server settings (the ceiling)
 # and reports throughput and p50/p99/p99.9 latency, each as a ratio to the ceiling measured in the same run.
 # Besides the generator's own per-answer check, the egress_authz_checks_total deltas on /metrics must equal

@@ -394,6 +394,7 @@ impl RuleStore {
         };
         match &outcome {
             ReloadOutcome::Applied { digest, rules } => {
+                // Last, after the rule-set gauges: a scraper that sees the counter move sees the new set.
                 self.metrics.record_reload(true);
                 tracing::info!(rules_sha256 = %digest, rules, path = %self.path.display(), "Applied new rules");
             }

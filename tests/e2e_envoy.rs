@@ -2,13 +2,13 @@
 //! AuthorizationPolicy (`envoyExtAuthzGrpc` provider), real mTLS with per-run SPIFFE certificates, the
 //! egress-authz binary, and loopback stand-ins for developers.google.com and developer.yahoo.com.
 //!
-//! Envoy is found via `ENVOY_BIN`, PATH or `.venv-envoy/bin/envoy` (scripts/install-envoy.sh). Without it
+//! Envoy is found via `ENVOY_BIN`, PATH or `.venv-envoy/bin/envoy` (`scripts/install.sh envoy`). Without it
 //! these tests print "SKIPPED" and pass, unless `CI` or `EGRESS_AUTHZ_REQUIRE_ENVOY=1` is set: then they fail.
 //!
 //! The tests that send TLS server names which are not host names drive `openssl s_client` (`OPENSSL_BIN`
 //! or PATH), since rustls only sends DNS names; without it they skip or fail like the others.
 //!
-//! Run: `scripts/install-envoy.sh && EGRESS_AUTHZ_REQUIRE_ENVOY=1 cargo test --test e2e_envoy`
+//! Run: `scripts/install.sh envoy && EGRESS_AUTHZ_REQUIRE_ENVOY=1 cargo test --test e2e_envoy`
 // `serial()` holds a std Mutex across awaits on purpose: it serializes tests that each run their own
 // runtime.
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::await_holding_lock)]

@@ -1,7 +1,7 @@
 //! The real binary, driven with grpcurl as an operator would: reflection lists the services without proto
 //! files, the README's Explain example works, and gRPC health answers for the ext_authz service.
 //!
-//! grpcurl comes from `scripts/install-grpcurl.sh` (found through `GRPCURL_BIN` or `.tools/grpcurl`).
+//! grpcurl comes from `scripts/install.sh grpcurl` (found through `GRPCURL_BIN` or `.tools/grpcurl`).
 //! Without it the tests say so and pass in a plain `cargo test`; under CI or `scripts/test.sh` they fail.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
@@ -30,10 +30,10 @@ fn grpcurl() -> Option<PathBuf> {
         || std::env::var_os("EGRESS_AUTHZ_REQUIRE_TOOLS").is_some();
     match (&found, required) {
         (None, true) => {
-            panic!("grpcurl not found: run scripts/install-grpcurl.sh or set GRPCURL_BIN")
+            panic!("grpcurl not found: run scripts/install.sh grpcurl or set GRPCURL_BIN")
         }
         (None, false) => {
-            eprintln!("skipping: grpcurl not found (scripts/install-grpcurl.sh installs it)")
+            eprintln!("skipping: grpcurl not found (scripts/install.sh grpcurl installs it)")
         }
         _ => {}
     }

@@ -19,15 +19,17 @@ use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use tonic::transport::Channel;
 
+use testkit::flip::{
+    assert_allowed, check_a, check_to, error_cleared, failure_counted, reload_error, reloads,
+    rules_a, rules_b,
+};
 use testkit::{
-    RPC_TIMEOUT, Server, ServerBuilder, bounded, check, is_allowed, message_of, mk_http_check,
-    poll_until, reason_of, rules_allowing, spiffe, time_until_verdict, write_by_rename,
-    write_in_place,
+    RPC_TIMEOUT, Server, ServerBuilder, bounded, check, is_allowed, message_of, poll_until,
+    reason_of, time_until_verdict, write_by_rename, write_in_place,
 };
 
 /// How long to wait for a reload, a failure report or a recovery before failing.
 const GIVE_UP: Duration = Duration::from_secs(10);
-const RELOADS_TOTAL: &str = "egress_authz_reloads_total";
 const LOG_WRITE_ERRORS_TOTAL: &str = "egress_authz_log_write_errors_total";
 const CONFIG_INFO: &str = "egress_authz_config_info";
 const RELOAD_SUCCESSFUL: &str = "egress_authz_config_last_reload_successful";
@@ -36,16 +38,6 @@ const START_TIME: &str = "process_start_time_seconds";
 const NOBODY: u32 = 65_534;
 
 // === Rule sets and the checks that tell them apart ===
-
-/// Rule set A: namespace `default` may reach `a.example.com` only.
-fn rules_a() -> String {
-    rules_allowing("allow-a", "a.example.com")
-}
-
-/// Rule set B: namespace `default` may reach `b.example.com` only.
-fn rules_b() -> String {
-    rules_allowing("allow-b", "b.example.com")
-}
 
 /// Filler rules in the large rule set; enough that compiling it (about a second on a debug build)
 /// leaves ample time to kill the server while it is still compiling.
@@ -60,15 +52,6 @@ fn large_rules_b() -> String {
         ));
     }
     text
-}
-
-fn check_to(namespace: &str, host: &str) -> CheckRequest {
-    mk_http_check(&spiffe(namespace, "sleep"), host, 443, "GET", "/")
-}
-
-/// Allowed by A, denied by B.
-fn check_a() -> CheckRequest {
-    check_to("default", "a.example.com")
 }
 
 /// A check and its verdict under rule sets A and B (small or large B alike).
@@ -267,43 +250,6 @@ async fn load_client(
 
 // === Observing the server ===
 
-async fn reloads(server: &Server, result: &str) -> f64 {
-    server
-        .metrics()
-        .await
-        .get(RELOADS_TOTAL, &[("result", result)])
-        .expect("reloads_total is pre-registered")
-}
-
-/// Waits until `egress_authz_reloads_total{result="failure"}` is above `failures`; false if it is not
-/// within `give_up`.
-async fn failure_counted(server: &Server, failures: f64, give_up: Duration) -> bool {
-    let counted = poll_until(give_up, || async {
-        (reloads(server, "failure").await > failures).then_some(())
-    });
-    counted.await.is_some()
-}
-
-/// The `last_reload_error` in `/rules`, which must be there and contain `error_contains`.
-fn reload_error(status: &serde_json::Value, error_contains: &str) -> String {
-    let error = status["last_reload_error"].as_str();
-    let error = error.unwrap_or_else(|| panic!("/rules has no last_reload_error: {status}"));
-    assert!(
-        error.contains(error_contains),
-        "last_reload_error {error:?} lacks {error_contains:?}"
-    );
-    error.to_owned()
-}
-
-/// Waits until `/rules` shows no `last_reload_error`; false if it does not within `give_up`.
-async fn error_cleared(server: &Server, give_up: Duration) -> bool {
-    let cleared = poll_until(give_up, || async {
-        let status = server.rules_status().await;
-        status["last_reload_error"].is_null().then_some(())
-    });
-    cleared.await.is_some()
-}
-
 /// The digest the rule files at `path` compile to, computed here, not by the server.
 fn digest_on_disk(path: &Path) -> String {
     egress_authz::reload::load_policy(path)
@@ -349,16 +295,6 @@ async fn assert_serving(server: &Server, digest: &str, context: &str) {
         "{context}: {RELOAD_SUCCESSFUL} disagrees with /rules: {status}"
     );
     assert_eq!(digest_deciding(server).await, digest, "{context}: Explain");
-}
-
-async fn assert_allowed(client: &mut AuthorizationClient<Channel>, allowed: bool, context: &str) {
-    let response = check(client, check_a()).await;
-    assert_eq!(
-        is_allowed(&response),
-        allowed,
-        "{context}: reason {:?}",
-        reason_of(&response)
-    );
 }
 
 /// Applies a fault and checks what it must look like: counted once in

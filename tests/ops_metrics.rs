@@ -273,12 +273,16 @@ async fn rule_set_gauges_and_config_info_follow_reloads() {
         );
 
         write_by_rename(&path, RULES);
+        // The success counter is the last series a reload writes: once it moved, the rest shows the
+        // new rule set (waiting on the rule gauge instead raced the counter on a busy machine).
         let reloaded = poll_until(GIVE_UP, || async {
             let metrics = server.metrics().await;
-            (metrics.get("egress_authz_rules", &[]) == Some(3.0)).then_some(metrics)
+            let counted = metrics.get("egress_authz_reloads_total", &[("result", "success")]);
+            (counted == Some(1.0)).then_some(metrics)
         })
         .await
-        .expect("the 3-rule set is loaded");
+        .expect("the reload is counted");
+        assert_eq!(reloaded.get("egress_authz_rules", &[]), Some(3.0));
         let status = server.rules_status().await;
         let new_sha = status["sha256"].as_str().unwrap();
         assert_ne!(new_sha, sha);

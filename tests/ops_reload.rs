@@ -10,14 +10,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use tonic::transport::Channel;
 
+use testkit::flip::{
+    RELOADS_TOTAL, assert_allowed, check_a, error_cleared, failure_counted, reload_error, reloads,
+    rules_a, rules_b,
+};
 use testkit::{
-    ConfigMapDir, Server, ServerBuilder, bounded, check, is_allowed, message_of, mk_http_check,
-    poll_until, reason_of, rules_allowing, spiffe, time_until_verdict, write_by_rename,
-    write_in_place,
+    ConfigMapDir, Server, ServerBuilder, bounded, is_allowed, message_of, poll_until, reason_of,
+    time_until_verdict, write_by_rename, write_in_place,
 };
 
 /// How long to keep polling before declaring that a change never landed. Half the 10 s resync period, so
@@ -28,74 +30,6 @@ const GIVE_UP: Duration = Duration::from_secs(5);
 /// swap under traffic), not its speed: the reload thread runs at a lower priority, so a busy machine can
 /// hold it back for seconds.
 const OUTCOME_GIVE_UP: Duration = Duration::from_secs(30);
-const RELOADS_TOTAL: &str = "egress_authz_reloads_total";
-
-fn rules_a() -> String {
-    rules_allowing("allow-a", "a.example.com")
-}
-
-fn rules_b() -> String {
-    rules_allowing("allow-b", "b.example.com")
-}
-
-/// Allowed by A, denied by B.
-fn check_a() -> CheckRequest {
-    mk_http_check(
-        &spiffe("default", "sleep"),
-        "a.example.com",
-        443,
-        "GET",
-        "/",
-    )
-}
-
-async fn reloads(server: &Server, result: &str) -> f64 {
-    server
-        .metrics()
-        .await
-        .get(RELOADS_TOTAL, &[("result", result)])
-        .expect("reloads_total is pre-registered")
-}
-
-/// Waits until `egress_authz_reloads_total{result="failure"}` is above `failures`; false if it is not
-/// within `give_up`.
-async fn failure_counted(server: &Server, failures: f64, give_up: Duration) -> bool {
-    let counted = poll_until(give_up, || async {
-        (reloads(server, "failure").await > failures).then_some(())
-    });
-    counted.await.is_some()
-}
-
-/// The `last_reload_error` in `/rules`, which must be there and contain `error_contains`.
-fn reload_error(status: &serde_json::Value, error_contains: &str) -> String {
-    let error = status["last_reload_error"].as_str();
-    let error = error.unwrap_or_else(|| panic!("/rules has no last_reload_error: {status}"));
-    assert!(
-        error.contains(error_contains),
-        "last_reload_error {error:?} lacks {error_contains:?}"
-    );
-    error.to_owned()
-}
-
-/// Waits until `/rules` shows no `last_reload_error`; false if it does not within `give_up`.
-async fn error_cleared(server: &Server, give_up: Duration) -> bool {
-    let cleared = poll_until(give_up, || async {
-        let status = server.rules_status().await;
-        status["last_reload_error"].is_null().then_some(())
-    });
-    cleared.await.is_some()
-}
-
-async fn assert_allowed(client: &mut AuthorizationClient<Channel>, allowed: bool, context: &str) {
-    let response = check(client, check_a()).await;
-    assert_eq!(
-        is_allowed(&response),
-        allowed,
-        "{context}: reason {:?}",
-        reason_of(&response)
-    );
-}
-
 /// Applies `change` (A → B) and returns how long until the server denied `check_a`.
 async fn measure_flip(
     client: &mut AuthorizationClient<Channel>,

