@@ -20,7 +20,7 @@ use testkit::envoy::{
     self, CustomGate, Gateway, Variant, envoy_or_skip, envoy_validate, render_template,
 };
 use testkit::http::{http_get, parse_response};
-use testkit::net::{self, TcpOutcome, https_request, tls_stream};
+use testkit::net::{self, HttpsRequest, TcpOutcome, https_request, tls_stream};
 use testkit::pki::{DEFAULT_SLEEP, OTHERNS_SLEEP, Pki, SLEEP_YAHOO};
 use testkit::prom::Metrics;
 use testkit::scenarios::{
@@ -388,11 +388,7 @@ async fn server_killed_fails_closed() {
             &world,
             Gateway::HttpIstio,
             DEFAULT_SLEEP,
-            GOOGLE,
-            GOOGLE,
-            "GET",
-            "/",
-            &id,
+            HttpsRequest::get(GOOGLE, &id),
         )
         .await
         .unwrap();
@@ -467,11 +463,7 @@ impl Probe<'_> {
         let r = https_request(
             self.gateway,
             self.cfg.clone(),
-            GOOGLE,
-            GOOGLE,
-            "GET",
-            "/",
-            "reload-pre",
+            HttpsRequest::get(GOOGLE, "reload-pre"),
         )
         .await
         .unwrap();
@@ -490,11 +482,7 @@ impl Probe<'_> {
             let r = https_request(
                 self.gateway,
                 self.cfg.clone(),
-                GOOGLE,
-                GOOGLE,
-                "GET",
-                "/",
-                &id,
+                HttpsRequest::get(GOOGLE, &id),
             )
             .await
             .unwrap();
@@ -1230,11 +1218,7 @@ async fn bundle_custom_policy_checks_every_gateway_port() {
         &world,
         Gateway::HttpTlsSession,
         DEFAULT_SLEEP,
-        YAHOO,
-        YAHOO,
-        "GET",
-        "/",
-        "scoped-gate",
+        HttpsRequest::get(YAHOO, "scoped-gate"),
     )
     .await
     .unwrap();

@@ -34,44 +34,36 @@ pub mod fixtures;
 pub mod reference;
 pub mod rules;
 
-#[cfg(feature = "process")]
-pub mod envoy;
-#[cfg(feature = "process")]
-pub mod files;
-#[cfg(feature = "process")]
-pub mod flip;
-#[cfg(feature = "process")]
-pub mod grpc;
-#[cfg(feature = "process")]
-pub mod http;
-#[cfg(feature = "process")]
-pub mod net;
-#[cfg(feature = "process")]
-pub mod pki;
-#[cfg(feature = "process")]
-pub mod prom;
-#[cfg(feature = "process")]
-pub mod scenarios;
-#[cfg(feature = "process")]
-pub mod server;
-#[cfg(feature = "process")]
-pub mod wait;
-#[cfg(feature = "process")]
-pub mod world;
+/// Items built only with the `process` feature: everything that runs processes or talks over sockets.
+macro_rules! with_process {
+    ($($item:item)*) => { $( #[cfg(feature = "process")] $item )* };
+}
+
+with_process! {
+    pub mod envoy;
+    pub mod files;
+    pub mod flip;
+    pub mod grpc;
+    pub mod http;
+    pub mod net;
+    pub mod pki;
+    pub mod prom;
+    pub mod scenarios;
+    pub mod server;
+    pub mod wait;
+    pub mod world;
+}
 
 // The names the ops tests use, at the root, so a test imports them from one place.
 pub use check::{
     is_allowed, mk_http_check, mk_http_check_with_request_id, mk_tcp_check, reason_of, spiffe,
 };
-#[cfg(feature = "process")]
-pub use files::{ConfigMapDir, rules_allowing, write_by_rename, write_in_place};
-#[cfg(feature = "process")]
-pub use grpc::{check, time_until_verdict};
-#[cfg(feature = "process")]
-pub use http::http_get;
-#[cfg(feature = "process")]
-pub use prom::Metrics;
-#[cfg(feature = "process")]
-pub use server::{Logs, Server, ServerBuilder, StartFailure, message_of};
-#[cfg(feature = "process")]
-pub use wait::{POLL_INTERVAL, RPC_TIMEOUT, STARTUP_TIMEOUT, TEST_TIMEOUT, bounded, poll_until};
+with_process! {
+    // `crate::`: the module names match crates (`http`) that a macro-expanded `use` cannot tell apart.
+    pub use crate::files::{ConfigMapDir, rules_allowing, write_by_rename, write_in_place};
+    pub use crate::grpc::{check, time_until_verdict};
+    pub use crate::http::http_get;
+    pub use crate::prom::Metrics;
+    pub use crate::server::{Logs, Server, ServerBuilder, StartFailure, message_of};
+    pub use crate::wait::{POLL_INTERVAL, RPC_TIMEOUT, STARTUP_TIMEOUT, TEST_TIMEOUT, bounded, poll_until};
+}

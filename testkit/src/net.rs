@@ -202,17 +202,44 @@ async fn serve_http_conn(
     }
 }
 
-/// One HTTP/1.1 request through the gateway's mTLS HTTPS listener, as a sidecar would send it:
-/// TLS with the workload certificate and `sni`, then `method path` with `Host: host`.
+/// What one HTTPS request through a gateway sends: the TLS SNI, then `method path` with `Host: host` and
+/// an `x-test-id` header that finds the request again in the upstream's and Envoy's logs.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpsRequest<'a> {
+    pub sni: &'a str,
+    pub host: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub test_id: &'a str,
+}
+
+impl<'a> HttpsRequest<'a> {
+    /// `GET /` with `Host: host` and SNI `host`, the way `curl https://<host>/` asks.
+    pub fn get(host: &'a str, test_id: &'a str) -> Self {
+        Self {
+            sni: host,
+            host,
+            method: "GET",
+            path: "/",
+            test_id,
+        }
+    }
+}
+
+/// One HTTP/1.1 request through the gateway's mTLS HTTPS listener, as a sidecar would send it: TLS with
+/// the workload certificate, then the request.
 pub async fn https_request(
     gateway: SocketAddr,
     cfg: Arc<ClientConfig>,
-    sni: &str,
-    host: &str,
-    method: &str,
-    path: &str,
-    test_id: &str,
+    request: HttpsRequest<'_>,
 ) -> Result<HttpOutcome, String> {
+    let HttpsRequest {
+        sni,
+        host,
+        method,
+        path,
+        test_id,
+    } = request;
     timeout(IO_TIMEOUT, async {
         let tcp = TcpStream::connect(gateway).await.map_err(|e| format!("connect: {e}"))?;
         let local_addr = tcp.local_addr().map_err(|e| e.to_string())?;

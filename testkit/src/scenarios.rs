@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::envoy::{Envoy, Gateway};
 use crate::http::HttpOutcome;
-use crate::net::{TcpOutcome, TcpResult, https_request, tls_stream};
+use crate::net::{HttpsRequest, TcpOutcome, TcpResult, https_request, tls_stream};
 use crate::pki::{DEFAULT_SLEEP, FOREIGN_TD, NO_URI_SAN, OTHERNS_SLEEP, SLEEP_GOOGLE, SLEEP_YAHOO};
 use crate::world::{GOOGLE, Stage, World, YAHOO};
 
@@ -184,7 +184,14 @@ pub async fn check_http(
         "req-{}",
         SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
     );
-    let (r, entry) = through_http(world, gw, caller, sni, host, "GET", path, &id)
+    let request = HttpsRequest {
+        sni,
+        host,
+        method: "GET",
+        path,
+        test_id: &id,
+    };
+    let (r, entry) = through_http(world, gw, caller, request)
         .await
         .unwrap_or_else(|e| panic!("{ctx} [{gw:?}]: request failed: {e}"));
     let entry = entry.unwrap_or_else(|e| panic!("{ctx} [{gw:?}]: {e}"));
@@ -354,7 +361,14 @@ pub async fn observe_http(
     host: &str,
     path: &str,
 ) -> Observation {
-    match through_http(world, gw, caller, sni, host, "HEAD", path, "demo").await {
+    let request = HttpsRequest {
+        sni,
+        host,
+        method: "HEAD",
+        path,
+        test_id: "demo",
+    };
+    match through_http(world, gw, caller, request).await {
         Ok((r, entry)) => {
             Observation::from_entry(r.status.to_string(), r.status == 200, entry.ok())
         }
@@ -364,21 +378,16 @@ pub async fn observe_http(
 
 /// One HTTPS request through gateway `gw` as `caller` (see [`https_request`]), and Envoy's access-log
 /// entry for it (`Err` if none turned up in time).
-#[allow(clippy::too_many_arguments)]
 pub async fn through_http(
     world: &World,
     gw: Gateway,
     caller: &str,
-    sni: &str,
-    host: &str,
-    method: &str,
-    path: &str,
-    test_id: &str,
+    request: HttpsRequest<'_>,
 ) -> Result<(HttpOutcome, Result<Value, String>), String> {
     let envoy = world.envoy(gw);
     let cfg = world.pki.client_config(caller, &["http/1.1"]);
     let skip = envoy.access_log_len();
-    let r = https_request(envoy.listener, cfg, sni, host, method, path, test_id).await?;
+    let r = https_request(envoy.listener, cfg, request).await?;
     let entry = envoy.access_log_for(r.local_addr, skip).await;
     Ok((r, entry))
 }
