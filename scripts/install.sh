@@ -129,6 +129,7 @@ PY
   then
     log "deploy tools already installed"
   else
+    log "pip install -r tests/deploy/requirements.txt into $DEPLOY_VENV"
     "$DEPLOY_VENV/bin/python" -m pip install --disable-pip-version-check --quiet --upgrade pip >&2
     "$DEPLOY_VENV/bin/python" -m pip install --disable-pip-version-check --quiet -r "$requirements" >&2
   fi

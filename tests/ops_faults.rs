@@ -500,7 +500,7 @@ struct ReplacedByDirectory {
     files: fn() -> Vec<(&'static str, String)>,
     /// The file the server is pointed at, or `None` for the temporary directory itself.
     served: Option<&'static str>,
-    /// Turns a file into a directory, in one debounce burst.
+    /// Turns a file into a directory in one atomic step (see [`exchange`]).
     fault: fn(&Path),
     /// Text the error in `/rules` must contain.
     error_contains: &'static str,
@@ -525,8 +525,8 @@ async fn replaced_by_a_directory_and_back(case: ReplacedByDirectory) {
             .env("RUST_LOG", "info,egress_authz::reload=debug")
             .spawn()
             .await;
-        // The removal and the mkdir are microseconds apart, one debounce burst: no reload can read the
-        // state between them once the startup resync is over (the next resync is 10 s away).
+        // Faults and undos are single exchanges, so no reload can read a state between them; waiting
+        // for the startup resync keeps its "Rules unchanged" from standing in for the fault's reload.
         wait_for_startup_resync(&server).await;
         let error =
             assert_fault_visible(&server, || (case.fault)(dir.path()), case.error_contains).await;
@@ -535,6 +535,14 @@ async fn replaced_by_a_directory_and_back(case: ReplacedByDirectory) {
         assert_error_clears(&server).await;
     })
     .await;
+}
+
+/// Swaps two paths in one `renameat2(RENAME_EXCHANGE)`: a reload sees the tree before or after, never
+/// in between. A removal followed by a mkdir is two steps, and on a loaded machine the debounce window
+/// can close between them (the reload then sees the file gone and applies the rules without it).
+fn exchange(a: &Path, b: &Path) {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE).expect("renameat2(RENAME_EXCHANGE)");
 }
 
 /// A rule that neither A nor B has, in a second file beside them.
@@ -559,10 +567,11 @@ replaced_by_a_directory_tests! {
         files: || vec![("10-a.yaml", rules_a()), ("20-extra.yaml", EXTRA_RULES.to_owned())],
         served: None,
         fault: |dir| {
-            let extra = dir.join("20-extra.yaml");
-            std::fs::remove_file(&extra).unwrap();
-            std::fs::create_dir(&extra).unwrap();
-            std::fs::write(extra.join("inner.yaml"), rules_b()).unwrap();
+            // Built under a hidden name, which the server skips, then swapped in.
+            let swap = dir.join(".20-extra.swap");
+            std::fs::create_dir(&swap).unwrap();
+            std::fs::write(swap.join("inner.yaml"), rules_b()).unwrap();
+            exchange(&swap, &dir.join("20-extra.yaml"));
         },
         error_contains: "not a regular file",
         during: |server, error| {
@@ -570,9 +579,9 @@ replaced_by_a_directory_tests! {
             assert!(server.logs.with_message("Applied new rules").is_empty());
         },
         undo: |dir| {
-            let extra = dir.join("20-extra.yaml");
-            std::fs::remove_dir_all(&extra).unwrap();
-            std::fs::write(&extra, EXTRA_RULES).unwrap();
+            let swap = dir.join(".20-extra.swap");
+            exchange(&swap, &dir.join("20-extra.yaml"));
+            std::fs::remove_dir_all(&swap).unwrap();
         },
     };
 
@@ -581,16 +590,16 @@ replaced_by_a_directory_tests! {
         files: || vec![("rules.yaml", rules_a())],
         served: Some("rules.yaml"),
         fault: |dir| {
-            let path = dir.join("rules.yaml");
-            std::fs::remove_file(&path).unwrap();
-            std::fs::create_dir(&path).unwrap();
+            let swap = dir.join(".rules.swap");
+            std::fs::create_dir(&swap).unwrap();
+            exchange(&swap, &dir.join("rules.yaml"));
         },
         error_contains: "no *.yaml or *.yml rule files",
         during: |_, _| {},
         undo: |dir| {
-            let path = dir.join("rules.yaml");
-            std::fs::remove_dir(&path).unwrap();
-            std::fs::write(&path, rules_a()).unwrap();
+            let swap = dir.join(".rules.swap");
+            exchange(&swap, &dir.join("rules.yaml"));
+            std::fs::remove_dir(&swap).unwrap();
         },
     };
 }
