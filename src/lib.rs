@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod policy;
 pub mod reload;
 pub mod telemetry;
+pub mod traffic;
 pub mod watch;

@@ -50,6 +50,13 @@ pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
 pub const CHECKS_ABANDONED_TOTAL: &str = "egress_authz_checks_abandoned_total";
 /// Log lines dropped because the queue to the log thread was full. Written by [`Metrics::render`].
 pub const LOG_LINES_DROPPED_TOTAL: &str = "egress_authz_log_lines_dropped_total";
+/// Checks whose flow the traffic inventory could not record because it held `--traffic-max-entries`
+/// keys already.
+pub const TRAFFIC_OVERFLOW_TOTAL: &str = "egress_authz_traffic_overflow_total";
+/// Flow keys the traffic inventory holds.
+pub const TRAFFIC_ENTRIES: &str = "egress_authz_traffic_entries";
+/// Saves of the traffic inventory to `--traffic-file`, by result.
+pub const TRAFFIC_FILE_WRITES_TOTAL: &str = "egress_authz_traffic_file_writes_total";
 /// Always 1, labelled with the live rule set's SHA-256, so a rollout can be seen to have landed.
 /// Written by [`Metrics::render`], not through the recorder (see there).
 pub const CONFIG_INFO: &str = "egress_authz_config_info";
@@ -109,6 +116,10 @@ struct Registry {
     /// Indexed like [`RELOAD_RESULTS`].
     reloads: [Counter; RELOAD_RESULTS.len()],
     abandoned: Counter,
+    traffic_overflow: Counter,
+    traffic_entries: Gauge,
+    /// Indexed like [`RELOAD_RESULTS`].
+    traffic_file_writes: [Counter; RELOAD_RESULTS.len()],
     rules: Gauge,
     last_success: Gauge,
 }
@@ -182,6 +193,18 @@ impl Metrics {
         }
         let abandoned = counter(CHECKS_ABANDONED_TOTAL, Vec::new());
         abandoned.absolute(0);
+        let traffic_overflow = counter(TRAFFIC_OVERFLOW_TOTAL, Vec::new());
+        traffic_overflow.absolute(0);
+        let traffic_file_writes = RELOAD_RESULTS.map(|result| {
+            counter(
+                TRAFFIC_FILE_WRITES_TOTAL,
+                vec![Label::new(LABEL_RESULT, result)],
+            )
+        });
+        for counter in &traffic_file_writes {
+            counter.absolute(0);
+        }
+        let traffic_entries = gauge(TRAFFIC_ENTRIES);
         let started = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
@@ -200,6 +223,9 @@ impl Metrics {
                 unread,
                 reloads,
                 abandoned,
+                traffic_overflow,
+                traffic_entries,
+                traffic_file_writes,
             }),
         }
     }
@@ -292,6 +318,21 @@ impl Metrics {
     /// Counts a check whose client reset the stream before its message arrived.
     pub(crate) fn record_abandoned_check(&self) {
         self.inner.abandoned.increment(1);
+    }
+
+    /// Counts checks the traffic inventory had no room for.
+    pub(crate) fn record_traffic_overflow(&self, checks: u64) {
+        self.inner.traffic_overflow.increment(checks);
+    }
+
+    /// Records how many flow keys the traffic inventory holds.
+    pub(crate) fn record_traffic_entries(&self, entries: usize) {
+        self.inner.traffic_entries.set(entries as f64);
+    }
+
+    /// Records one save of the traffic inventory to its file.
+    pub(crate) fn record_traffic_file_write(&self, success: bool) {
+        self.inner.traffic_file_writes[usize::from(success)].increment(1);
     }
 
     /// Records the live rule set: its size and when it was loaded (its digest is rendered by
@@ -393,6 +434,14 @@ fn describe(recorder: &dyn Recorder) {
             CHECKS_ABANDONED_TOTAL,
             "Checks whose client reset the stream before sending the message (an Envoy timeout, typically)",
         ),
+        (
+            TRAFFIC_OVERFLOW_TOTAL,
+            "Checks whose flow the traffic inventory could not record because it was full",
+        ),
+        (
+            TRAFFIC_FILE_WRITES_TOTAL,
+            "Saves of the traffic inventory to --traffic-file, by result",
+        ),
     ];
     for (name, help) in counters {
         recorder.describe_counter(
@@ -413,6 +462,11 @@ fn describe(recorder: &dyn Recorder) {
             "Unix time the process started",
         ),
         (RULES, Unit::Count, "Rules in the live rule set"),
+        (
+            TRAFFIC_ENTRIES,
+            Unit::Count,
+            "Flow keys held by the traffic inventory",
+        ),
         (
             CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
             Unit::Seconds,

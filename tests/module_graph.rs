@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["policy"],
     &["decision_log", "listener", "telemetry", "metrics"],
+    &["traffic"],
     &["reload", "watch"],
     &["grpc"],
     &["admin_http"],
-    &["audit", "cli"],
+    &["audit", "cli", "suggest"],
     &["commands", "app"],
     &["main"],
 ];

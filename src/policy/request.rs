@@ -3,7 +3,7 @@
 use super::matcher::path_without_query;
 
 /// Whether Envoy's check came from the HTTP filter or the network (TCP) filter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Protocol {
     /// `envoy.filters.http.ext_authz`: has method, path and `:authority`.
     Http,
