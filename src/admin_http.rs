@@ -1,4 +1,6 @@
-//! The admin HTTP listener: `/healthz`, `/readyz`, `/metrics` (Prometheus text) and `/rules` (JSON).
+//! The admin HTTP listener: `/healthz`, `/readyz`, `/metrics` (Prometheus text), `/rules` (JSON) and
+//! `/traffic` (the traffic inventory, JSON). Only here, never on the gRPC port: the inventory says who
+//! talks to what, and the deploy bundle lets only monitoring and operators reach this port.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -6,6 +8,7 @@ use std::time::UNIX_EPOCH;
 
 use crate::metrics::Metrics;
 use crate::reload::RuleStore;
+use crate::traffic::TrafficInventory;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -18,6 +21,8 @@ pub(crate) struct AdminState {
     pub(crate) store: Arc<RuleStore>,
     /// Renders the metrics.
     pub(crate) metrics: Metrics,
+    /// The traffic inventory, unless it is turned off.
+    pub(crate) traffic: Option<Arc<TrafficInventory>>,
     /// Set once shutdown begins; `/readyz` then fails so load balancers stop sending.
     pub(crate) shutting_down: Arc<AtomicBool>,
 }
@@ -30,6 +35,7 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/rules", get(rules))
         .route("/status", get(rules))
+        .route("/traffic", get(traffic))
         .with_state(state)
 }
 
@@ -65,4 +71,36 @@ async fn rules(State(state): State<AdminState>) -> axum::Json<serde_json::Value>
         "last_reload_error": status.last_error,
         "warnings": status.warnings,
     }))
+}
+
+async fn traffic(
+    State(state): State<AdminState>,
+) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    let Some(inventory) = state.traffic else {
+        return (
+            StatusCode::NOT_FOUND,
+            [("content-type", "text/plain; charset=utf-8")],
+            "the traffic inventory is off (--traffic-max-entries 0)\n".to_owned(),
+        );
+    };
+    // A snapshot of 100k flows takes milliseconds: off the async workers.
+    let trust_domains = state
+        .store
+        .current()
+        .policy
+        .settings()
+        .trust_domains
+        .clone();
+    match tokio::task::spawn_blocking(move || inventory.snapshot(&trust_domains).to_json()).await {
+        Ok(document) => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            document,
+        ),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/plain; charset=utf-8")],
+            format!("cannot take a snapshot of the traffic inventory: {error}\n"),
+        ),
+    }
 }

@@ -29,6 +29,8 @@ use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::reload::{LoadError, RuleStore, load_policy};
 use crate::telemetry;
+use crate::traffic::TrafficInventory;
+use crate::traffic::persist::Saver;
 
 /// The gRPC service name Envoy's health checks and Kubernetes gRPC probes ask about.
 pub(crate) const AUTHZ_SERVICE_NAME: &str = crate::grpc::endpoint::SERVICE_NAME;
@@ -69,6 +71,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let grpc_listener = bind(args.grpc_addr, "gRPC").await?;
     let admin_listener = bind(args.admin_addr, "admin").await?;
     let (grpc_addr, admin_addr) = (grpc_listener.local_addr()?, admin_listener.local_addr()?);
+    let (traffic, saver) = traffic_inventory(&args, &store, &metrics).await?;
     let stop = Stop::new();
     crate::watch::spawn(Arc::clone(&store), stop.grpc.subscribe());
     let decision_log = Arc::new(decision_log(&args));
@@ -80,6 +83,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         store: Arc::clone(&store),
         decision_log: Arc::clone(&decision_log),
         metrics: metrics.clone(),
+        traffic: traffic.clone(),
     };
     let limits = GrpcLimits::from(&args);
     let (health, grpc) = grpc_server(grpc_listener, services, &limits, stop.grpc_stopped())?;
@@ -87,6 +91,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let admin_state = AdminState {
         store: Arc::clone(&store),
         metrics,
+        traffic,
         shutting_down: Arc::clone(&stop.shutting_down),
     };
     let admin = axum::serve(admin_listener, admin_http::router(admin_state))
@@ -102,17 +107,60 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "Serving"
     );
     drop(live);
+    if let Some(saver) = &saver {
+        tokio::spawn(
+            saver
+                .clone()
+                .save_periodically(args.traffic_file_interval, stop.grpc.subscribe()),
+        );
+    }
     let running = Running {
         health,
         grpc: tokio::spawn(grpc),
         admin: tokio::spawn(async move { admin.await }),
         flusher,
         decision_log,
+        saver,
     };
     let signal = shutdown_signal().await;
     running
         .drain(stop, signal, args.shutdown_grace, args.shutdown_delay)
         .await
+}
+
+/// The traffic inventory `serve`'s flags ask for, and what saves it to a file when they name one.
+async fn traffic_inventory(
+    args: &ServeArgs,
+    store: &Arc<RuleStore>,
+    metrics: &Metrics,
+) -> anyhow::Result<(Option<Arc<TrafficInventory>>, Option<Saver>)> {
+    if args.traffic_max_entries == 0 {
+        anyhow::ensure!(
+            args.traffic_file.is_none(),
+            "--traffic-file needs the traffic inventory, which --traffic-max-entries 0 turns off"
+        );
+        return Ok((None, None));
+    }
+    let inventory = Arc::new(TrafficInventory::new(
+        args.traffic_max_entries,
+        metrics.clone(),
+    ));
+    let Some(path) = args.traffic_file.clone() else {
+        return Ok((Some(inventory), None));
+    };
+    let store = Arc::clone(store);
+    let saver = Saver {
+        inventory: Arc::clone(&inventory),
+        trust_domains: Arc::new(move || store.current().policy.settings().trust_domains.clone()),
+        metrics: metrics.clone(),
+        path,
+    };
+    let path = saver.path.display().to_string();
+    let saver = saver
+        .open()
+        .await
+        .with_context(|| format!("cannot keep the traffic inventory in {path}"))?;
+    Ok((Some(inventory), Some(saver)))
 }
 
 /// The decision log `serve`'s flags ask for.
@@ -162,6 +210,8 @@ struct Running {
     admin: JoinHandle<std::io::Result<()>>,
     flusher: JoinHandle<()>,
     decision_log: Arc<DecisionLog>,
+    /// Saves the traffic inventory one last time once no check is left.
+    saver: Option<Saver>,
 }
 
 impl Running {
@@ -196,6 +246,16 @@ impl Running {
         let admin = tokio::time::timeout_at(deadline, self.admin).await;
         let _ = self.flusher.await;
         self.decision_log.flush();
+        if let Some(saver) = &self.saver {
+            match saver.save().await {
+                Ok(()) => {
+                    tracing::info!(path = %saver.path.display(), "Saved the traffic inventory")
+                }
+                Err(error) => {
+                    tracing::error!(path = %saver.path.display(), %error, "Cannot save the traffic inventory")
+                }
+            }
+        }
         match (grpc, admin) {
             (Ok(grpc), Ok(admin)) => {
                 grpc.context("gRPC server task failed")?
@@ -274,6 +334,8 @@ pub struct GrpcServices {
     pub decision_log: Arc<DecisionLog>,
     /// Where checks are counted.
     pub metrics: Metrics,
+    /// Where every check's flow is counted (learn mode), unless the inventory is off.
+    pub traffic: Option<Arc<TrafficInventory>>,
 }
 
 /// The gRPC server on `listener` as `serve` runs it (Check, health, reflection, the admin Explain,
@@ -297,9 +359,10 @@ pub fn grpc_server(
         store,
         decision_log,
         metrics,
+        traffic,
     } = services;
     let check = CheckEndpoint::new(
-        AuthzService::new(Arc::clone(&store), decision_log, metrics),
+        AuthzService::new(Arc::clone(&store), decision_log, metrics).recording_traffic(traffic),
         Limits {
             max_message_bytes: limits.max_request_bytes,
             max_in_flight: limits.max_checks_in_flight,

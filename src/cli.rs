@@ -111,6 +111,17 @@ pub struct ServeArgs {
     /// HTTP/2 streams (concurrent checks) per gRPC connection.
     #[arg(long, env = "EGRESS_AUTHZ_MAX_STREAMS_PER_CONNECTION", default_value_t = DEFAULT_MAX_STREAMS_PER_CONNECTION, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams_per_connection: u32,
+    /// Flow keys the traffic inventory (learn mode, GET /traffic on the admin port) holds at most; past
+    /// that, new keys are counted in egress_authz_traffic_overflow_total. 0 turns the inventory off.
+    #[arg(long, env = "EGRESS_AUTHZ_TRAFFIC_MAX_ENTRIES", default_value_t = DEFAULT_TRAFFIC_MAX_ENTRIES)]
+    pub traffic_max_entries: usize,
+    /// Save the traffic inventory to this file (atomically) every --traffic-file-interval and at
+    /// shutdown, and restore it from there at startup.
+    #[arg(long, env = "EGRESS_AUTHZ_TRAFFIC_FILE")]
+    pub traffic_file: Option<PathBuf>,
+    /// How often the traffic inventory is saved to --traffic-file.
+    #[arg(long, env = "EGRESS_AUTHZ_TRAFFIC_FILE_INTERVAL", default_value = "60s", value_parser = parse_period)]
+    pub traffic_file_interval: Duration,
     /// Runtime worker threads (default: one per CPU).
     #[arg(long, env = "EGRESS_AUTHZ_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
@@ -166,6 +177,21 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
 /// Default for `--max-streams-per-connection`.
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
+/// Default for `--traffic-max-entries`: about 20 MB at most (see the README, "Traffic inventory").
+pub const DEFAULT_TRAFFIC_MAX_ENTRIES: usize = 100_000;
+
+/// The shortest period accepted: a shorter one is a typo, and would spend the server on saving.
+const MIN_PERIOD: Duration = Duration::from_millis(100);
+
+/// A duration for something done periodically: at least [`MIN_PERIOD`].
+fn parse_period(raw: &str) -> Result<Duration, String> {
+    let period = parse_duration(raw)?;
+    if period < MIN_PERIOD {
+        return Err(format!("{raw:?} is shorter than {MIN_PERIOD:?}"));
+    }
+    Ok(period)
+}
+
 /// Durations longer than this are certainly a typo (and would overflow deadlines).
 const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -207,5 +233,12 @@ mod tests {
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("10000000000000000000s").is_err());
         assert!(parse_duration("25h").is_err());
+    }
+
+    #[test]
+    fn periods_are_not_zero() {
+        assert_eq!(parse_period("60s"), Ok(Duration::from_secs(60)));
+        assert!(parse_period("0s").is_err());
+        assert!(parse_period("10ms").is_err());
     }
 }

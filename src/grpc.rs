@@ -21,6 +21,7 @@ use crate::decision_log::DecisionLog;
 use crate::metrics::Metrics;
 use crate::policy::{Decision, EgressRequest, HttpRequest, Protocol, Reason};
 use crate::reload::RuleStore;
+use crate::traffic::TrafficInventory;
 
 /// Serves Check from the current rule set.
 #[derive(Debug, Clone)]
@@ -28,6 +29,7 @@ pub struct AuthzService {
     store: Arc<RuleStore>,
     log: Arc<DecisionLog>,
     metrics: Metrics,
+    traffic: Option<Arc<TrafficInventory>>,
 }
 
 impl AuthzService {
@@ -37,12 +39,26 @@ impl AuthzService {
             store,
             log,
             metrics,
+            traffic: None,
         }
+    }
+
+    /// The same service, also counting every check in `traffic` (learn mode) when there is one.
+    pub fn recording_traffic(self, traffic: Option<Arc<TrafficInventory>>) -> Self {
+        Self { traffic, ..self }
     }
 
     /// Where this service counts its checks, for the transport around it to count what it refuses.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Counts a check refused before its message was read (shed, or an unreadable gRPC frame).
+    pub fn record_unread(&self, reason: Reason) {
+        self.metrics.record_unread(reason);
+        if let Some(traffic) = &self.traffic {
+            traffic.record_unread(reason);
+        }
     }
 
     /// Decides one check given as its protobuf encoding. Synchronous and infallible: any bytes get
@@ -79,8 +95,15 @@ impl AuthzService {
         let live = self.store.current();
         self.metrics
             .record_check(&live.policy, &decision, protocol, elapsed);
+        self.record_traffic(&decision, protocol);
         self.log.record(&decision, &request, None, elapsed);
         response
+    }
+
+    fn record_traffic(&self, decision: &Decision<'_>, protocol: Protocol) {
+        if let Some(traffic) = &self.traffic {
+            traffic.record(decision, protocol);
+        }
     }
 
     fn decide_fields(&self, fields: &wire::CheckFields<'_>) -> CheckResponse {
@@ -94,6 +117,7 @@ impl AuthzService {
         let elapsed = started.elapsed();
         self.metrics
             .record_check(&live.policy, &decision, request.protocol(), elapsed);
+        self.record_traffic(&decision, request.protocol());
         let request_id = text.request_id.as_deref().filter(|id| !id.is_empty());
         self.log.record(&decision, &request, request_id, elapsed);
         response

@@ -57,6 +57,7 @@ async fn spawn_server(rules: &str) -> Server {
         store,
         decision_log: Arc::new(DecisionLog::disabled()),
         metrics,
+        traffic: None,
     };
     let limits = GrpcLimits::default();
     let (_health, server) =

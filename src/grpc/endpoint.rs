@@ -156,7 +156,7 @@ impl InFlight {
 /// protocol is unknown, so it is counted under `protocol="unknown"`, and answered with the HTTP shape,
 /// which the network filter ignores.
 fn unread_refusal(shared: &Shared, reason: Reason) -> http::Response<Body> {
-    shared.authz.metrics().record_unread(reason);
+    shared.authz.record_unread(reason);
     refusal(reason)
 }
 

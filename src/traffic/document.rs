@@ -335,7 +335,8 @@ mod tests {
     #[test]
     fn unreadable_documents_say_what_they_are() {
         let json = document(vec![entry("a", "x.example.com", 3, 10, 20)]).to_json();
-        let cases: [(&[u8], fn(&InventoryError) -> bool); 7] = [
+        type Expectation = fn(&InventoryError) -> bool;
+        let cases: [(&[u8], Expectation); 7] = [
             (b"", |e| *e == InventoryError::Empty),
             (b" \n", |e| *e == InventoryError::Empty),
             (&json.as_bytes()[..json.len() / 2], |e| {

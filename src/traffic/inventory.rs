@@ -28,7 +28,7 @@ const SHARDS: usize = 64;
 /// Counts checks by flow key. Cheap to share: clone the `Arc`.
 #[derive(Debug)]
 pub struct TrafficInventory {
-    shards: Box<[RwLock<HashTable<(FlowKey, FlowStats)>>]>,
+    shards: Box<[RwLock<Shard>]>,
     hasher: DefaultHashBuilder,
     /// Keys held, across shards; never more than `max_entries`.
     entries: AtomicUsize,
@@ -40,6 +40,9 @@ pub struct TrafficInventory {
     names: Mutex<HashSet<Arc<str>>>,
     metrics: Metrics,
 }
+
+/// One shard's keys and counts.
+type Shard = HashTable<(FlowKey, FlowStats)>;
 
 /// A flow key, owned: what the inventory holds.
 #[derive(Debug)]

@@ -8,7 +8,14 @@ use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
 use super::document::{InventoryDocument, InventoryError};
+use super::inventory::TrafficInventory;
+use crate::metrics::Metrics;
 
 /// Why the file kept from a previous run was not restored.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +97,91 @@ pub fn write_atomically(path: &Path, document: &InventoryDocument) -> std::io::R
         let _ = dir.sync_all();
     }
     Ok(())
+}
+
+/// Saves an inventory to its file: the periodic saves while serving and the last one at shutdown.
+#[derive(Clone)]
+pub struct Saver {
+    /// The inventory.
+    pub inventory: Arc<TrafficInventory>,
+    /// The file.
+    pub path: PathBuf,
+    /// The trust domains to record with it, read at each save (they follow rule reloads).
+    pub trust_domains: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+    /// Counts saves.
+    pub metrics: Metrics,
+}
+
+impl std::fmt::Debug for Saver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Saver")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Saver {
+    /// Takes over the file: restores what a previous run saved there into the inventory (an unreadable
+    /// file is set aside, not overwritten), then saves at once, so a path that cannot be written stops
+    /// the server at startup instead of failing quietly a minute later.
+    pub async fn open(self) -> Result<Self, std::io::Error> {
+        match read(&self.path) {
+            Ok(Some(document)) => {
+                self.inventory.restore(&document);
+                tracing::info!(
+                    path = %self.path.display(),
+                    flows = document.entries.len(),
+                    "Restored the traffic inventory"
+                );
+            }
+            Ok(None) => {}
+            Err(error) => {
+                let aside = set_aside(&self.path)?;
+                tracing::error!(
+                    %error,
+                    set_aside = %aside.display(),
+                    "The saved traffic inventory cannot be restored; starting afresh"
+                );
+            }
+        }
+        self.save().await?;
+        Ok(self)
+    }
+
+    /// Saves once, off the async workers (a slow disk must not hold up checks).
+    pub async fn save(&self) -> std::io::Result<()> {
+        let saver = self.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let document = saver.inventory.snapshot(&(saver.trust_domains)());
+            write_atomically(&saver.path, &document)
+        })
+        .await
+        .unwrap_or_else(|joined| Err(std::io::Error::other(joined)));
+        self.metrics.record_traffic_file_write(written.is_ok());
+        written
+    }
+
+    /// Saves every `interval` until `shutdown`. A failed save is logged and counted; the next one
+    /// tries again with everything counted since, so a full disk loses no count that a later save
+    /// can still write.
+    pub async fn save_periodically(self, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate; the startup save has just been made.
+        ticks.tick().await;
+        loop {
+            let stopping = tokio::select! {
+                _ = ticks.tick() => false,
+                _ = shutdown.wait_for(|stop| *stop) => true,
+            };
+            if stopping {
+                return;
+            }
+            if let Err(error) = self.save().await {
+                tracing::error!(path = %self.path.display(), %error, "Cannot save the traffic inventory");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
