@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
+from network_policy import Destination, Source, closed_ports, may_connect, pod_source
+
 # Labels of the istio-egressgateway pods (istioctl's egress gateway and the istio/gateway Helm chart with
 # release name istio-egressgateway). The sidecar overlay's patch repeats them; a test keeps both in step.
 GATEWAY_POD_LABELS = {"app": "istio-egressgateway", "istio": "egressgateway"}
@@ -465,6 +467,98 @@ def check_callers_policy(objs: list[dict]) -> list[str]:
             if not sources or any(s.get("namespaces") != [GATEWAY_NAMESPACE] for s in sources):
                 problems.append(f"AuthorizationPolicy {pol['metadata']['name']} lets more than {GATEWAY_NAMESPACE} "
                                 f"call port {grpc}")
+    return problems
+
+
+# Who may reach the admin port (/metrics, /rules and /traffic, the traffic inventory), in both overlays: the
+# namespace Prometheus runs in (kube-prometheus's and the usual kube-prometheus-stack's) and the operator
+# namespaces that carry ADMIN_ACCESS_LABEL="true". deploy/README.md documents both.
+MONITORING_NAMESPACE = "monitoring"
+ADMIN_ACCESS_LABEL = "egress-authz.io/admin-access"
+# The Istio agent's ports in the standalone pods: 15020 (merged metrics, and the kubelet probes Istio
+# rewrites) and 15021 (Envoy's health).
+ISTIO_AGENT_PORTS = (15020, 15021)
+# What a gateway pod serves besides its Gateway listeners: 15021 (health, for load balancers) and 15090
+# (Envoy's Prometheus stats).
+GATEWAY_OWN_PORTS = (15021, 15090)
+
+ADMIN_CALLERS = (
+    pod_source("Prometheus in the monitoring namespace", "10.244.1.10", MONITORING_NAMESPACE,
+               pod_labels={"app.kubernetes.io/name": "prometheus"}),
+    pod_source("a pod of a labelled operator namespace", "10.244.2.10", "platform-ops",
+               {ADMIN_ACCESS_LABEL: "true"}, {"run": "toolbox"}),
+)
+OTHER_CALLERS = (
+    pod_source("an application pod", "10.244.3.10", "payments", pod_labels={"app": "payments-api"}),
+    pod_source("a pod of namespace default", "10.244.3.11", "default", pod_labels={"run": "curl"}),
+    pod_source("a pod labelled like Prometheus outside the monitoring namespace", "10.244.3.12", "shop",
+               pod_labels={"app.kubernetes.io/name": "prometheus"}),
+    pod_source("a pod carrying the admin-access label itself", "10.244.3.13", "shop",
+               pod_labels={ADMIN_ACCESS_LABEL: "true"}),
+    pod_source("a pod of a namespace whose admin-access label is not true", "10.244.3.14", "team-a",
+               {ADMIN_ACCESS_LABEL: "false"}),
+    Source("an address outside the cluster", "203.0.113.7"),
+)
+GATEWAY_CALLER = pod_source("the egress gateway", "10.244.0.20", GATEWAY_NAMESPACE, pod_labels=GATEWAY_POD_LABELS)
+
+
+def without_port(ranges: list[tuple[int, int]], port: int) -> list[tuple[int, int]]:
+    return [
+        (first, last)
+        for low, high in ranges
+        for first, last in ((low, min(high, port - 1)), (max(low, port + 1), high))
+        if first <= last
+    ]
+
+
+def format_ranges(ranges: list[tuple[int, int]]) -> str:
+    return ", ".join(str(first) if first == last else f"{first}-{last}" for first, last in ranges)
+
+
+def check_admin_port_fence(objs: list[dict]) -> list[str]:
+    """From the rendered NetworkPolicies: only the monitoring namespace and labelled operator namespaces
+    reach the admin port of the pods that run egress-authz, and every other port keeps its callers.
+
+    Standalone: 9000 from the gateway pods only, 15020/15021 from anywhere, as before the admin fence.
+    Sidecar: the gateway pods keep every other TCP port and every UDP port open to everyone (their Gateway
+    listeners differ per install: 8080/8443 or 80/443, plus 15021 and 15090).
+    """
+    dep = server_deployment(objs)
+    container = egress_authz_container(dep)
+    namespace = dep["metadata"].get("namespace")
+    pod_labels = dep["spec"]["template"]["metadata"].get("labels", {})
+    destination = Destination(namespace, pod_labels,
+                              {p["name"]: p["containerPort"] for p in container.get("ports", []) if "name" in p})
+    policies = find(objs, "NetworkPolicy")
+    ports = served_ports(container)
+    admin = ports["admin"]
+    neighbour = pod_source(f"another pod of {namespace}", "10.244.0.30", namespace, pod_labels={"app": "neighbour"})
+    others = (*OTHER_CALLERS, neighbour)
+
+    def reaches(source: Source, port: int) -> bool:
+        return may_connect(policies, destination, source, "TCP", port)
+
+    problems = [f"admin port {admin} closed to {s.description}" for s in ADMIN_CALLERS if not reaches(s, admin)]
+    problems += [f"admin port {admin} open to {s.description}" for s in others if reaches(s, admin)]
+    if selects({"matchLabels": GATEWAY_POD_LABELS}, pod_labels):
+        served = sorted(GATEWAY_LISTENER_PORTS | set(GATEWAY_OWN_PORTS))
+        for source in (*ADMIN_CALLERS, *others):
+            closed_tcp = without_port(closed_ports(policies, destination, source, "TCP"), admin)
+            closed_udp = closed_ports(policies, destination, source, "UDP")
+            if closed_tcp:
+                hit = [p for p in served if any(first <= p <= last for first, last in closed_tcp)]
+                problems.append(f"gateway pods: TCP {format_ranges(closed_tcp)} closed to {source.description}"
+                                + (f" (gateway ports {hit} among them)" if hit else ""))
+            if closed_udp:
+                problems.append(f"gateway pods: UDP {format_ranges(closed_udp)} closed to {source.description}")
+        return problems
+    grpc = ports["grpc"]
+    if not reaches(GATEWAY_CALLER, grpc):
+        problems.append(f"gRPC port {grpc} closed to the egress gateway")
+    problems += [f"gRPC port {grpc} open to {s.description}" for s in (*ADMIN_CALLERS, *others) if reaches(s, grpc)]
+    for port in ISTIO_AGENT_PORTS:
+        problems += [f"Istio agent port {port} closed to {s.description}"
+                     for s in (GATEWAY_CALLER, *ADMIN_CALLERS, *others) if not reaches(s, port)]
     return problems
 
 
