@@ -177,7 +177,7 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
 /// Default for `--max-streams-per-connection`.
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
-/// Default for `--traffic-max-entries`: about 20 MB at most (see the README, "Traffic inventory").
+/// Default for `--traffic-max-entries`: about 15 MiB at most (see the README, "Traffic inventory").
 pub const DEFAULT_TRAFFIC_MAX_ENTRIES: usize = 100_000;
 
 /// The shortest period accepted: a shorter one is a typo, and would spend the server on saving.
