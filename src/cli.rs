@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::decision_log::DecisionLogMode;
+use crate::suggest::{DEFAULT_MIN_COUNT, Grouping};
 use crate::telemetry::LogFormat;
 
 /// Envoy ext_authz service deciding which mesh workload may reach which external host.
@@ -34,6 +35,30 @@ pub enum Command {
     /// Audit an Envoy gateway's /config_dump for traffic that could leave without an ext_authz check;
     /// exit 0 without error findings, 1 with, 2 on unreadable input.
     AuditGateway(AuditGatewayArgs),
+    /// Learn mode: turn traffic inventories (`/traffic`, `--traffic-file`) into a rule file to review;
+    /// the rule file goes to stdout, a summary of what was skipped to stderr.
+    Suggest(SuggestArgs),
+}
+
+/// `suggest` options.
+#[derive(Debug, Args)]
+pub struct SuggestArgs {
+    /// Traffic inventory files (JSON), merged: counts add up.
+    #[arg(long, required = true, num_args = 1.., value_name = "FILE")]
+    pub from: Vec<PathBuf>,
+    /// The current rules (file or directory): propose only what they do not already allow.
+    #[arg(long, value_name = "CURRENT")]
+    pub rules: Option<PathBuf>,
+    /// One rule set per service account (exact) or per namespace.
+    #[arg(long, value_enum, default_value = "service-account")]
+    pub by: Grouping,
+    /// Skip flows (caller, host, port) seen fewer times than this.
+    #[arg(long, default_value_t = DEFAULT_MIN_COUNT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub min_count: u64,
+    /// Collapse N or more sibling hosts under one parent domain into a wildcard (never at a public
+    /// suffix); off when not given. At least 2.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..))]
+    pub collapse: Option<u64>,
 }
 
 /// `audit-gateway` options.

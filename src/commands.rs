@@ -5,9 +5,11 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::audit::{Report, audit};
-use crate::cli::{AuditGatewayArgs, ExplainArgs};
+use crate::cli::{AuditGatewayArgs, ExplainArgs, SuggestArgs};
 use crate::policy::{Condition, EgressRequest, Explanation, HttpRequest, lint};
 use crate::reload::{LoadError, load_policy, load_policy_with_warnings};
+use crate::suggest::{SuggestInput, SuggestOptions, check_document};
+use crate::traffic::InventoryDocument;
 
 /// `egress-authz validate PATH...`: a summary line per file, or every error; exit 1 on any error.
 /// Directory entries that look like rule files but are not read are warnings (stdout, exit unchanged).
@@ -276,4 +278,62 @@ fn print_findings(report: &Report) {
             report.warnings()
         );
     }
+}
+
+/// `egress-authz suggest --from FILE...`: the suggested rule file on stdout, the summary on stderr.
+/// Every input is read and checked before anything is printed: a bad file (named on stderr) or bad
+/// `--rules` exits 1 with nothing on stdout, so a pipe into a rule file never gets half a suggestion.
+pub fn suggest(args: &SuggestArgs) -> ExitCode {
+    let mut documents = Vec::with_capacity(args.from.len());
+    let mut failed = false;
+    for path in &args.from {
+        let read = std::fs::read(path)
+            .map_err(|error| format!("cannot read: {error}"))
+            .and_then(|bytes| {
+                let document = InventoryDocument::parse(&bytes).map_err(|e| e.to_string())?;
+                check_document(&document).map_err(|e| e.to_string())?;
+                Ok(document)
+            });
+        match read {
+            Ok(document) => documents.push((path.display().to_string(), document)),
+            Err(error) => {
+                eprintln!("{}: {error}", path.display());
+                failed = true;
+            }
+        }
+    }
+    let current = match &args.rules {
+        None => None,
+        Some(path) => match load_policy(path) {
+            Ok(policy) => Some((path.display().to_string(), policy)),
+            Err(LoadError::Invalid(errors)) => {
+                errors.iter().for_each(|e| eprintln!("{e}"));
+                return ExitCode::FAILURE;
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    if failed {
+        return ExitCode::FAILURE;
+    }
+    let options = SuggestOptions {
+        by: args.by,
+        min_count: args.min_count,
+        collapse: args
+            .collapse
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+    };
+    let suggestion = crate::suggest::suggest(&SuggestInput {
+        documents: &documents,
+        options: &options,
+        current: current
+            .as_ref()
+            .map(|(name, policy)| (name.as_str(), policy)),
+    });
+    print!("{}", suggestion.rule_file);
+    eprint!("{}", suggestion.summary);
+    ExitCode::SUCCESS
 }

@@ -15,5 +15,6 @@ fn main() -> ExitCode {
         Command::Validate(args) => commands::validate(&args.paths),
         Command::Explain(args) => commands::explain(&args),
         Command::AuditGateway(args) => commands::audit_gateway(&args),
+        Command::Suggest(args) => commands::suggest(&args),
     }
 }
