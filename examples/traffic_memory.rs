@@ -5,6 +5,8 @@
 //! decided by a real rule set so that about half the keys name a rule) and reports the live heap the
 //! inventory holds, per key, from a counting allocator.
 
+#![allow(clippy::print_stdout)] // a measuring tool: its output is the point
+
 use std::sync::Arc;
 
 use egress_authz::metrics::Metrics;
@@ -35,7 +37,11 @@ fn main() -> anyhow::Result<()> {
                 i % 200,
                 (i / 200) % 5
             );
-            let domain = if i % 2 == 0 { "partner-api.com" } else { "example.org" };
+            let domain = if i % 2 == 0 {
+                "partner-api.com"
+            } else {
+                "example.org"
+            };
             (caller, format!("endpoint-{i}.{domain}"))
         })
         .collect();

@@ -1,7 +1,7 @@
 //! The in-memory inventory: a count per flow key, updated by every check.
 //!
 //! Recording sits on the Check path, so it must neither serialise checks behind one lock nor allocate
-//! for a flow it has seen. Keys are spread over [`SHARDS`] tables by hash; a check of a known flow takes
+//! for a flow it has seen. Keys are spread over 64 tables (shards) by hash; a check of a known flow takes
 //! its shard's lock for reading (shared with every other check) and bumps atomics, and is looked up by
 //! a key borrowed from the decision. Only a new flow takes a shard's write lock and copies its key.
 //!
