@@ -38,6 +38,14 @@ pub enum Command {
     /// Learn mode: turn traffic inventories (`/traffic`, `--traffic-file`) into a rule file to review;
     /// the rule file goes to stdout, a summary of what was skipped to stderr.
     Suggest(SuggestArgs),
+    /// Run policy test cases (YAML) against rule files; exit 1 on a failed case, 2 on a bad test file.
+    Test(TestArgs),
+    /// Compare two rule sets: structurally, on recorded traffic (--against), and symbolically; exit 0
+    /// when no decision changes, 3 when something is newly allowed, 4 when something is newly denied.
+    Diff(DiffArgs),
+    /// Ask the rules who can reach a destination, or what a caller can reach.
+    #[command(subcommand)]
+    Query(QueryCommand),
 }
 
 /// `suggest` options.
@@ -59,6 +67,93 @@ pub struct SuggestArgs {
     /// suffix); off when not given. At least 2.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..))]
     pub collapse: Option<u64>,
+}
+
+/// `test` options.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Test files (YAML).
+    #[arg(required = true, value_name = "TESTFILE")]
+    pub files: Vec<PathBuf>,
+    /// The rules to test (file or directory); overrides each test file's `rules:`.
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// Also write the results as JUnit XML to this file.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Fail (exit 1) when some rule was the deciding rule of no case.
+    #[arg(long)]
+    pub require_coverage: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `diff` options.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The rules before the change (file or directory).
+    #[arg(long)]
+    pub old: PathBuf,
+    /// The rules after the change (file or directory).
+    #[arg(long)]
+    pub new: PathBuf,
+    /// Recorded traffic to replay under both: traffic inventory files (JSON) and/or decision-log files
+    /// (JSON lines).
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    pub against: Vec<PathBuf>,
+    /// Print JSON.
+    #[arg(long, conflicts_with = "markdown")]
+    pub json: bool,
+    /// Print a Markdown summary fit for a pull-request comment.
+    #[arg(long)]
+    pub markdown: bool,
+}
+
+/// `query` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum QueryCommand {
+    /// The callers the rules allow to reach a destination.
+    WhoCan(WhoCanArgs),
+    /// The destinations the rules allow a caller to reach.
+    WhatCan(WhatCanArgs),
+}
+
+/// `query who-can` options.
+#[derive(Debug, Args)]
+pub struct WhoCanArgs {
+    /// Rule file or directory.
+    #[arg(long)]
+    pub rules: PathBuf,
+    /// The destination host.
+    #[arg(long)]
+    pub host: String,
+    /// The destination port; without it, any port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// A TCP (network filter) connection instead of HTTP requests.
+    #[arg(long)]
+    pub tcp: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `query what-can` options.
+#[derive(Debug, Args)]
+pub struct WhatCanArgs {
+    /// Rule file or directory.
+    #[arg(long)]
+    pub rules: PathBuf,
+    /// The caller's SPIFFE ID, e.g. spiffe://cluster.local/ns/default/sa/sleep ("" for none).
+    #[arg(long)]
+    pub principal: String,
+    /// TCP (network filter) connections instead of HTTP requests.
+    #[arg(long)]
+    pub tcp: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `audit-gateway` options.

@@ -1,6 +1,10 @@
 //! The one-shot commands `validate`, `explain` and `audit-gateway`. They print to stdout by design.
 #![allow(clippy::print_stdout)]
 
+pub mod diff;
+pub mod query;
+pub mod test;
+
 use std::path::Path;
 use std::process::ExitCode;
 

@@ -16,5 +16,8 @@ fn main() -> ExitCode {
         Command::Explain(args) => commands::explain(&args),
         Command::AuditGateway(args) => commands::audit_gateway(&args),
         Command::Suggest(args) => commands::suggest(&args),
+        Command::Test(args) => commands::test::run(&args),
+        Command::Diff(args) => commands::diff::run(&args),
+        Command::Query(query) => commands::query::run(&query),
     }
 }

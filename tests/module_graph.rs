@@ -20,7 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["reload", "watch"],
     &["grpc"],
     &["admin_http"],
-    &["audit", "cli", "suggest"],
+    &["audit", "cli", "suggest", "rule_tests", "diff", "query"],
     &["commands", "app"],
     &["main"],
 ];
