@@ -110,7 +110,7 @@ pub fn explain(args: &ExplainArgs) -> ExitCode {
 }
 
 /// `explain --json`: absent parts are `null`.
-fn explanation_json(
+pub(crate) fn explanation_json(
     explanation: &Explanation<'_>,
     protocol: &str,
     digest: &str,
@@ -144,32 +144,52 @@ fn explanation_json(
 
 /// `explain`'s table: the decision, the caller, then every rule's outcome.
 fn print_explanation(explanation: &Explanation<'_>, protocol: &str) {
+    print!("{}", explanation_text(explanation, protocol));
+}
+
+/// The text of `explain`'s table, one line each, every line ended; `test` shows it for failed cases.
+pub(crate) fn explanation_text(explanation: &Explanation<'_>, protocol: &str) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    // Writing to a String cannot fail: the results are discarded.
     let decision = &explanation.decision;
-    println!("decision: {}", decision.verdict.as_str());
-    println!("reason:   {}", decision.reason.as_str());
-    println!(
+    _ = writeln!(text, "decision: {}", decision.verdict.as_str());
+    _ = writeln!(text, "reason:   {}", decision.reason.as_str());
+    _ = writeln!(
+        text,
         "rule:     {}",
         decision.rule.map_or("-", |rule| rule.name.as_str())
     );
     if let Some(dry_run) = &decision.dry_run {
-        println!(
+        _ = writeln!(
+            text,
             "dry run:  would {} (rule {})",
             dry_run.verdict.as_str(),
             dry_run.rule.name
         );
     }
-    println!("protocol: {protocol}");
-    println!("host:     {}", explanation.host.as_deref().unwrap_or("-"));
+    _ = writeln!(text, "protocol: {protocol}");
+    _ = writeln!(
+        text,
+        "host:     {}",
+        explanation.host.as_deref().unwrap_or("-")
+    );
     match (explanation.identity_problem, explanation.identity.as_ref()) {
-        (Some(problem), _) => println!("caller:   no trusted identity: {problem}"),
-        (None, identity) => println!(
-            "caller:   namespace {} service account {}",
-            identity.map_or("", |i| i.namespace.as_str()),
-            identity.map_or("", |i| i.service_account.as_str())
-        ),
+        (Some(problem), _) => _ = writeln!(text, "caller:   no trusted identity: {problem}"),
+        (None, identity) => {
+            _ = writeln!(
+                text,
+                "caller:   namespace {} service account {}",
+                identity.map_or("", |i| i.namespace.as_str()),
+                identity.map_or("", |i| i.service_account.as_str())
+            )
+        }
     }
     if !explanation.rules.is_empty() {
-        println!("rules (file order; enforced DENY rules are applied before ALLOW rules):");
+        _ = writeln!(
+            text,
+            "rules (file order; enforced DENY rules are applied before ALLOW rules):"
+        );
         let width = explanation
             .rules
             .iter()
@@ -183,9 +203,10 @@ fn print_explanation(explanation: &Explanation<'_>, protocol: &str) {
             };
             let dry = if trace.rule.dry_run { " (dry run)" } else { "" };
             let (name, action) = (&trace.rule.name, trace.rule.action.as_rule_str());
-            println!("  {name:width$}  {action:5}  {outcome}{dry}");
+            _ = writeln!(text, "  {name:width$}  {action:5}  {outcome}{dry}");
         }
     }
+    text
 }
 
 /// `egress-authz audit-gateway CONFIG_DUMP`: the findings as a table or JSON; exit 1 on any error-severity

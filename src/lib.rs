@@ -15,6 +15,7 @@ pub mod listener;
 pub mod metrics;
 pub mod policy;
 pub mod reload;
+pub mod rule_tests;
 pub mod suggest;
 pub mod telemetry;
 pub mod traffic;
