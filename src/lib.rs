@@ -10,6 +10,7 @@ pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod decision_log;
+pub mod diff;
 pub mod grpc;
 pub mod listener;
 pub mod metrics;
