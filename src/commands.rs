@@ -15,6 +15,34 @@ use crate::reload::{LoadError, load_policy, load_policy_with_warnings};
 use crate::suggest::{SuggestInput, SuggestOptions, check_document};
 use crate::traffic::InventoryDocument;
 
+/// Makes a command whose output cannot be written end cleanly instead of panicking: Rust ignores
+/// SIGPIPE, so `println!` to a closed pipe (`egress-authz query ... | head`) or a full disk panics with
+/// "failed printing to stdout". A closed pipe exits as a Unix filter does on SIGPIPE (status 141),
+/// quietly; any other write error is one line on stderr and status 1. Other panics keep the default
+/// report.
+pub fn exit_quietly_when_stdout_closes() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if let Some(error) = message.strip_prefix("failed printing to stdout: ") {
+            if error.to_ascii_lowercase().contains("broken pipe") {
+                std::process::exit(SIGPIPE_EXIT_STATUS);
+            }
+            eprintln!("egress-authz: cannot write the output: {error}");
+            std::process::exit(1);
+        }
+        report(info);
+    }));
+}
+
+/// What a shell reports for a process killed by SIGPIPE (128 + 13).
+const SIGPIPE_EXIT_STATUS: i32 = 141;
+
 /// `egress-authz validate PATH...`: a summary line per file, or every error; exit 1 on any error.
 /// Directory entries that look like rule files but are not read are warnings (stdout, exit unchanged).
 pub fn validate(paths: &[impl AsRef<Path>]) -> ExitCode {

@@ -10,7 +10,11 @@ use egress_authz::{app, commands};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    if !matches!(command, Command::Serve(_)) {
+        commands::exit_quietly_when_stdout_closes();
+    }
+    match command {
         Command::Serve(args) => app::serve(args),
         Command::Validate(args) => commands::validate(&args.paths),
         Command::Explain(args) => commands::explain(&args),

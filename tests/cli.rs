@@ -462,3 +462,53 @@ fn readme_documents_every_audit_code_with_its_severity() {
         assert!(readme.contains(&row), "README lacks the row {row:?}");
     }
 }
+
+/// `explain` over 5,000 rules prints one line per rule: far more than a pipe holds.
+fn long_explain(dir: &Path) -> Command {
+    let rules = dir.join("rules.yaml");
+    std::fs::write(&rules, testkit::rules::generate_rules(5_000)).unwrap();
+    let mut cmd = bin();
+    cmd.args(["explain", "--rules"])
+        .arg(&rules)
+        .args(["--principal", "spiffe://cluster.local/ns/default/sa/sleep"])
+        .args(["--host", "developers.google.com"]);
+    cmd
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_like_sigpipe_without_a_panic() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = long_explain(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("decision:"), "{first}");
+    // The reader is dropped here, as `| head -1` would close the pipe.
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn output_that_cannot_be_written_is_one_line_on_stderr_and_status_1() {
+    // Linux's device that fails every write with ENOSPC.
+    let full = Path::new("/dev/full");
+    let dir = tempfile::tempdir().unwrap();
+    let output = long_explain(dir.path())
+        .stdout(std::fs::File::create(full).unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "egress-authz: cannot write the output: No space left on device (os error 28)"
+    );
+}
