@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod listener;
 pub mod metrics;
 pub mod policy;
+pub mod query;
 pub mod reload;
 pub mod suggest;
 pub mod telemetry;
