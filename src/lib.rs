@@ -15,6 +15,7 @@ pub mod grpc;
 pub mod listener;
 pub mod metrics;
 pub mod policy;
+pub mod query;
 pub mod reload;
 pub mod rule_tests;
 pub mod suggest;

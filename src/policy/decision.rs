@@ -105,6 +105,17 @@ impl Policy {
         })
     }
 
+    /// The normalised destination host of `request`, or why `decide` refuses the request before any
+    /// rule is consulted (`no_destination_host`, `invalid_host`, `sni_host_mismatch`): the first step of
+    /// [`Policy::decide`], for tools that reason about a destination without deciding (`query`).
+    pub fn destination_host<'r: 's, 's>(
+        &self,
+        request: &EgressRequest<'r>,
+        scratch: &'s mut Option<NormalizedHost>,
+    ) -> Result<&'s str, Reason> {
+        self.destination(request, scratch).1
+    }
+
     /// Decides a request by checking every rule in order, without the index: the reference the index is
     /// tested against (property tests, benchmarks). Same results as [`Policy::decide`], in linear time.
     #[doc(hidden)]
