@@ -8,6 +8,7 @@
 mod bytes;
 mod compile;
 mod decision;
+mod guardrail;
 mod host;
 mod identity;
 mod index;
@@ -18,6 +19,7 @@ mod request;
 mod rule;
 mod source;
 mod spec;
+mod tenant;
 #[cfg(test)]
 mod test_fixtures;
 mod verdict;
@@ -31,6 +33,7 @@ pub use decision::{
     Decision, DryRunVerdict, EgressRequest, Explanation, Facts, HttpRequest, OwnedIdentity, Policy,
     Protocol, Reason, RuleTrace, Settings,
 };
+pub use guardrail::{DEFAULTS_KEY, Guardrail, Guardrails};
 pub use host::{
     NormalizedHost, authority_host, is_valid_dns_name, normalize_authority, normalize_host,
 };
@@ -41,5 +44,6 @@ pub use rule::{
     Condition, FromConditions, HttpInput, MatchInput, Rule, RuleMetadata, RuleOrigin, ToConditions,
 };
 pub use source::digest;
-pub use spec::{FromSpec, RuleFile, RuleSpec, ToSpec};
+pub use spec::{FromSpec, GuardrailSpec, RuleFile, RuleSpec, ToSpec};
+pub use tenant::{TenantRules, compile_tenant, is_valid_namespace, namespace_of_file};
 pub use verdict::Verdict;

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use serde::Deserialize as _;
 
 use super::decision::{Policy, Settings};
+use super::guardrail::{Guardrails, compile_guardrails};
 use super::identity::is_valid_trust_domain;
 use super::matcher::{
     HostPattern, InvalidPattern, PathPattern, ServiceAccountPattern, StringPattern, parse_method,
@@ -16,6 +17,7 @@ use super::rule::{FromConditions, Rule, RuleMetadata, RuleOrigin, ToConditions};
 pub use super::source::{Location, SourceFile};
 use super::source::{Locator, digest};
 use super::spec::{FromSpec, RULES_WITHOUT_VALUE, RuleFile, RuleSpec, ToSpec};
+use super::tenant::TenantScope;
 use super::verdict::Verdict;
 pub use super::yaml_limits::Limit;
 use super::yaml_limits::{Budget, MAX_DEPTH, MAX_NODES, pre_parse_check, walk_within_budget};
@@ -90,6 +92,77 @@ pub enum CompileErrorKind {
         "a second YAML document starts here; a rule file holds one document (put each in a file of its own)"
     )]
     MultipleDocuments,
+    /// A `tenants:` key that is neither `defaults` nor a valid namespace name.
+    #[error(
+        "tenants: {0:?} is not a namespace name (a lower-case RFC 1123 label of at most 63 characters) nor 'defaults'"
+    )]
+    InvalidTenantNamespace(String),
+    /// A tenant file whose name is not `<namespace>.yaml` or `<namespace>.yml` with a valid namespace.
+    #[error(
+        "a tenant file is named <namespace>.yaml or <namespace>.yml, with a valid namespace name (a lower-case RFC 1123 label of at most 63 characters)"
+    )]
+    InvalidTenantFileName,
+    /// Two tenant files for one namespace (`<ns>.yaml` and `<ns>.yml`).
+    #[error("namespace {namespace:?} also has the tenant file {other}; keep one")]
+    DuplicateTenantFile {
+        /// The namespace.
+        namespace: String,
+        /// The other file.
+        other: String,
+    },
+    /// A tenant file for a namespace the platform rules give no guardrail (no `tenants.<ns>`, no
+    /// `tenants.defaults`).
+    #[error(
+        "namespace {0:?} may not have a tenant file: the platform rules have neither tenants.{0} nor tenants.defaults"
+    )]
+    NoGuardrail(String),
+    /// A top-level setting in a tenant file: those belong to the platform.
+    #[error("{0} may be set only in the platform rules; a tenant file has only `rules:`")]
+    SettingInTenantFile(&'static str),
+    /// A tenant file with more rules than its guardrail's `maxRules`.
+    #[error("{count} rules, more than maxRules {max} for this namespace")]
+    TooManyRules {
+        /// Rules in the file.
+        count: usize,
+        /// The guardrail's `maxRules`.
+        max: usize,
+    },
+    /// A tenant rule naming a caller outside its own namespace.
+    #[error(
+        "{field}: {value:?}: a rule of namespace {namespace:?} may name only callers of that namespace{hint}"
+    )]
+    OtherNamespace {
+        /// The field, as written in the file (`from.serviceAccounts`).
+        field: &'static str,
+        /// The offending value.
+        value: String,
+        /// The tenant's namespace.
+        namespace: String,
+        /// How a value of that field names the namespace.
+        hint: &'static str,
+    },
+    /// A tenant ALLOW rule in a namespace without `allowedHosts`.
+    #[error(
+        "namespace {namespace:?} has no allowedHosts in the platform rules: it may write DENY rules only"
+    )]
+    DenyOnlyTenant {
+        /// The tenant's namespace.
+        namespace: String,
+    },
+    /// A tenant ALLOW rule reaching beyond its guardrail.
+    #[error(
+        "{field}: {value}: not within the platform's guardrail for namespace {namespace:?} ({allowed})"
+    )]
+    OutsideGuardrail {
+        /// The field, as written in the file (`to.hosts`, `to.ports`).
+        field: &'static str,
+        /// The offending value, or what its absence means.
+        value: String,
+        /// The tenant's namespace.
+        namespace: String,
+        /// What the guardrail allows for that field.
+        allowed: String,
+    },
 }
 
 /// Compiles rule files, in the order given, into one policy; or returns every error found.
@@ -103,92 +176,27 @@ pub fn compile_with_digest(
     files: &[SourceFile],
     digest: String,
 ) -> Result<Policy, Vec<CompileError>> {
-    let mut errors = Vec::new();
     let mut settings = SettingsBuilder::default();
-    let mut rules = Vec::new();
-    let mut first_by_name: HashMap<String, Location> = HashMap::new();
+    let mut collected = Collected::default();
 
     for (file_index, file) in files.iter().enumerate() {
-        let Some(parsed) = parse_file(file, &mut errors) else {
+        let Some(parsed) = parse_file(file, &mut collected.errors) else {
             continue;
         };
         let locator = Locator::new(file);
-        settings.merge(&parsed, &locator, &mut errors);
-        // Where each rule starts, in file order; a rule's extent runs to the next rule's start, so that
-        // searching for a value never scans the rest of the file.
-        let mut search_from = 0;
-        let rule_offsets: Vec<usize> = parsed
-            .rules
-            .iter()
-            .map(|spec| {
-                let offset = locator.rule(&spec.name, search_from);
-                search_from = offset + 1;
-                offset
-            })
-            .collect();
-        for (index, spec) in parsed.rules.into_iter().enumerate() {
-            let rule_offset = rule_offsets[index];
-            let rule_end = rule_offsets[index + 1..]
-                .first()
-                .copied()
-                .filter(|&next| next > rule_offset)
-                .unwrap_or(file.text.len());
-            let location = locator.at(rule_offset);
-            let mut report = |kind| {
-                errors.push(CompileError {
-                    location: location.clone(),
-                    rule: Some(spec.name.clone()),
-                    kind,
-                });
-            };
-            if !is_valid_rule_name(&spec.name) {
-                report(CompileErrorKind::InvalidRuleName);
-            }
-            match first_by_name.get(&spec.name) {
-                Some(first) => report(CompileErrorKind::DuplicateRuleName {
-                    first: first.clone(),
-                }),
-                None => {
-                    first_by_name.insert(spec.name.clone(), location.clone());
-                }
-            }
-            let origin = RuleOrigin {
-                file: file_index,
-                line: location.line,
-            };
-            let name = spec.name.clone();
-            match compile_rule(spec, origin) {
-                Ok(rule) => rules.push(rule),
-                Err(kinds) => {
-                    // Invalid values are reported in the order they are written, mostly: search on from
-                    // the previous one first, so a rule with many bad values is still scanned once.
-                    let mut cursor = rule_offset;
-                    for (kind, value) in kinds {
-                        let found = value.and_then(|v| {
-                            locator
-                                .find_within(cursor..rule_end, &v)
-                                .or_else(|| locator.find_within(rule_offset..cursor, &v))
-                                .map(|at| (at, v.len()))
-                        });
-                        let at = match found {
-                            Some((at, len)) => {
-                                cursor = at + len;
-                                locator.at(at)
-                            }
-                            None => location.clone(),
-                        };
-                        errors.push(CompileError {
-                            location: at,
-                            rule: Some(name.clone()),
-                            kind,
-                        });
-                    }
-                }
-            }
-        }
+        settings.merge(&parsed, &locator, &mut collected.errors);
+        compile_rules(
+            file,
+            &locator,
+            file_index,
+            parsed.rules,
+            None,
+            &mut collected,
+        );
     }
 
     let settings = settings.finish();
+    let Collected { rules, errors, .. } = collected;
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -196,7 +204,114 @@ pub fn compile_with_digest(
     Ok(Policy::new(settings, rules, file_names, digest))
 }
 
-fn parse_file(file: &SourceFile, errors: &mut Vec<CompileError>) -> Option<RuleFile> {
+/// What compiling the rules of one or more files produced so far.
+#[derive(Default)]
+pub(super) struct Collected {
+    pub(super) rules: Vec<Rule>,
+    pub(super) errors: Vec<CompileError>,
+    /// Where each rule name was first written, to report duplicates.
+    first_by_name: HashMap<String, Location>,
+}
+
+/// Compiles the rules of one parsed file into `collected`, locating every error. A tenant file's
+/// rules are also scoped to its namespace and checked against its guardrail (`tenant`).
+pub(super) fn compile_rules(
+    file: &SourceFile,
+    locator: &Locator<'_>,
+    file_index: usize,
+    specs: Vec<RuleSpec>,
+    tenant: Option<&TenantScope<'_>>,
+    collected: &mut Collected,
+) {
+    let Collected {
+        rules,
+        errors,
+        first_by_name,
+    } = collected;
+    // Where each rule starts, in file order; a rule's extent runs to the next rule's start, so that
+    // searching for a value never scans the rest of the file.
+    let mut search_from = 0;
+    let rule_offsets: Vec<usize> = specs
+        .iter()
+        .map(|spec| {
+            let offset = locator.rule(&spec.name, search_from);
+            search_from = offset + 1;
+            offset
+        })
+        .collect();
+    for (index, mut spec) in specs.into_iter().enumerate() {
+        let rule_offset = rule_offsets[index];
+        let rule_end = rule_offsets[index + 1..]
+            .first()
+            .copied()
+            .filter(|&next| next > rule_offset)
+            .unwrap_or(file.text.len());
+        let location = locator.at(rule_offset);
+        let mut report = |kind| {
+            errors.push(CompileError {
+                location: location.clone(),
+                rule: Some(spec.name.clone()),
+                kind,
+            });
+        };
+        if !is_valid_rule_name(&spec.name) {
+            report(CompileErrorKind::InvalidRuleName);
+        }
+        match first_by_name.get(&spec.name) {
+            Some(first) => report(CompileErrorKind::DuplicateRuleName {
+                first: first.clone(),
+            }),
+            None => {
+                first_by_name.insert(spec.name.clone(), location.clone());
+            }
+        }
+        let origin = RuleOrigin {
+            file: file_index,
+            line: location.line,
+        };
+        let name = spec.name.clone();
+        let mut kinds = RuleErrors::new();
+        if let Some(tenant) = tenant {
+            tenant.scope_from(&mut spec.from, &mut kinds);
+        }
+        match compile_rule(spec, origin) {
+            Ok(mut rule) => {
+                if let Some(tenant) = tenant {
+                    tenant.finish_rule(&mut rule, &mut kinds);
+                }
+                if kinds.is_empty() {
+                    rules.push(rule);
+                }
+            }
+            Err(more) => kinds.extend(more),
+        }
+        // Invalid values are reported in the order they are written, mostly: search on from the
+        // previous one first, so a rule with many bad values is still scanned once.
+        let mut cursor = rule_offset;
+        for (kind, value) in kinds {
+            let found = value.and_then(|v| {
+                locator
+                    .find_within(cursor..rule_end, &v)
+                    .or_else(|| locator.find_within(rule_offset..cursor, &v))
+                    .map(|at| (at, v.len()))
+            });
+            let at = match found {
+                Some((at, len)) => {
+                    cursor = at + len;
+                    locator.at(at)
+                }
+                None => location.clone(),
+            };
+            errors.push(CompileError {
+                location: at,
+                rule: Some(name.clone()),
+                kind,
+            });
+        }
+    }
+}
+
+pub(super) fn parse_file(file: &SourceFile, errors: &mut Vec<CompileError>) -> Option<RuleFile> {
     let at = |line, column| Location {
         file: file.name.clone(),
         line,
@@ -349,7 +464,7 @@ fn second_document_start(text: &str) -> Option<usize> {
     None
 }
 
-fn is_valid_rule_name(name: &str) -> bool {
+pub(super) fn is_valid_rule_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     let inner = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.');
     let edge = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
@@ -360,7 +475,8 @@ fn is_valid_rule_name(name: &str) -> bool {
     }
 }
 
-type RuleErrors = Vec<(CompileErrorKind, Option<String>)>;
+/// A rule's problems, each with the value to locate it by (if any).
+pub(super) type RuleErrors = Vec<(CompileErrorKind, Option<String>)>;
 
 fn compile_rule(spec: RuleSpec, origin: RuleOrigin) -> Result<Rule, RuleErrors> {
     // Exhaustive destructuring: a new field in the file format does not compile until it is handled here.
@@ -497,6 +613,9 @@ struct SettingsBuilder {
     default_action: Option<(Verdict, Location)>,
     trust_domains: Option<(Vec<String>, Location)>,
     require_sni_matches_host: Option<(bool, Location)>,
+    /// Set in one file only: guardrails merged from several files would be hard to review, and two
+    /// copies that must agree would drift.
+    tenants: Option<(Guardrails, Location)>,
 }
 
 impl SettingsBuilder {
@@ -571,10 +690,34 @@ impl SettingsBuilder {
             locator,
             errors,
         );
+        self.merge_tenants(file, locator, errors);
+    }
+
+    fn merge_tenants(
+        &mut self,
+        file: &RuleFile,
+        locator: &Locator<'_>,
+        errors: &mut Vec<CompileError>,
+    ) {
+        let Some(spec) = &file.tenants else { return };
+        let here = locator.key("tenants");
+        if let Some((_, other)) = &self.tenants {
+            errors.push(CompileError {
+                location: here,
+                rule: None,
+                kind: CompileErrorKind::ConflictingSetting {
+                    setting: "tenants",
+                    other: other.clone(),
+                },
+            });
+            return;
+        }
+        self.tenants = Some((compile_guardrails(spec, locator, errors), here));
     }
 
     fn finish(self) -> Settings {
         Settings {
+            tenants: self.tenants.map(|(t, _)| t).unwrap_or_default(),
             default_action: self.default_action.map_or(Verdict::Deny, |(a, _)| a),
             trust_domains: self
                 .trust_domains

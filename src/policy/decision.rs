@@ -5,6 +5,7 @@
 //! Dry-run rules are evaluated as if they were enforced too, and what that would have decided is reported
 //! beside the real outcome, never instead of it.
 
+use super::guardrail::Guardrails;
 use super::host::{NormalizedHost, authority_parts, is_istio_cluster_sni, normalize_host};
 use super::identity::{Caller, Identity};
 use super::index::{RuleIndex, Wanted, kind, kind_of};
@@ -25,6 +26,8 @@ pub struct Settings {
     pub trust_domains: Vec<String>,
     /// Deny HTTP requests whose SNI differs from their host.
     pub require_sni_matches_host: bool,
+    /// Guardrails on tenant rule files; empty when the platform rules have no `tenants:` section.
+    pub tenants: Guardrails,
 }
 
 /// A compiled rule set. Immutable: reloads build a new one and swap it in.

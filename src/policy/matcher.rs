@@ -156,6 +156,43 @@ impl HostPattern {
     }
 }
 
+impl HostPattern {
+    /// True when every host this pattern matches is also matched by `outer`: exact on the pattern
+    /// language, so a tenant's host is accepted by a guardrail only if no host it names escapes it.
+    /// `api.x.com` is within `*.x.com` and `**.x.com`; `*.x.com` is within `**.x.com` and `**.com` but
+    /// not within `*.com` (its hosts have two labels before `.com`); `**.x.com` is within `**.x.com`,
+    /// `**.com` and `*` only; `*` is within `*` only.
+    pub fn is_within(&self, outer: &Self) -> bool {
+        match (self, outer) {
+            (_, Self::Any) => true,
+            (Self::Any, _) => false,
+            (Self::Exact(host), outer) => outer.matches(host),
+            (Self::OneLabel(inner), Self::OneLabel(suffix)) => inner == suffix,
+            // Both suffixes start with a dot, so `ends_with` compares whole labels: `.x.com` is under
+            // `.com`, and `.badx.com` is not under `.x.com`.
+            (Self::OneLabel(inner) | Self::AnyLabels(inner), Self::AnyLabels(suffix)) => {
+                inner.ends_with(suffix.as_str())
+            }
+            // A wildcard matches infinitely many hosts; an exact host or one label only finitely many
+            // shapes, so nothing wider fits in them.
+            (Self::OneLabel(_) | Self::AnyLabels(_), Self::Exact(_))
+            | (Self::AnyLabels(_), Self::OneLabel(_)) => false,
+        }
+    }
+}
+
+impl std::fmt::Display for HostPattern {
+    /// The pattern as it would be written, normalised: `*`, `api.x.com`, `*.x.com`, `**.x.com`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Any => f.write_str("*"),
+            Self::Exact(host) => f.write_str(host),
+            Self::OneLabel(suffix) => write!(f, "*{suffix}"),
+            Self::AnyLabels(suffix) => write!(f, "**{suffix}"),
+        }
+    }
+}
+
 /// An HTTP path pattern: `*`, an exact path, or a prefix ending in `*`. Matched on the path without query.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum PathPattern {
@@ -217,6 +254,67 @@ pub(super) fn path_without_query(path: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_pattern_containment_is_exact_on_the_pattern_language() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("api.x.com", "api.x.com", true),
+            ("api.x.com", "API.X.com.", true),
+            ("api.x.com", "web.x.com", false),
+            ("api.x.com", "*.x.com", true),
+            ("api.x.com", "**.x.com", true),
+            ("api.x.com", "*", true),
+            ("a.api.x.com", "*.x.com", false),
+            ("a.api.x.com", "**.x.com", true),
+            ("x.com", "*.x.com", false),
+            ("x.com", "**.x.com", false),
+            ("api.badx.com", "**.x.com", false),
+            ("*.x.com", "*.x.com", true),
+            ("*.x.com", "**.x.com", true),
+            ("*.x.com", "**.com", true),
+            ("*.x.com", "*.com", false),
+            ("*.x.com", "*.y.com", false),
+            ("*.x.com", "**.y.com", false),
+            ("*.a.x.com", "**.x.com", true),
+            ("*.x.com", "api.x.com", false),
+            ("*.x.com", "*", true),
+            ("**.x.com", "**.x.com", true),
+            ("**.x.com", "**.com", true),
+            ("**.x.com", "*.x.com", false),
+            ("**.x.com", "**.a.x.com", false),
+            ("**.x.com", "x.com", false),
+            ("**.x.com", "*", true),
+            ("**.badx.com", "**.x.com", false),
+            ("*", "*", true),
+            ("*", "**.com", false),
+            ("*", "api.x.com", false),
+            ("10.0.0.1", "*", true),
+            ("10.0.0.1", "10.0.0.1", true),
+        ];
+        for &(inner, outer, within) in cases {
+            let (inner_pattern, outer_pattern) = (
+                HostPattern::parse(inner).unwrap(),
+                HostPattern::parse(outer).unwrap(),
+            );
+            assert_eq!(
+                inner_pattern.is_within(&outer_pattern),
+                within,
+                "{inner} within {outer}"
+            );
+        }
+    }
+
+    #[test]
+    fn host_patterns_display_as_written_normalised() {
+        for (raw, shown) in [
+            ("*", "*"),
+            ("API.x.com.", "api.x.com"),
+            ("*.X.com", "*.x.com"),
+            ("**.x.com", "**.x.com"),
+        ] {
+            assert_eq!(HostPattern::parse(raw).unwrap().to_string(), shown);
+        }
+    }
 
     #[test]
     fn host_patterns_are_label_aware() {

@@ -110,6 +110,19 @@ impl<'a> Locator<'a> {
             .map(|offset| self.at(offset))
     }
 
+    /// The offset of the first occurrence of `value` at or after `from`.
+    pub(super) fn find_after(&self, from: usize, value: &str) -> Option<usize> {
+        self.find_within(from..self.file.text.len(), value)
+    }
+
+    /// The offset of a mapping key, written plain or quoted (`key:`, `"key":`), if it is written.
+    pub(super) fn key_offset(&self, key: &str) -> Option<usize> {
+        let text = &self.file.text;
+        text.match_indices(key)
+            .find_map(|(offset, _)| key_at(text, offset, key))
+            .map(|found| found.offset)
+    }
+
     /// The location of a top-level key, written plain or quoted (`key:`, `"key":`), or the file's start.
     pub(super) fn key(&self, key: &str) -> Location {
         let text = &self.file.text;

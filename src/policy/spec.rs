@@ -2,6 +2,8 @@
 //! the README, and unknown fields are rejected everywhere so a typo (`namespace:`) is an error, not a
 //! silently wider rule.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Deserializer};
 
 use super::verdict::Verdict;
@@ -17,6 +19,10 @@ pub struct RuleFile {
     pub trust_domains: Option<Vec<String>>,
     /// Deny an HTTP request whose TLS SNI names another host than its `:authority`. Default `true`.
     pub require_sni_matches_host: Option<bool>,
+    /// Guardrails for tenant rule files (`--tenant-rules`), platform files only: `defaults` and one
+    /// entry per namespace, whose fields override the defaults' field by field. A namespace with
+    /// neither may not have a tenant file. Set in one platform file at most.
+    pub tenants: Option<BTreeMap<String, GuardrailSpec>>,
     /// The rules, evaluated as documented in the README ("Decision semantics"). Absent: none (a file
     /// that only sets top-level settings). Written with no value (`rules:` and nothing after it): an
     /// error, since that is what a deny list cut off after its `rules:` line looks like.
@@ -113,4 +119,17 @@ pub struct ToSpec {
     /// HTTP paths, exact or prefix ending in `*`, matched without the query string (HTTP only).
     #[serde(default)]
     pub paths: Vec<String>,
+}
+
+/// What a namespace's tenant file may allow. Each absent field takes the `defaults` entry's value.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GuardrailSpec {
+    /// Host patterns every tenant ALLOW rule's hosts must lie within. Absent (here and in `defaults`):
+    /// the tenant may write DENY rules only.
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Ports every tenant ALLOW rule's ports must be among. Absent: any port.
+    pub allowed_ports: Option<Vec<u16>>,
+    /// Most rules a tenant file may hold. Absent: no limit.
+    pub max_rules: Option<usize>,
 }
