@@ -1,4 +1,5 @@
-//! The admin HTTP listener: `/healthz`, `/readyz`, `/metrics` (Prometheus text), `/rules` (JSON) and
+//! The admin HTTP listener: `/healthz`, `/readyz`, `/metrics` (Prometheus text), `/rules` (JSON, with
+//! each tenant file's state under `tenants`) and
 //! `/traffic` (the traffic inventory, JSON). Only here, never on the gRPC port: the inventory says who
 //! talks to what, and the deploy bundle lets only monitoring and operators reach this port.
 
@@ -6,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::UNIX_EPOCH;
 
-use crate::metrics::Metrics;
-use crate::reload::RuleStore;
+use crate::metrics::{Metrics, TenantSeries};
+use crate::reload::{RuleStore, TenantStatus};
 use crate::traffic::TrafficInventory;
 use axum::Router;
 use axum::extract::State;
@@ -50,11 +51,22 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
 
 async fn metrics(State(state): State<AdminState>) -> ([(&'static str, &'static str); 1], String) {
     let status = state.store.status();
+    let tenants: Vec<TenantSeries<'_>> = status
+        .tenants
+        .iter()
+        .map(|tenant| TenantSeries {
+            tenant: &tenant.namespace,
+            rules: tenant.rules,
+            valid: tenant.last_error.is_none(),
+        })
+        .collect();
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-        state
-            .metrics
-            .render(status.live.policy.digest(), status.last_error.is_some()),
+        state.metrics.render(
+            status.live.policy.digest(),
+            status.last_error.is_some(),
+            &tenants,
+        ),
     )
 }
 
@@ -70,7 +82,27 @@ async fn rules(State(state): State<AdminState>) -> axum::Json<serde_json::Value>
         "last_reload_success_unix_seconds": loaded_at.as_secs_f64(),
         "last_reload_error": status.last_error,
         "warnings": status.warnings,
+        "tenant_rules_path": state.store.tenant_dir().map(|dir| dir.display().to_string()),
+        "tenant_rules_error": status.tenant_dir_error,
+        "tenants": status.tenants.iter().map(tenant_json).collect::<Vec<_>>(),
     }))
+}
+
+/// One tenant in `/rules`: what serves (digest, rule count, since when) and what is wrong on disk.
+fn tenant_json(tenant: &TenantStatus) -> serde_json::Value {
+    let unix_seconds = |at: std::time::SystemTime| {
+        at.duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64()
+    };
+    serde_json::json!({
+        "namespace": tenant.namespace,
+        "file": tenant.file.display().to_string(),
+        "sha256": tenant.sha256,
+        "rules": tenant.rules,
+        "last_error": tenant.last_error,
+        "last_reload_success_unix_seconds": tenant.last_reload_success.map(unix_seconds),
+    })
 }
 
 async fn traffic(

@@ -67,7 +67,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let policy = load_rules(&args.rules)?;
     let metrics =
         Metrics::prometheus(args.rule_metrics).context("cannot set up the metrics registry")?;
-    let store = Arc::new(RuleStore::new(args.rules.clone(), policy, metrics.clone()));
+    let store = Arc::new(rule_store(&args, policy, &metrics)?);
     let grpc_listener = bind(args.grpc_addr, "gRPC").await?;
     let admin_listener = bind(args.admin_addr, "admin").await?;
     let (grpc_addr, admin_addr) = (grpc_listener.local_addr()?, admin_listener.local_addr()?);
@@ -104,6 +104,7 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         rules_sha256 = %live.policy.digest(),
         rules = live.policy.rules().len(),
         rules_path = %args.rules.display(),
+        tenants = store.status().tenants.len(),
         "Serving"
     );
     drop(live);
@@ -287,6 +288,27 @@ fn load_rules(path: &Path) -> anyhow::Result<Policy> {
         }
         Err(error) => Err(error).context("cannot load the rules"),
     }
+}
+
+/// The store of live rules: the platform rules, and the tenant files when `--tenant-rules` names a
+/// directory (where a bad file is rejected alone, so the server starts without it).
+fn rule_store(args: &ServeArgs, policy: Policy, metrics: &Metrics) -> anyhow::Result<RuleStore> {
+    let Some(dir) = &args.tenant_rules else {
+        return Ok(RuleStore::new(args.rules.clone(), policy, metrics.clone()));
+    };
+    // Platform files read as tenant files (or the reverse) would let a platform file be overruled by
+    // the guardrails meant for teams, and every platform file would fail as a tenant file.
+    let canonical =
+        |path: &Path| std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let (rules, tenants) = (canonical(&args.rules), canonical(dir));
+    anyhow::ensure!(
+        !rules.starts_with(&tenants) && !tenants.starts_with(&rules),
+        "--tenant-rules {} and --rules {} must not overlap",
+        dir.display(),
+        args.rules.display()
+    );
+    RuleStore::with_tenants(args.rules.clone(), policy, dir.clone(), metrics.clone())
+        .context("cannot read the tenant rules directory")
 }
 
 /// Limits of the gRPC server, from `serve`'s flags.

@@ -172,6 +172,11 @@ pub struct ServeArgs {
     /// Rule file, or directory of *.yaml/*.yml files (a ConfigMap mounted as a directory).
     #[arg(long, env = "EGRESS_AUTHZ_RULES")]
     pub rules: PathBuf,
+    /// Directory of tenant rule files, one per namespace (`<namespace>.yaml`), each confined to its
+    /// namespace and to the guardrails of the rules' `tenants:` section. A bad tenant file is rejected
+    /// alone: the platform and the other tenants keep serving.
+    #[arg(long, env = "EGRESS_AUTHZ_TENANT_RULES", value_name = "DIR")]
+    pub tenant_rules: Option<PathBuf>,
     /// gRPC listen address (ext_authz Check, grpc.health.v1, reflection, admin Explain).
     #[arg(long, env = "EGRESS_AUTHZ_GRPC_ADDR", default_value = "0.0.0.0:9000")]
     pub grpc_addr: SocketAddr,

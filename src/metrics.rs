@@ -61,6 +61,11 @@ pub const TRAFFIC_FILE_WRITES_TOTAL: &str = "egress_authz_traffic_file_writes_to
 /// Written by [`Metrics::render`], not through the recorder (see there).
 pub const CONFIG_INFO: &str = "egress_authz_config_info";
 
+/// Rules each tenant file serves (`--tenant-rules`), by tenant.
+pub const TENANT_RULES: &str = "egress_authz_tenant_rules";
+/// 1 while a tenant's file on disk is accepted, 0 while it is rejected (its previous rules, if any, serve).
+pub const TENANT_CONFIG_VALID: &str = "egress_authz_tenant_config_valid";
+
 const LABEL_DECISION: &str = "decision";
 const LABEL_REASON: &str = "reason";
 const LABEL_PROTOCOL: &str = "protocol";
@@ -70,6 +75,7 @@ const LABEL_DRY_RUN: &str = "dry_run";
 const LABEL_WOULD: &str = "would";
 const LABEL_RESULT: &str = "result";
 const LABEL_SHA256: &str = "sha256";
+const LABEL_TENANT: &str = "tenant";
 
 /// Histogram buckets for a decision that takes microseconds, up to a slow 10 ms.
 const DURATION_BUCKETS: &[f64] = &[
@@ -354,7 +360,15 @@ impl Metrics {
     /// disagree; unlike `egress_authz_reloads_total{result="failure"}`, which counts a rejected content
     /// once, it stays 0 for as long as the rules on disk are rejected. The log counters are kept by
     /// `telemetry`'s writer, which cannot use the recorder (recording could log).
-    pub fn render(&self, digest: &str, reload_failing: bool) -> String {
+    ///
+    /// The tenant series are written here for the same reason: a tenant whose file is deleted must
+    /// disappear from `/metrics`, not linger at its last value.
+    pub fn render(
+        &self,
+        digest: &str,
+        reload_failing: bool,
+        tenants: &[TenantSeries<'_>],
+    ) -> String {
         let mut text = self
             .inner
             .prometheus
@@ -392,6 +406,9 @@ impl Metrics {
              # TYPE {CONFIG_LAST_RELOAD_SUCCESSFUL} gauge\n\
              {CONFIG_LAST_RELOAD_SUCCESSFUL} {successful}\n"
         );
+        if !tenants.is_empty() {
+            write_tenant_series(&mut text, tenants);
+        }
         text
     }
 
@@ -400,6 +417,55 @@ impl Metrics {
             .recorder
             .register_counter(&Key::from_parts(name, labels), &METADATA)
     }
+}
+
+/// What `/metrics` shows about one tenant file.
+#[derive(Clone, Copy, Debug)]
+pub struct TenantSeries<'a> {
+    /// The tenant (its file name's stem).
+    pub tenant: &'a str,
+    /// Rules it serves.
+    pub rules: usize,
+    /// Whether its file on disk is accepted.
+    pub valid: bool,
+}
+
+/// `egress_authz_tenant_rules` and `egress_authz_tenant_config_valid`, one series per tenant file.
+fn write_tenant_series(text: &mut String, tenants: &[TenantSeries<'_>]) {
+    let _ = write!(
+        text,
+        "# HELP {TENANT_RULES} Rules each tenant file serves\n# TYPE {TENANT_RULES} gauge\n"
+    );
+    for tenant in tenants {
+        let label = escape_label(tenant.tenant);
+        let _ = writeln!(
+            text,
+            "{TENANT_RULES}{{{LABEL_TENANT}=\"{label}\"}} {}",
+            tenant.rules
+        );
+    }
+    let _ = write!(
+        text,
+        "# HELP {TENANT_CONFIG_VALID} 1 while the tenant's file on disk is accepted, 0 while it is rejected\n\
+         # TYPE {TENANT_CONFIG_VALID} gauge\n"
+    );
+    for tenant in tenants {
+        let label = escape_label(tenant.tenant);
+        let valid = u8::from(tenant.valid);
+        let _ = writeln!(
+            text,
+            "{TENANT_CONFIG_VALID}{{{LABEL_TENANT}=\"{label}\"}} {valid}"
+        );
+    }
+}
+
+/// A label value in the Prometheus text format. A tenant is named by its file name, which need not be
+/// a valid namespace (that file is then rejected, and still reported).
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The labels of `egress_authz_checks_total`; the decision is the one `reason` always has.
@@ -510,7 +576,7 @@ mod tests {
         let metrics = Metrics::prometheus(true).unwrap();
         metrics.record_unread(Reason::Overloaded);
         metrics.record_reload(false);
-        let text = metrics.render("abc", true);
+        let text = metrics.render("abc", true, &[]);
         for line in [
             "egress_authz_checks_total{decision=\"deny\",reason=\"overloaded\",protocol=\"unknown\"} 1",
             "egress_authz_checks_total{decision=\"allow\",reason=\"allowed_by_rule\",protocol=\"tcp\"} 0",
@@ -526,5 +592,43 @@ mod tests {
             );
         }
         assert!(!text.contains("reason=\"overloaded\",protocol=\"http\""));
+        assert!(
+            !text.contains(TENANT_RULES),
+            "no tenant series without tenants"
+        );
+    }
+
+    #[test]
+    fn tenant_series_follow_the_tenants_reported() {
+        let metrics = Metrics::prometheus(false).unwrap();
+        let tenant = |tenant, rules, valid| TenantSeries {
+            tenant,
+            rules,
+            valid,
+        };
+        let text = metrics.render(
+            "abc",
+            false,
+            &[
+                tenant("payments", 3, true),
+                tenant("shop", 2, false),
+                tenant("we\"ird", 0, false),
+            ],
+        );
+        for line in [
+            "egress_authz_tenant_rules{tenant=\"payments\"} 3",
+            "egress_authz_tenant_rules{tenant=\"shop\"} 2",
+            "egress_authz_tenant_config_valid{tenant=\"payments\"} 1",
+            "egress_authz_tenant_config_valid{tenant=\"shop\"} 0",
+            "egress_authz_tenant_config_valid{tenant=\"we\\\"ird\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+        // A tenant no longer reported (its file was deleted) has no series left.
+        let after = metrics.render("abc", false, &[tenant("payments", 3, true)]);
+        assert!(!after.contains("shop"), "{after}");
     }
 }

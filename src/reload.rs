@@ -1,21 +1,24 @@
 //! Loading rule files from disk and publishing the live rule set.
 //!
 //! `load_policy` reads, parses and compiles with no side effects; `validate`, `explain`, startup and
-//! every reload call it. `RuleStore` publishes a new policy with one atomic pointer swap, only after the
-//! whole rule set compiled: checks in flight keep the rule set they started with, and the hot path
-//! never takes a lock.
+//! every reload call it (`load_policy_with_tenants` adds a tenant directory, strictly, for the one-shot
+//! commands). `RuleStore` (in `store`) publishes a new policy with one atomic pointer swap, only after
+//! the whole rule set compiled: checks in flight keep the rule set they started with, and the hot path
+//! never takes a lock. With `--tenant-rules`, each tenant file is compiled and kept apart (`tenants`),
+//! so one team's broken file is rejected alone.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
-use arc_swap::ArcSwap;
-
-use crate::metrics::Metrics;
 use crate::policy::{
-    CompileError, CompileErrorKind, Limit, Location, Policy, SourceFile, compile,
-    compile_with_digest,
+    CompileError, CompileErrorKind, Guardrails, Limit, Location, Policy, SourceFile, TenantRules,
+    compile, compile_tenant,
 };
+
+mod store;
+mod tenants;
+
+pub use store::{LiveRules, ReloadOutcome, RuleStore, StoreStatus};
+pub use tenants::TenantStatus;
 
 /// Largest rule file read, in bytes. The 100k-rule benchmark file is 11 MiB in block style, and the
 /// server is sized for about 100k rules (64 MiB resident), so 32 MiB leaves ample room (about 280k such
@@ -91,6 +94,75 @@ pub(crate) fn load_policy_with_warnings(
     )
 }
 
+/// [`load_policy`] for the platform rules at `platform`, composed with every tenant file of `tenants`
+/// (when given), for the one-shot commands. Strict, unlike the server: any tenant file that cannot be
+/// read or compiled fails the load, with every compile error of every file.
+pub fn load_policy_with_tenants(
+    platform: &Path,
+    tenants: Option<&Path>,
+) -> Result<Policy, LoadError> {
+    load_policy_with_tenants_and_warnings(platform, tenants).0
+}
+
+/// [`load_policy_with_tenants`], and the directory entries skipped with a warning.
+pub(crate) fn load_policy_with_tenants_and_warnings(
+    platform: &Path,
+    tenants: Option<&Path>,
+) -> (Result<Policy, LoadError>, Vec<LoadWarning>) {
+    let (loaded, mut warnings) = load_policy_with_warnings(platform);
+    let Some(dir) = tenants else {
+        return (loaded, warnings);
+    };
+    let composed = loaded.and_then(|policy| {
+        let compiled = load_tenants_strictly(dir, &policy.settings().tenants, &mut warnings)?;
+        Ok(policy.with_tenants(&compiled))
+    });
+    (composed, warnings)
+}
+
+/// Every tenant file of `dir`, compiled under `guardrails`; the first unreadable entry, or every
+/// compile error of every file.
+fn load_tenants_strictly(
+    dir: &Path,
+    guardrails: &Guardrails,
+    warnings: &mut Vec<LoadWarning>,
+) -> Result<Vec<TenantRules>, LoadError> {
+    let mut compiled = Vec::new();
+    let mut errors = Vec::new();
+    let mut first_by_namespace: std::collections::HashMap<String, String> =
+        std::collections::HashMap::new();
+    for entry in rule_dir_entries(dir, warnings)? {
+        let file = read_rule_file(&entry?)?;
+        if let Some(namespace) = crate::policy::namespace_of_file(&file.name) {
+            if let Some(other) = first_by_namespace.get(namespace) {
+                errors.push(CompileError {
+                    location: Location {
+                        file: file.name.clone(),
+                        line: 1,
+                        column: 1,
+                    },
+                    rule: None,
+                    kind: CompileErrorKind::DuplicateTenantFile {
+                        namespace: namespace.to_owned(),
+                        other: other.clone(),
+                    },
+                });
+                continue;
+            }
+            first_by_namespace.insert(namespace.to_owned(), file.name.clone());
+        }
+        match compile_tenant(&file, guardrails) {
+            Ok(rules) => compiled.push(rules),
+            Err(more) => errors.extend(more),
+        }
+    }
+    if errors.is_empty() {
+        Ok(compiled)
+    } else {
+        Err(LoadError::Invalid(errors))
+    }
+}
+
 /// The rule files a path stands for, read into memory, and the directory entries skipped with a warning.
 fn read_rule_files(path: &Path) -> (Result<Vec<SourceFile>, LoadError>, Vec<LoadWarning>) {
     let (paths, warnings) = rule_file_paths(path);
@@ -125,18 +197,48 @@ fn rule_file_paths(path: &Path) -> (Result<Vec<PathBuf>, LoadError>, Vec<LoadWar
         };
         return (Err(error), warnings);
     }
-    let entries = match std::fs::read_dir(path) {
+    let entries = match rule_dir_entries(path, &mut warnings) {
         Ok(entries) => entries,
-        Err(error) => return (Err(io_error(path)(error)), warnings),
+        Err(error) => return (Err(error), warnings),
     };
     let mut paths = Vec::new();
-    // Every entry is looked at even after a failure, so that the warnings are complete.
     let mut first_error = None;
+    for entry in entries {
+        match entry {
+            Ok(path) => paths.push(path),
+            Err(problem) => {
+                first_error.get_or_insert(problem);
+            }
+        }
+    }
+    if let Some(error) = first_error {
+        return (Err(error), warnings);
+    }
+    if paths.is_empty() {
+        let error = LoadError::NoRuleFiles {
+            path: path.to_path_buf(),
+        };
+        return (Err(error), warnings);
+    }
+    (Ok(paths), warnings)
+}
+
+/// Every `*.yaml`/`*.yml` entry of a rules directory, sorted by path, each either a readable file or
+/// why it is not one; near misses go to `warnings`. Hidden entries are skipped. Shared by the platform
+/// rules, where any bad entry fails the load, and the tenant directory, where it fails its tenant only.
+pub(crate) fn rule_dir_entries(
+    dir: &Path,
+    warnings: &mut Vec<LoadWarning>,
+) -> Result<Vec<Result<PathBuf, LoadError>>, LoadError> {
+    let entries = std::fs::read_dir(dir).map_err(io_error(dir))?;
+    let mut found = Vec::new();
+    // Every entry is looked at even after a failure, so that the warnings are complete.
+    let mut listing_error = None;
     for entry in entries {
         let entry = match entry {
             Ok(entry) => entry,
             Err(error) => {
-                first_error.get_or_insert(io_error(path)(error));
+                listing_error.get_or_insert(io_error(dir)(error));
                 continue;
             }
         };
@@ -157,40 +259,29 @@ fn rule_file_paths(path: &Path) -> (Result<Vec<PathBuf>, LoadError>, Vec<LoadWar
             continue;
         }
         // Follows symlinks (ConfigMap keys are symlinks into `..data`), so this is the target's type.
-        let problem = match std::fs::metadata(entry.path()) {
-            Ok(target) if target.is_file() => {
-                paths.push(entry.path());
-                None
-            }
-            Ok(_) => Some(LoadError::NotAFile { path: entry.path() }),
+        let outcome = match std::fs::metadata(entry.path()) {
+            Ok(target) if target.is_file() => Ok(entry.path()),
+            Ok(_) => Err(LoadError::NotAFile { path: entry.path() }),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                Some(match std::fs::read_link(entry.path()) {
-                    Ok(target) => LoadError::DanglingSymlink {
+                match std::fs::read_link(entry.path()) {
+                    Ok(target) => Err(LoadError::DanglingSymlink {
                         path: entry.path(),
                         target,
-                    },
+                    }),
                     // Removed between the listing and now: a file that is gone is not a rule file.
                     Err(_) => continue,
-                })
+                }
             }
-            Err(error) => Some(io_error(&entry.path())(error)),
+            Err(error) => Err(io_error(&entry.path())(error)),
         };
-        if let Some(problem) = problem {
-            first_error.get_or_insert(problem);
-        }
+        found.push((entry.path(), outcome));
     }
     warnings.sort_by(|a, b| a.path.cmp(&b.path));
-    if let Some(error) = first_error {
-        return (Err(error), warnings);
+    if let Some(error) = listing_error {
+        return Err(error);
     }
-    paths.sort();
-    if paths.is_empty() {
-        let error = LoadError::NoRuleFiles {
-            path: path.to_path_buf(),
-        };
-        return (Err(error), warnings);
-    }
-    (Ok(paths), warnings)
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(found.into_iter().map(|(_, outcome)| outcome).collect())
 }
 
 /// Why a name that is not `*.yaml`/`*.yml` still looks like a rule file, if it does.
@@ -208,7 +299,7 @@ fn near_miss(name: &str) -> Option<&'static str> {
 
 /// Reads one rule file, refusing one over [`MAX_RULE_FILE_BYTES`]. The read itself is bounded, so a file
 /// that grows while it is read cannot make us hold more.
-fn read_rule_file(path: &Path) -> Result<SourceFile, LoadError> {
+pub(crate) fn read_rule_file(path: &Path) -> Result<SourceFile, LoadError> {
     use std::io::Read as _;
     let name = path.display().to_string();
     let too_large = || {
@@ -243,233 +334,4 @@ fn read_rule_file(path: &Path) -> Result<SourceFile, LoadError> {
         ))
     })?;
     Ok(SourceFile { name, text })
-}
-
-/// What a reload did.
-#[derive(Debug)]
-pub enum ReloadOutcome {
-    /// A new rule set is live.
-    Applied {
-        /// Its digest.
-        digest: String,
-        /// Its rule count.
-        rules: usize,
-    },
-    /// The files hash to the live rule set: nothing to do.
-    Unchanged,
-    /// The files were rejected; the previous rule set keeps serving.
-    Failed(LoadError),
-}
-
-/// A rule set as published: the compiled rules and when they went live, swapped in together so that
-/// what `/rules` and `/metrics` show is always the rule set that decides.
-#[derive(Debug)]
-pub struct LiveRules {
-    /// The compiled rules.
-    pub policy: Policy,
-    /// When they went live.
-    pub loaded_at: SystemTime,
-}
-
-/// What `/rules` reports: the live rule set and what is wrong with the rules path, read together.
-#[derive(Clone, Debug)]
-pub struct StoreStatus {
-    /// The live rule set (its digest, rules and files are the policy's).
-    pub live: Arc<LiveRules>,
-    /// The error of the newest rejected reload, cleared by the next success.
-    pub last_error: Option<String>,
-    /// Entries of the rules directory that look like rule files but are not read, as of the newest read.
-    pub warnings: Vec<String>,
-}
-
-/// What the newest reads of the rules path found wrong. Kept beside the live rules rather than in
-/// them: a rejected reload, or a stray file next to the rules, changes these but must not publish a
-/// rule set.
-#[derive(Debug, Default)]
-struct Problems {
-    last_error: Option<String>,
-    warnings: Vec<String>,
-}
-
-/// The live rule set.
-#[derive(Debug)]
-pub struct RuleStore {
-    path: PathBuf,
-    live: ArcSwap<LiveRules>,
-    /// Locked by every writer, and by [`RuleStore::status`] around its read of `live`, so that a status
-    /// never pairs new rules with the error of the reload they replaced.
-    problems: Mutex<Problems>,
-    /// What the newest rejected reload read (content digest, or the I/O error), so the same bad files
-    /// seen again by a resync are not rejected, logged and counted once more: unchanged is not a reload.
-    last_rejected: Mutex<Option<String>>,
-    metrics: Metrics,
-}
-
-impl RuleStore {
-    /// A store serving `policy`, which was loaded from `path`, recording reloads in `metrics`.
-    pub fn new(path: PathBuf, policy: Policy, metrics: Metrics) -> Self {
-        let live = LiveRules {
-            policy,
-            loaded_at: SystemTime::now(),
-        };
-        metrics.record_rule_set(live.policy.rules().len(), live.loaded_at);
-        let store = Self {
-            path,
-            live: ArcSwap::from_pointee(live),
-            problems: Mutex::default(),
-            last_rejected: Mutex::new(None),
-            metrics,
-        };
-        // Listing the directory again is cheap, and spares every caller from passing the warnings of
-        // the load that made `policy`.
-        let (_, warnings) = rule_file_paths(&store.path);
-        store.note_warnings(&warnings);
-        store
-    }
-
-    fn problems(&self) -> std::sync::MutexGuard<'_, Problems> {
-        self.problems.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records the warnings of the newest read for `/rules`, and logs them when they changed: a resync
-    /// every few seconds must not repeat the same warnings in the log.
-    fn note_warnings(&self, warnings: &[LoadWarning]) {
-        let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
-        let mut problems = self.problems();
-        if problems.warnings == warnings {
-            return;
-        }
-        for warning in &warnings {
-            tracing::warn!(%warning, path = %self.path.display(), "Rules directory entry not read");
-        }
-        problems.warnings = warnings;
-    }
-
-    /// The rules path this store reloads from.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The live rule set. Lock-free; do not hold the guard across an `.await`.
-    pub fn current(&self) -> arc_swap::Guard<Arc<LiveRules>> {
-        self.live.load()
-    }
-
-    /// A snapshot of the status for `/rules`.
-    pub fn status(&self) -> StoreStatus {
-        let problems = self.problems();
-        StoreStatus {
-            live: self.live.load_full(),
-            last_error: problems.last_error.clone(),
-            warnings: problems.warnings.clone(),
-        }
-    }
-
-    /// Records a reload that ended without an outcome (its thread panicked or could not start): the
-    /// rules in force stay, and the failure shows in `/rules` and the reload metrics like any other.
-    pub(crate) fn record_failed_reload(&self, why: &str) {
-        self.metrics.record_reload(false);
-        self.problems().last_error = Some(why.to_owned());
-    }
-
-    /// Re-reads the rules path and swaps the result in if it is valid and different.
-    pub fn reload(&self) -> ReloadOutcome {
-        let outcome = match self.load_if_changed() {
-            Ok(None) => ReloadOutcome::Unchanged,
-            Ok(Some(policy)) => {
-                let (digest, rules) = (policy.digest().to_owned(), policy.rules().len());
-                let loaded_at = SystemTime::now();
-                let mut problems = self.problems();
-                let previous = self.live.swap(Arc::new(LiveRules { policy, loaded_at }));
-                problems.last_error = None;
-                drop(problems);
-                self.metrics.record_rule_set(rules, loaded_at);
-                release_on_this_thread(previous);
-                ReloadOutcome::Applied { digest, rules }
-            }
-            Err(error) => {
-                self.problems().last_error = Some(error.to_string());
-                ReloadOutcome::Failed(error)
-            }
-        };
-        match &outcome {
-            ReloadOutcome::Applied { digest, rules } => {
-                // Last, after the rule-set gauges: a scraper that sees the counter move sees the new set.
-                self.metrics.record_reload(true);
-                tracing::info!(rules_sha256 = %digest, rules, path = %self.path.display(), "Applied new rules");
-            }
-            ReloadOutcome::Unchanged => {
-                tracing::debug!(path = %self.path.display(), "Rules unchanged");
-            }
-            ReloadOutcome::Failed(error) => {
-                self.metrics.record_reload(false);
-                log_rejected(error, &self.path);
-            }
-        }
-        outcome
-    }
-}
-
-// === impl RuleStore (loading) ===
-
-impl RuleStore {
-    /// Reads the files and compiles them only if they differ from both the live rules and the newest
-    /// rejected files: hashing is cheap, compiling a large rule set is not.
-    fn load_if_changed(&self) -> Result<Option<Policy>, LoadError> {
-        let rejected = |fingerprint: String, error: LoadError| {
-            let mut last = self.last_rejected.lock().unwrap_or_else(|p| p.into_inner());
-            if last.as_deref() == Some(fingerprint.as_str()) {
-                return Ok(None);
-            }
-            *last = Some(fingerprint);
-            Err(error)
-        };
-        let (files, warnings) = read_rule_files(&self.path);
-        self.note_warnings(&warnings);
-        let files = match files {
-            Ok(files) => files,
-            Err(error) => return rejected(error.to_string(), error),
-        };
-        let digest = crate::policy::digest(&files);
-        if digest == self.current().policy.digest() {
-            // Back to the live rules (a rejected edit was reverted, or nothing changed): nothing is wrong.
-            *self.last_rejected.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            self.problems().last_error = None;
-            return Ok(None);
-        }
-        match compile_with_digest(&files, digest.clone()) {
-            Ok(policy) => {
-                *self.last_rejected.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                Ok(Some(policy))
-            }
-            Err(errors) => rejected(digest, LoadError::Invalid(errors)),
-        }
-    }
-}
-
-/// How long to wait for checks still holding the previous rule set before dropping our reference anyway.
-const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Frees the previous rule set here, on the reload thread, rather than on whichever request thread drops
-/// the last reference: freeing 100k rules takes milliseconds that would land in a check's latency. Checks
-/// hold a rule set for microseconds, so the wait is short; after `RELEASE_WAIT` we stop waiting.
-fn release_on_this_thread(previous: Arc<LiveRules>) {
-    let started = std::time::Instant::now();
-    while Arc::strong_count(&previous) > 1 && started.elapsed() < RELEASE_WAIT {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    drop(previous);
-}
-
-fn log_rejected(error: &LoadError, path: &Path) {
-    match error {
-        LoadError::Invalid(errors) => {
-            for error in errors {
-                tracing::warn!(%error, path = %path.display(), "Rejected rule file; keeping previous rules");
-            }
-        }
-        error => {
-            tracing::warn!(%error, path = %path.display(), "Rejected rule file; keeping previous rules")
-        }
-    }
 }

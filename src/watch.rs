@@ -4,7 +4,8 @@
 //! replace the inode, and Kubernetes updates a ConfigMap volume by swapping the `..data` symlink, none of
 //! which a watch on the file itself survives. Any event that can mean a change is a "maybe changed": the
 //! reload task debounces, re-reads everything, and the store swaps only if the content digest changed
-//! and the rules compile. This module owns the triggers only; reading and compiling is `reload`'s.
+//! and the rules compile. With `--tenant-rules`, the tenant directory is watched the same way. This
+//! module owns the triggers only; reading and compiling is `reload`'s.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,6 +37,12 @@ pub(crate) fn spawn(store: Arc<RuleStore>, shutdown: watch::Receiver<bool>) {
     let (poke_tx, poke_rx) = mpsc::channel::<()>(1);
     let dir = watched_dir(store.path());
     tokio::spawn(watch_directory(dir, poke_tx.clone(), shutdown.clone()));
+    // Each tenant file changes on its own; a change there pokes the same reload, which recompiles only
+    // the files whose content changed.
+    if let Some(tenants) = store.tenant_dir() {
+        let dir = watched_dir(tenants);
+        tokio::spawn(watch_directory(dir, poke_tx.clone(), shutdown.clone()));
+    }
     tokio::spawn(reload_on_sighup(poke_tx, shutdown.clone()));
     tokio::spawn(reload_loop(store, poke_rx, shutdown));
 }
