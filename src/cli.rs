@@ -78,6 +78,10 @@ pub struct TestArgs {
     /// The rules to test (file or directory); overrides each test file's `rules:`.
     #[arg(long)]
     pub rules: Option<PathBuf>,
+    /// Directory of tenant rule files (`<namespace>.yaml`) composed with the rules, as `serve
+    /// --tenant-rules` does; here any bad tenant file is an error.
+    #[arg(long, value_name = "DIR")]
+    pub tenant_rules: Option<PathBuf>,
     /// Also write the results as JUnit XML to this file.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
@@ -98,6 +102,15 @@ pub struct DiffArgs {
     /// The rules after the change (file or directory).
     #[arg(long)]
     pub new: PathBuf,
+    /// Directory of tenant rule files composed with both rule sets (see `serve --tenant-rules`).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["old_tenant_rules", "new_tenant_rules"])]
+    pub tenant_rules: Option<PathBuf>,
+    /// Directory of tenant rule files composed with `--old` only.
+    #[arg(long, value_name = "DIR")]
+    pub old_tenant_rules: Option<PathBuf>,
+    /// Directory of tenant rule files composed with `--new` only.
+    #[arg(long, value_name = "DIR")]
+    pub new_tenant_rules: Option<PathBuf>,
     /// Recorded traffic to replay under both: traffic inventory files (JSON) and/or decision-log files
     /// (JSON lines).
     #[arg(long, num_args = 1.., value_name = "FILE")]
@@ -125,6 +138,10 @@ pub struct WhoCanArgs {
     /// Rule file or directory.
     #[arg(long)]
     pub rules: PathBuf,
+    /// Directory of tenant rule files (`<namespace>.yaml`) composed with the rules, as `serve
+    /// --tenant-rules` does; here any bad tenant file is an error.
+    #[arg(long, value_name = "DIR")]
+    pub tenant_rules: Option<PathBuf>,
     /// The destination host.
     #[arg(long)]
     pub host: String,
@@ -145,6 +162,10 @@ pub struct WhatCanArgs {
     /// Rule file or directory.
     #[arg(long)]
     pub rules: PathBuf,
+    /// Directory of tenant rule files (`<namespace>.yaml`) composed with the rules, as `serve
+    /// --tenant-rules` does; here any bad tenant file is an error.
+    #[arg(long, value_name = "DIR")]
+    pub tenant_rules: Option<PathBuf>,
     /// The caller's SPIFFE ID, e.g. spiffe://cluster.local/ns/default/sa/sleep ("" for none).
     #[arg(long)]
     pub principal: String,
@@ -258,6 +279,10 @@ pub struct ValidateArgs {
     /// Rule files or directories.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+    /// Directory of tenant rule files (`<namespace>.yaml`) composed with the rules, as `serve
+    /// --tenant-rules` does; here any bad tenant file is an error.
+    #[arg(long, value_name = "DIR")]
+    pub tenant_rules: Option<PathBuf>,
 }
 
 /// `explain` options.
@@ -266,6 +291,10 @@ pub struct ExplainArgs {
     /// Rule file or directory.
     #[arg(long)]
     pub rules: PathBuf,
+    /// Directory of tenant rule files (`<namespace>.yaml`) composed with the rules, as `serve
+    /// --tenant-rules` does; here any bad tenant file is an error.
+    #[arg(long, value_name = "DIR")]
+    pub tenant_rules: Option<PathBuf>,
     /// The caller's SPIFFE ID, e.g. spiffe://cluster.local/ns/default/sa/sleep ("" for none).
     #[arg(long, default_value = "")]
     pub principal: String,

@@ -11,7 +11,9 @@ use std::process::ExitCode;
 use crate::audit::{Report, audit};
 use crate::cli::{AuditGatewayArgs, ExplainArgs, SuggestArgs};
 use crate::policy::{Condition, EgressRequest, Explanation, HttpRequest, lint};
-use crate::reload::{LoadError, load_policy, load_policy_with_warnings};
+use crate::reload::{
+    LoadError, load_policy, load_policy_with_tenants, load_policy_with_tenants_and_warnings,
+};
 use crate::suggest::{SuggestInput, SuggestOptions, check_document};
 use crate::traffic::InventoryDocument;
 
@@ -43,13 +45,14 @@ pub fn exit_quietly_when_stdout_closes() {
 /// What a shell reports for a process killed by SIGPIPE (128 + 13).
 const SIGPIPE_EXIT_STATUS: i32 = 141;
 
-/// `egress-authz validate PATH...`: a summary line per file, or every error; exit 1 on any error.
-/// Directory entries that look like rule files but are not read are warnings (stdout, exit unchanged).
-pub fn validate(paths: &[impl AsRef<Path>]) -> ExitCode {
+/// `egress-authz validate PATH... [--tenant-rules DIR]`: a summary line per file, or every error; exit
+/// 1 on any error. Directory entries that look like rule files but are not read are warnings (stdout,
+/// exit unchanged). With a tenant directory, each PATH is composed with its files, as `serve` does.
+pub fn validate(paths: &[impl AsRef<Path>], tenant_rules: Option<&Path>) -> ExitCode {
     let mut failed = false;
     for path in paths {
         let path = path.as_ref();
-        let (loaded, warnings) = load_policy_with_warnings(path);
+        let (loaded, warnings) = load_policy_with_tenants_and_warnings(path, tenant_rules);
         for warning in warnings {
             println!("{warning}");
         }
@@ -95,7 +98,7 @@ pub fn validate(paths: &[impl AsRef<Path>]) -> ExitCode {
 
 /// `egress-authz explain`: the decision for one request and each rule's outcome.
 pub fn explain(args: &ExplainArgs) -> ExitCode {
-    let policy = match load_policy(&args.rules) {
+    let policy = match load_policy_with_tenants(&args.rules, args.tenant_rules.as_deref()) {
         Ok(policy) => policy,
         Err(LoadError::Invalid(errors)) => {
             errors.iter().for_each(|e| eprintln!("{e}"));

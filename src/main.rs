@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     }
     match command {
         Command::Serve(args) => app::serve(args),
-        Command::Validate(args) => commands::validate(&args.paths),
+        Command::Validate(args) => commands::validate(&args.paths, args.tenant_rules.as_deref()),
         Command::Explain(args) => commands::explain(&args),
         Command::AuditGateway(args) => commands::audit_gateway(&args),
         Command::Suggest(args) => commands::suggest(&args),

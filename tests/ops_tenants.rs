@@ -1,9 +1,9 @@
 //! Tenant rule files against a real server process: one bad tenant file is rejected alone (at startup
 //! and on reload), new platform guardrails that rule out a tenant's rules stop that tenant only, each
 //! tenant's state shows in `/rules` and `/metrics`, and one tenant reloads under load without a failed
-//! check.
+//! check. The one-shot commands read the same tenant files with `--tenant-rules`, strictly.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -444,4 +444,130 @@ async fn reloading_one_tenant_under_load_fails_no_check() {
         );
     })
     .await;
+}
+
+/// `egress-authz <args>` run to completion: exit code, stdout, stderr.
+fn run(args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_egress-authz"))
+        .args(args)
+        .output()
+        .expect("run egress-authz");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn path_arg(path: &Path) -> String {
+    path.display().to_string()
+}
+
+// === One-shot commands ===
+
+#[test]
+fn validate_with_tenant_rules_exits_1_naming_the_bad_file() {
+    let layout = Layout::new(&[
+        ("payments.yaml", &allowing("api", "api.example.com")),
+        (
+            "shop.yaml",
+            "rules:\n- name: web\n  from: {serviceAccounts: [payments/app]}\n  action: DENY\n",
+        ),
+    ]);
+    let (platform, tenants) = (path_arg(&layout.platform), path_arg(&layout.tenants));
+    let (code, _, stderr) = run(&["validate", &platform, "--tenant-rules", &tenants]);
+    assert_eq!(code, 1, "{stderr}");
+    let shop = path_arg(&layout.tenant("shop.yaml"));
+    assert!(
+        stderr.contains(&format!("{shop}:3:")) && stderr.contains("from.serviceAccounts"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("payments.yaml"), "{stderr}");
+
+    std::fs::remove_file(layout.tenant("shop.yaml")).expect("remove shop");
+    let (code, stdout, stderr) = run(&["validate", &platform, "--tenant-rules", &tenants]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "{}: ok, 1 rule(s)",
+            path_arg(&layout.tenant("payments.yaml"))
+        )),
+        "{stdout}"
+    );
+    let (code, stdout, _) = run(&[
+        "explain",
+        "--rules",
+        &platform,
+        "--tenant-rules",
+        &tenants,
+        "--principal",
+        &spiffe("payments", "app"),
+        "--host",
+        "api.example.com",
+        "--port",
+        "443",
+    ]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("payments/api"), "{stdout}");
+}
+
+#[test]
+fn test_diff_and_query_read_the_tenant_files() {
+    let layout = Layout::new(&[("payments.yaml", &allowing("api", "api.example.com"))]);
+    let (platform, tenants) = (path_arg(&layout.platform), path_arg(&layout.tenants));
+    let dir = layout.tenants.parent().expect("a parent").to_path_buf();
+    let test_file = dir.join("payments.test.yaml");
+    std::fs::write(
+        &test_file,
+        format!(
+            "cases:\n- name: payments reaches its api\n  principal: {}\n  host: api.example.com\n  port: 443\n  expect: {{decision: allow, rule: payments/api}}\n",
+            spiffe("payments", "app")
+        ),
+    )
+    .expect("write test file");
+    let test_arg = path_arg(&test_file);
+    let (code, stdout, stderr) = run(&[
+        "test",
+        &test_arg,
+        "--rules",
+        &platform,
+        "--tenant-rules",
+        &tenants,
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    // Without the tenant files, the rule the case expects does not exist: the test file is refused.
+    let (code, _, stderr) = run(&["test", &test_arg, "--rules", &platform]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("payments/api"), "{stderr}");
+
+    let (code, stdout, _) = run(&[
+        "query",
+        "what-can",
+        "--rules",
+        &platform,
+        "--tenant-rules",
+        &tenants,
+        "--principal",
+        &spiffe("payments", "app"),
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("payments/api"), "{stdout}");
+
+    // The same platform rules, with and without the tenant's file: the tenant's access is new.
+    let empty = dir.join("no-tenants");
+    std::fs::create_dir(&empty).expect("empty tenant directory");
+    let (code, stdout, stderr) = run(&[
+        "diff",
+        "--old",
+        &platform,
+        "--new",
+        &platform,
+        "--old-tenant-rules",
+        &path_arg(&empty),
+        "--new-tenant-rules",
+        &tenants,
+    ]);
+    assert_eq!(code, 3, "newly allowed: {stdout}{stderr}");
+    assert!(stdout.contains("payments/api"), "{stdout}");
 }

@@ -8,13 +8,14 @@ use std::process::ExitCode;
 use crate::cli::DiffArgs;
 use crate::diff::{DiffInput, RecordedFile, Side, diff, read_recorded, render};
 use crate::policy::{DEFAULT_TRUST_DOMAIN, Policy};
-use crate::reload::{LoadError, load_policy};
+use crate::reload::{LoadError, load_policy_with_tenants};
 
 /// Compares `--old` and `--new`; exit 0, 3 (newly allowed), 4 (newly denied) or 1 (errors).
 /// Every input is read before anything is printed, and every error found is reported (on stderr).
 pub fn run(args: &DiffArgs) -> ExitCode {
-    let old = load(&args.old);
-    let new = load(&args.new);
+    let tenants = args.tenant_rules.as_deref();
+    let old = load(&args.old, args.old_tenant_rules.as_deref().or(tenants));
+    let new = load(&args.new, args.new_tenant_rules.as_deref().or(tenants));
     let trust_domain = old
         .as_ref()
         .ok()
@@ -74,9 +75,9 @@ pub fn run(args: &DiffArgs) -> ExitCode {
     ExitCode::from(report.summary.exit_code)
 }
 
-/// Loads a rule set, printing every located error.
-fn load(path: &Path) -> Result<Policy, ()> {
-    load_policy(path).map_err(|error| match error {
+/// Loads a rule set (with the tenant files of `tenants`), printing every located error.
+fn load(path: &Path, tenants: Option<&Path>) -> Result<Policy, ()> {
+    load_policy_with_tenants(path, tenants).map_err(|error| match error {
         LoadError::Invalid(errors) => errors.iter().for_each(|e| eprintln!("{e}")),
         other => eprintln!("{other}"),
     })

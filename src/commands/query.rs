@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use crate::cli::{QueryCommand, WhatCanArgs, WhoCanArgs};
 use crate::policy::{Policy, Protocol};
 use crate::query::{what_can, who_can};
-use crate::reload::{LoadError, load_policy};
+use crate::reload::{LoadError, load_policy_with_tenants};
 
 /// Answers one query; exit 0, or 1 when the rules cannot be loaded. An invalid principal or host is
 /// not an error: it is an answer ("no identity", "refused before any rule").
@@ -18,7 +18,7 @@ pub fn run(query: &QueryCommand) -> ExitCode {
 }
 
 fn run_who_can(args: &WhoCanArgs) -> ExitCode {
-    let Some(policy) = load(&args.rules) else {
+    let Some(policy) = load(&args.rules, args.tenant_rules.as_deref()) else {
         return ExitCode::FAILURE;
     };
     let answer = who_can(&policy, &args.host, args.port, protocol(args.tcp));
@@ -31,7 +31,7 @@ fn run_who_can(args: &WhoCanArgs) -> ExitCode {
 }
 
 fn run_what_can(args: &WhatCanArgs) -> ExitCode {
-    let Some(policy) = load(&args.rules) else {
+    let Some(policy) = load(&args.rules, args.tenant_rules.as_deref()) else {
         return ExitCode::FAILURE;
     };
     let answer = what_can(&policy, &args.principal, protocol(args.tcp));
@@ -47,9 +47,10 @@ fn protocol(tcp: bool) -> Protocol {
     if tcp { Protocol::Tcp } else { Protocol::Http }
 }
 
-/// The policy at `path`, or `None` after printing every located error to stderr.
-fn load(path: &Path) -> Option<Policy> {
-    match load_policy(path) {
+/// The policy at `path` (with the tenant files of `tenants`), or `None` after printing every located
+/// error to stderr.
+fn load(path: &Path, tenants: Option<&Path>) -> Option<Policy> {
+    match load_policy_with_tenants(path, tenants) {
         Ok(policy) => Some(policy),
         Err(LoadError::Invalid(errors)) => {
             errors.iter().for_each(|e| eprintln!("{e}"));

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use super::{explanation_json, explanation_text};
 use crate::cli::TestArgs;
 use crate::policy::{Location, Policy};
-use crate::reload::{LoadError, load_policy};
+use crate::reload::{LoadError, load_policy_with_tenants};
 use crate::rule_tests::{
     CaseResult, Coverage, InvalidTestFile, TestFile, check_expectations, coverage, rule_file,
     run_file, to_junit_xml,
@@ -133,7 +133,7 @@ fn read_suite(args: &TestArgs) -> Result<Suite, Vec<String>> {
     let mut rule_sets = Vec::new();
     let mut loaded_keys = Vec::new();
     for (rules, named_by) in distinct {
-        match load_policy(&rules) {
+        match load_policy_with_tenants(&rules, args.tenant_rules.as_deref()) {
             Ok(policy) => {
                 loaded_keys.push(same_file_key(&rules));
                 rule_sets.push((rules.display().to_string(), policy));
