@@ -4,6 +4,9 @@
 //! metrics are adapters around it (CI greps for such paths). The semantics are documented in the README,
 //! "Decision semantics", and tested next to the code that implements them
 //! (shared test fixtures are in `test_fixtures`).
+//!
+//! Tenant rule files (`tenant`) are compiled here too, confined to their namespace and checked against
+//! the platform's guardrails (`guardrail`), then composed with the platform rules into one [`Policy`].
 
 mod bytes;
 mod compile;
