@@ -24,6 +24,7 @@ RENDER_TARGETS = {
     "istio-gateway": DEPLOY / "istio" / "gateway",
     "istio-egress": DEPLOY / "istio" / "egress",
     "rules": DEPLOY / "rules",
+    "tenants": DEPLOY / "tenants",
 }
 # Plain manifests applied with `kubectl apply -f`, not through kustomize.
 PLAIN_MANIFESTS = (DEPLOY / "istio" / "networkpolicy" / "egress-via-gateway.yaml",)

@@ -221,7 +221,7 @@ def test_rules_configmap_fits_the_object_limit(overlay):
 
 def test_size_check_catches_rules_near_the_limit():
     objs = mutated("standalone")
-    cm = checks.one(objs, "ConfigMap")
+    cm = checks.one(objs, "ConfigMap", "egress-authz-rules")
     cm["data"]["big.yaml"] = "#" * (checks.RULES_BUDGET_BYTES + 1)
     assert checks.check_rules_configmap_size(objs)
 

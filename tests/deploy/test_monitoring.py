@@ -230,10 +230,13 @@ def server(tmp_path_factory):
     rules = directory / "rules"
     rules.mkdir()
     (rules / "rules.yaml").write_text(RULES)
+    tenants = directory / "tenants"
+    tenants.mkdir()
+    (tenants / "payments.yaml").write_text(TENANT_RULES)
     log = open(directory / "stderr", "w+")
     proc = subprocess.Popen(
-        [egress_authz_bin(), "serve", "--rules", str(rules), "--grpc-addr", "127.0.0.1:0",
-         "--admin-addr", "127.0.0.1:0", "--log-format", "json"],
+        [egress_authz_bin(), "serve", "--rules", str(rules), "--tenant-rules", str(tenants),
+         "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--log-format", "json"],
         stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     try:
         serving = wait_for(lambda: serving_line(directory / "stderr"), "the Serving log line", proc)
@@ -260,6 +263,16 @@ rules:
   dryRun: true
   from: {namespaces: [default]}
   to: {hosts: [developers.google.com]}
+tenants:
+  payments:
+    allowedHosts: [api.stripe.com]
+"""
+# One valid tenant, so that the per-tenant series exist.
+TENANT_RULES = """\
+rules:
+- name: checkout-to-stripe
+  from: {serviceAccounts: [payments/checkout]}
+  to: {hosts: [api.stripe.com]}
 """
 _SLEEP = "spiffe://cluster.local/ns/default/sa/sleep"
 CHECKS = [
@@ -469,7 +482,8 @@ def test_rules_load_and_evaluate_without_errors(prometheus):
     assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
     # The server is up with good rules: none of the alerts about the server itself may be pending.
     active = {r["name"] for r in rules if r["type"] == "alerting" and r["state"] != "inactive"}
-    assert active & {"EgressAuthzRulesReloadFailing", "EgressAuthzNoReadyReplica", "EgressAuthzRuleDigestMismatch"} == set()
+    assert active & {"EgressAuthzRulesReloadFailing", "EgressAuthzNoReadyReplica", "EgressAuthzRuleDigestMismatch",
+                     "EgressAuthzTenantRulesRejected"} == set()
 
 
 def test_recording_rules_produce_the_labels_the_dashboard_groups_by(prometheus):
