@@ -146,6 +146,8 @@ pub struct World {
     pub pki: Pki,
     pub rules_dir: PathBuf,
     pub rules_file: PathBuf,
+    /// The tenant directory (`--tenant-rules`), when the world was started with tenant files.
+    pub tenants_dir: Option<PathBuf>,
     pub google_http: Upstream,
     pub yahoo_http: Upstream,
     pub google_tcp: Upstream,
@@ -191,9 +193,22 @@ impl World {
         rules: &str,
         variant: Variant,
     ) -> Option<SerialWorld> {
+        Self::for_test_with_tenants(test, gateways, rules, None, variant).await
+    }
+
+    /// [`Self::for_test`] with a tenant directory holding `tenants` (file name, content), served with
+    /// `--tenant-rules`.
+    #[allow(clippy::await_holding_lock)]
+    pub async fn for_test_with_tenants(
+        test: &str,
+        gateways: &[Gateway],
+        rules: &str,
+        tenants: Option<&[(&str, &str)]>,
+        variant: Variant,
+    ) -> Option<SerialWorld> {
         let envoy = envoy_or_skip(test)?;
         let serial = serial();
-        let world = Self::start_with(&envoy, gateways, rules, variant)
+        let world = Self::start_full(&envoy, gateways, rules, tenants, variant)
             .await
             .unwrap_or_else(|e| panic!("{test}: the e2e world did not start: {e}"));
         Some(SerialWorld {
@@ -218,6 +233,16 @@ impl World {
         rules: &str,
         variant: Variant,
     ) -> Result<Self, String> {
+        Self::start_full(envoy_bin, gateways, rules, None, variant).await
+    }
+
+    async fn start_full(
+        envoy_bin: &Path,
+        gateways: &[Gateway],
+        rules: &str,
+        tenants: Option<&[(&str, &str)]>,
+        variant: Variant,
+    ) -> Result<Self, String> {
         let tmp = tempfile::Builder::new()
             .prefix("egress-authz-e2e-")
             .tempdir()
@@ -227,12 +252,23 @@ impl World {
         std::fs::create_dir_all(&rules_dir).map_err(|e| e.to_string())?;
         let rules_file = rules_dir.join("egress.yaml");
         std::fs::write(&rules_file, rules).map_err(|e| e.to_string())?;
+        let tenants_dir = match tenants {
+            Some(files) => {
+                let dir = tmp.path().join("tenants");
+                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                for (name, text) in files {
+                    std::fs::write(dir.join(name), text).map_err(|e| e.to_string())?;
+                }
+                Some(dir)
+            }
+            None => None,
+        };
         let google_http = Upstream::http(GOOGLE).await;
         let yahoo_http = Upstream::http(YAHOO).await;
         let google_tcp = Upstream::tcp(GOOGLE).await;
         let yahoo_tcp = Upstream::tcp(YAHOO).await;
         let relay = Relay::start().await;
-        let server = start_server(&rules_dir, "all").await?;
+        let server = start_server(&rules_dir, tenants_dir.as_deref(), "all").await?;
         relay.set_target(Some(server.grpc_addr));
         let vars = BTreeMap::from([
             ("CERTS", pki.dir.display().to_string()),
@@ -247,6 +283,7 @@ impl World {
             pki,
             rules_dir,
             rules_file,
+            tenants_dir,
             google_http,
             yahoo_http,
             google_tcp,
@@ -297,7 +334,7 @@ impl World {
             old.kill().await;
         }
         std::fs::write(&self.rules_file, rules).map_err(|e| e.to_string())?;
-        let server = start_server(&self.rules_dir, self.decision_log).await?;
+        let server = start_server(&self.rules_dir, self.tenants_dir.as_deref(), self.decision_log).await?;
         self.relay.set_target(Some(server.grpc_addr));
         self.server = Some(server);
         Ok(())
@@ -355,9 +392,16 @@ impl World {
 }
 
 /// The server over `rules` with `--decision-log decision_log`, once it reports ready.
-async fn start_server(rules: &Path, decision_log: &str) -> Result<Server, String> {
-    let server = ServerBuilder::new(rules)
-        .args(["--decision-log", decision_log])
+async fn start_server(
+    rules: &Path,
+    tenants: Option<&Path>,
+    decision_log: &str,
+) -> Result<Server, String> {
+    let mut builder = ServerBuilder::new(rules).args(["--decision-log", decision_log]);
+    if let Some(dir) = tenants {
+        builder = builder.args(["--tenant-rules".to_owned(), dir.display().to_string()]);
+    }
+    let server = builder
         .try_spawn()
         .await
         .map_err(|failure| format!("egress-authz did not start: {failure}"))?;
