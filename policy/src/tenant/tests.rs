@@ -1,8 +1,8 @@
 //! Tenant files: every way a file reaches beyond its namespace or its guardrail is refused and located,
 //! and the composed policy decides for callers in and out of each tenant's namespace.
 
-use crate::policy::test_fixtures::{http, outcome, tcp};
-use crate::policy::*;
+use crate::test_fixtures::{http, outcome, tcp};
+use crate::*;
 
 const PLATFORM: &str = "\
 tenants:

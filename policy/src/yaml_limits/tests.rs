@@ -2,8 +2,8 @@
 //! and alias amplification and nesting through `compile`.
 
 use super::*;
-use crate::policy::test_fixtures::{mk_errors, mk_errors_located, mk_policy};
-use crate::policy::{CompileErrorKind, yaml_limits};
+use crate::test_fixtures::{mk_errors, mk_errors_located, mk_policy};
+use crate::{CompileErrorKind, yaml_limits};
 
 fn walk(text: &str, budget: Budget) -> Result<(), Option<Limit>> {
     walk_within_budget(yaml_serde::Deserializer::from_str(text), budget).map_err(|(_, e)| e)

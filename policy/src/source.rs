@@ -246,7 +246,7 @@ fn char_boundary(text: &str, offset: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use crate::policy::compile;
+    use crate::compile;
 
     use super::*;
 

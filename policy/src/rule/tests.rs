@@ -1,8 +1,8 @@
 //! What a rule's conditions match, tested through decisions: caller conditions (and callers without a
 //! trusted identity), destination hosts, ports, methods and paths, and attributes a check lacks.
 
-use crate::policy::test_fixtures::*;
-use crate::policy::*;
+use crate::test_fixtures::*;
+use crate::*;
 
 #[test]
 fn not_fields_never_let_a_caller_without_identity_into_an_allow_rule() {

@@ -2,8 +2,8 @@
 //! defaults, the destination host a check names, dry-run reporting, explanations, and the facts a
 //! decision hands back.
 
-use crate::policy::test_fixtures::*;
-use crate::policy::*;
+use crate::test_fixtures::*;
+use crate::*;
 
 /// One stage of Istio's egress walkthrough: its rule file, the verdict each (caller, host) gets over
 /// both HTTP and TCP, and some decisions checked in full (verdict, reason, deciding rule).
