@@ -109,6 +109,9 @@ async fn tenant_files_decide_for_their_own_namespace_within_the_platform_rules()
             .server()
             .metric("egress_authz_tenant_config_valid", &[("tenant", tenant)])
             .await;
-        assert_eq!(metric, valid, "egress_authz_tenant_config_valid of {tenant}");
+        assert_eq!(
+            metric, valid,
+            "egress_authz_tenant_config_valid of {tenant}"
+        );
     }
 }
