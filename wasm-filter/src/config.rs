@@ -17,6 +17,34 @@ pub const PLUGIN_CONFIG_RULES: &str = "pluginConfig.rules";
 /// The name compile errors locate a problem in when the whole configuration was the rule file.
 pub const CONFIGURATION: &str = "configuration";
 
+/// Which of Envoy's filters a plugin is: Envoy does not tell a module, so the plugin's `root_id` (Istio:
+/// the WasmPlugin's `pluginName`) says it. The HTTP and network plugins need distinct root ids anyway
+/// when they share a VM, since a VM has one root context per root id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterKind {
+    /// `envoy.filters.http.wasm`: the default.
+    Http,
+    /// `envoy.filters.network.wasm`: a root id ending in [`NETWORK_ROOT_ID_SUFFIXES`].
+    Network,
+}
+
+/// Root-id endings that make a plugin the network filter (`egress-authz-tcp`, `egress-authz.network`).
+pub const NETWORK_ROOT_ID_SUFFIXES: [&str; 2] = ["tcp", "network"];
+
+impl FilterKind {
+    /// The kind a plugin with root id `root_id` is.
+    pub fn of_root_id(root_id: &str) -> Self {
+        if NETWORK_ROOT_ID_SUFFIXES
+            .iter()
+            .any(|suffix| root_id.ends_with(suffix))
+        {
+            Self::Network
+        } else {
+            Self::Http
+        }
+    }
+}
+
 /// What a configuration gave: rules to enforce, or why every request must be denied.
 #[derive(Debug)]
 pub enum Rules {

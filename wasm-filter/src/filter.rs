@@ -13,7 +13,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
 use crate::answer::{Outcome, REASON_HEADER, log_keys};
 use crate::attributes::{Connection, headers};
-use crate::config::{self, Rules};
+use crate::config::{self, FilterKind, Rules};
 use crate::metrics::{StatHost, Stats};
 
 /// Envoy's stats through the proxy-wasm host calls.
@@ -46,10 +46,21 @@ struct Shared {
 
 /// One plugin configuration: compiles the rules in `on_configure` and hands them to each request and
 /// connection. Until configured, it has no rules and every request is denied.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Root {
     shared: Option<Rc<Shared>>,
     stats: Option<Rc<Stats<EnvoyStats>>>,
+    kind: FilterKind,
+}
+
+impl Default for Root {
+    fn default() -> Self {
+        Self {
+            shared: None,
+            stats: None,
+            kind: FilterKind::Http,
+        }
+    }
 }
 
 impl Root {
@@ -77,14 +88,17 @@ impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let stats = self.stats();
         self.stats = Some(Rc::clone(&stats));
+        let root_id = crate::attributes::text(property(&PLUGIN_ROOT_ID));
+        self.kind = FilterKind::of_root_id(&root_id);
         let configuration = self.get_plugin_configuration().unwrap_or_default();
         let rules = config::load(&configuration);
         match &rules {
             Rules::Compiled(policy) => {
                 log::info!(
-                    "Rules applied: {} rules, sha256 {}",
+                    "Rules applied: {} rules, sha256 {}, as the {:?} filter (root id {root_id:?})",
                     policy.rules().len(),
-                    policy.digest()
+                    policy.digest(),
+                    self.kind
                 );
                 stats.record_configuration(true);
             }
@@ -115,11 +129,17 @@ impl RootContext for Root {
     }
 
     fn get_type(&self) -> Option<ContextType> {
-        // Both: the same module serves `envoy.filters.http.wasm` and `envoy.filters.network.wasm`;
-        // Envoy asks for the kind of context its filter needs.
-        None
+        // The same module serves `envoy.filters.http.wasm` and `envoy.filters.network.wasm`; Envoy
+        // does not say which one a new context is for, the plugin's root id does.
+        Some(match self.kind {
+            FilterKind::Http => ContextType::HttpContext,
+            FilterKind::Network => ContextType::StreamContext,
+        })
     }
 }
+
+/// The plugin's root id (Envoy's `plugin_root_id` attribute).
+const PLUGIN_ROOT_ID: [&str; 1] = ["plugin_root_id"];
 
 /// Reads an attribute; absent (or unreadable) is `None`.
 fn property(path: &[&str]) -> Option<Vec<u8>> {

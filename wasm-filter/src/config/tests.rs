@@ -75,3 +75,21 @@ fn empty_or_unreadable_configuration_is_invalid() {
     assert!(invalid(b"  \n").contains("empty"));
     assert!(invalid(b"\xff\xfe").contains("UTF-8"));
 }
+
+#[test]
+fn root_id_says_which_filter_a_plugin_is() {
+    assert_eq!(FilterKind::of_root_id("egress-authz"), FilterKind::Http);
+    assert_eq!(
+        FilterKind::of_root_id("egress-authz-http"),
+        FilterKind::Http
+    );
+    assert_eq!(
+        FilterKind::of_root_id("egress-authz-tcp"),
+        FilterKind::Network
+    );
+    assert_eq!(
+        FilterKind::of_root_id("egress-authz.network"),
+        FilterKind::Network
+    );
+    assert_eq!(FilterKind::of_root_id(""), FilterKind::Http);
+}
