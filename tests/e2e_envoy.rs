@@ -970,6 +970,7 @@ async fn audit_gateway_on_the_suites_envoys() {
         let baseline = match gw {
             Gateway::HttpIstio => vec![Code::NoTlsSession],
             Gateway::HttpTlsSession | Gateway::TcpIstio => vec![],
+            Gateway::HttpWasm | Gateway::TcpWasm => unreachable!("Gateway::ALL runs ext_authz"),
         };
         let chains = if gw == Gateway::TcpIstio { 2 } else { 1 };
         assert_eq!(

@@ -111,18 +111,86 @@ pub enum Gateway {
     HttpTlsSession,
     /// (b) TLS/ISTIO_MUTUAL server, tls_inspector + network ext_authz + tcp_proxy.
     TcpIstio,
+    /// (w) the HTTPS server of (a) with the proxy-wasm filter instead of ext_authz.
+    HttpWasm,
+    /// (w') the TLS server of (b) with the proxy-wasm filter instead of network ext_authz.
+    TcpWasm,
 }
 
 impl Gateway {
+    /// The gateways that call the server over ext_authz (istiod's rendering and its variants).
     pub const ALL: [Self; 3] = [Self::HttpIstio, Self::HttpTlsSession, Self::TcpIstio];
+    /// The gateways that decide in the proxy-wasm filter, from rules in their own configuration.
+    pub const WASM: [Self; 2] = [Self::HttpWasm, Self::TcpWasm];
 
     pub fn template(self) -> &'static str {
         match self {
             Self::HttpIstio => "http-istio",
             Self::HttpTlsSession => "http-tls-session",
             Self::TcpIstio => "tcp-istio",
+            Self::HttpWasm => "http-wasm",
+            Self::TcpWasm => "tcp-wasm",
         }
     }
+
+    /// Whether the gateway runs the proxy-wasm filter (its rules are rendered into its bootstrap).
+    pub fn is_wasm(self) -> bool {
+        matches!(self, Self::HttpWasm | Self::TcpWasm)
+    }
+
+    /// Whether the gateway carries opaque TLS streams (the TLS server) rather than HTTP.
+    pub fn is_tcp(self) -> bool {
+        matches!(self, Self::TcpIstio | Self::TcpWasm)
+    }
+}
+
+/// The environment variable that names the built proxy-wasm module (scripts/test.sh sets it).
+pub const WASM_MODULE_ENV: &str = "EGRESS_AUTHZ_WASM_MODULE";
+/// The module's file name as cargo builds it.
+const WASM_MODULE_FILE: &str = "egress_authz_wasm.wasm";
+
+/// The built filter: `EGRESS_AUTHZ_WASM_MODULE`, else where `cargo build --release --target
+/// wasm32-wasip1 --manifest-path wasm-filter/Cargo.toml` puts it (under `CARGO_TARGET_DIR` when set,
+/// else wasm-filter/target/).
+pub fn find_wasm_module() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(WASM_MODULE_ENV).filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "{WASM_MODULE_ENV}={} does not exist", p.display());
+        return Some(p);
+    }
+    let built = Path::new("wasm32-wasip1/release").join(WASM_MODULE_FILE);
+    let target_dirs = [
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from),
+        Some(project_dir().join("wasm-filter/target")),
+    ];
+    target_dirs
+        .into_iter()
+        .flatten()
+        .map(|dir| dir.join(&built))
+        .find(|p| p.is_file())
+}
+
+/// The proxy-wasm module, or `None` after printing why the test is skipped; required (panics) exactly
+/// when Envoy is, so CI cannot skip the filter's tests.
+pub fn wasm_module_or_skip(test: &str) -> Option<PathBuf> {
+    if let Some(p) = find_wasm_module() {
+        eprintln!("{test}: using the filter {}", p.display());
+        return Some(p);
+    }
+    let msg = format!(
+        "the proxy-wasm module was not found ({WASM_MODULE_ENV}, or build it with `cargo build --release --target wasm32-wasip1 --manifest-path wasm-filter/Cargo.toml`)"
+    );
+    if envoy_required() {
+        panic!("{test}: {msg} (required because CI or EGRESS_AUTHZ_REQUIRE_ENVOY=1 is set)");
+    }
+    eprintln!("SKIPPED {test}: {msg}");
+    None
+}
+
+/// A rule file as the `value` of the wasm gateways' `configuration` StringValue: one JSON string,
+/// which YAML reads as a double-quoted scalar.
+pub fn wasm_rules_value(rules: &str) -> String {
+    serde_json::Value::String(rules.to_owned()).to_string()
 }
 
 /// Replaces `{{KEY}}` placeholders; panics if a placeholder outside a comment is left.
@@ -294,6 +362,9 @@ impl Envoy {
             Gateway::TcpIstio => format!("ext_authz.{TCP_STAT_PREFIX}.{name}"),
             Gateway::HttpIstio | Gateway::HttpTlsSession => {
                 format!("http.{HTTP_STAT_PREFIX}.ext_authz.{name}")
+            }
+            Gateway::HttpWasm | Gateway::TcpWasm => {
+                panic!("{}: has no ext_authz filter", self.gateway.template())
             }
         };
         self.stat(&full).await

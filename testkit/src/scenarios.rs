@@ -415,7 +415,17 @@ pub async fn through_tcp(
     caller: &str,
     host: &str,
 ) -> Result<(TcpResult, Result<Value, String>), String> {
-    let envoy = world.envoy(Gateway::TcpIstio);
+    through_tcp_via(world, Gateway::TcpIstio, caller, host).await
+}
+
+/// [`through_tcp`] through TLS gateway `gw`.
+pub async fn through_tcp_via(
+    world: &World,
+    gw: Gateway,
+    caller: &str,
+    host: &str,
+) -> Result<(TcpResult, Result<Value, String>), String> {
+    let envoy = world.envoy(gw);
     let skip = envoy.access_log_len();
     let r = tls_stream(envoy.listener, world.pki.client_config(caller, &[]), host).await?;
     let entry = envoy.access_log_for(r.local_addr, skip).await;

@@ -14,12 +14,20 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use crate::envoy::{Envoy, Gateway, Variant, envoy_or_skip};
+use crate::envoy::{
+    Envoy, Gateway, Variant, envoy_or_skip, find_wasm_module, wasm_module_or_skip,
+    wasm_rules_value,
+};
 use crate::fixtures::project_dir;
 use crate::net::Upstream;
 use crate::pki::Pki;
 use crate::server::{Server, ServerBuilder};
 use crate::wait::poll_for;
+
+/// The placeholder of the proxy-wasm HTTP gateway's listener port.
+pub const WASM_HTTP_LISTENER_PORT: &str = "WASM_HTTP_LISTENER_PORT";
+/// The placeholder of the proxy-wasm TLS gateway's listener port.
+pub const WASM_TCP_LISTENER_PORT: &str = "WASM_TCP_LISTENER_PORT";
 
 /// The external host the walkthrough's HTTP and TLS requests go to first.
 pub const GOOGLE: &str = "developers.google.com";
@@ -156,6 +164,12 @@ pub struct World {
     pub server: Option<Server>,
     pub envoys: BTreeMap<Gateway, Envoy>,
     pub decision_log: &'static str,
+    /// The Envoy binary the gateways run, to restart one.
+    pub envoy_bin: PathBuf,
+    /// The placeholders the gateways' bootstraps were rendered with.
+    pub vars: BTreeMap<&'static str, String>,
+    /// The variant the gateways' bootstraps were changed by.
+    pub variant: Variant,
 }
 
 /// A [`World`] holding [`serial`] for as long as it lives: how every e2e test that runs traffic starts.
@@ -207,6 +221,9 @@ impl World {
         variant: Variant,
     ) -> Option<SerialWorld> {
         let envoy = envoy_or_skip(test)?;
+        if gateways.iter().any(|gw| gw.is_wasm()) {
+            wasm_module_or_skip(test)?;
+        }
         let serial = serial();
         let world = Self::start_full(&envoy, gateways, rules, tenants, variant)
             .await
@@ -270,7 +287,7 @@ impl World {
         let relay = Relay::start().await;
         let server = start_server(&rules_dir, tenants_dir.as_deref(), "all").await?;
         relay.set_target(Some(server.grpc_addr));
-        let vars = BTreeMap::from([
+        let mut vars = BTreeMap::from([
             ("CERTS", pki.dir.display().to_string()),
             ("AUTHZ_PORT", relay.addr.port().to_string()),
             ("GOOGLE_HTTP_PORT", google_http.addr.port().to_string()),
@@ -278,6 +295,15 @@ impl World {
             ("GOOGLE_TCP_PORT", google_tcp.addr.port().to_string()),
             ("YAHOO_TCP_PORT", yahoo_tcp.addr.port().to_string()),
         ]);
+        if gateways.iter().any(|gw| gw.is_wasm()) {
+            let module = find_wasm_module().ok_or("the proxy-wasm module is not built")?;
+            vars.insert("WASM_MODULE", module.display().to_string());
+            vars.insert("WASM_RULES", wasm_rules_value(rules));
+            // Any free port, read back from the admin API; a test that names the port in its rules
+            // picks one and restarts the gateways.
+            vars.insert(WASM_HTTP_LISTENER_PORT, "0".to_owned());
+            vars.insert(WASM_TCP_LISTENER_PORT, "0".to_owned());
+        }
         let mut world = Self {
             tmp,
             pki,
@@ -292,12 +318,32 @@ impl World {
             server: Some(server),
             envoys: BTreeMap::new(),
             decision_log: "all",
+            envoy_bin: envoy_bin.to_owned(),
+            vars,
+            variant,
         };
         for gw in gateways {
-            let envoy = Envoy::start(envoy_bin, *gw, world.tmp.path(), &vars, variant).await?;
+            let envoy =
+                Envoy::start(envoy_bin, *gw, world.tmp.path(), &world.vars, variant).await?;
             world.envoys.insert(*gw, envoy);
         }
         Ok(world)
+    }
+
+    /// Restarts the proxy-wasm gateways with `rules` as their configuration: how a static bootstrap
+    /// takes new rules (a mesh pushes a new configuration instead).
+    pub async fn restart_wasm_gateways_with(&mut self, rules: &str) -> Result<(), String> {
+        self.vars.insert("WASM_RULES", wasm_rules_value(rules));
+        let running: Vec<Gateway> = self.envoys.keys().copied().filter(|gw| gw.is_wasm()).collect();
+        for gw in running {
+            if let Some(old) = self.envoys.remove(&gw) {
+                old.kill().await;
+            }
+            let envoy =
+                Envoy::start(&self.envoy_bin, gw, self.tmp.path(), &self.vars, self.variant).await?;
+            self.envoys.insert(gw, envoy);
+        }
+        Ok(())
     }
 
     pub fn envoy(&self, gw: Gateway) -> &Envoy {

@@ -110,6 +110,11 @@ impl Variant {
         let ext_authz_filters = match gw {
             Gateway::HttpIstio | Gateway::HttpTlsSession => 1,
             Gateway::TcpIstio => 2,
+            // Every variant is a setting of ext_authz; the filter's gateways have none to vary.
+            Gateway::HttpWasm | Gateway::TcpWasm => {
+                assert_eq!(self, Self::ISTIO_DEFAULT, "{name}: no ext_authz to vary");
+                return rendered.to_owned();
+            }
         };
         let mut lines: Vec<String> = rendered.lines().map(str::to_owned).collect();
         let code = |line: &str| line.split('#').next().unwrap_or_default().trim().to_owned();
