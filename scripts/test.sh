@@ -17,6 +17,14 @@ export ENVOY_BIN GRPCURL_BIN EGRESS_AUTHZ_REQUIRE_ENVOY=1 EGRESS_AUTHZ_REQUIRE_T
 echo "== the decision logic builds for wasm32-wasip1 (what the proxy-wasm filter runs)" >&2
 cargo build --locked -p egress-authz-policy --target wasm32-wasip1
 
+echo "== the proxy-wasm filter (wasm-filter/: its own workspace), which the e2e suite runs in Envoy" >&2
+cargo test --locked --manifest-path wasm-filter/Cargo.toml
+cargo build --locked --release --target wasm32-wasip1 --manifest-path wasm-filter/Cargo.toml
+wasm_target_dir="${CARGO_TARGET_DIR:-wasm-filter/target}"
+case "$wasm_target_dir" in /*) ;; *) wasm_target_dir="$PWD/$wasm_target_dir" ;; esac
+# The kit finds the module here; with EGRESS_AUTHZ_REQUIRE_ENVOY=1 a missing one fails the filter's tests.
+export EGRESS_AUTHZ_WASM_MODULE="$wasm_target_dir/wasm32-wasip1/release/egress_authz_wasm.wasm"
+
 echo "== Rust tests" >&2
 cargo build --locked --bins
 if cargo nextest --version >/dev/null 2>&1; then
