@@ -459,6 +459,7 @@ async fn generated_corpus_filter_agrees_with_decide() {
         return;
     };
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut dry_run_reports = 0;
     for seed in 1..=RULE_SETS {
         let mut random = Random(0x9e37_79b9_7f4a_7c15 ^ seed);
         let ports = [free_port(), free_port()];
@@ -526,12 +527,14 @@ async fn generated_corpus_filter_agrees_with_decide() {
                 (decision_of(&entry), reference)
             };
             assert_eq!(logged, reference, "{ctx}\nrules:\n{rules}");
+            dry_run_reports += usize::from(reference["dry_run_rule"].is_some());
             *reasons
                 .entry(reference["reason"].clone().unwrap_or_default())
                 .or_default() += 1;
         }
     }
-    eprintln!("{test}: reasons over the corpus: {reasons:?}");
+    eprintln!("{test}: reasons over the corpus: {reasons:?}, {dry_run_reports} dry-run reports");
+    assert!(dry_run_reports > 0, "no dry-run rule matched in the corpus");
     // The corpus must exercise both verdicts and rules, or agreeing would prove little.
     for reason in ["allowed_by_rule", "denied_by_rule"] {
         assert!(reasons.contains_key(reason), "no {reason} in {reasons:?}");

@@ -127,20 +127,19 @@ impl<'a> Outcome<'a> {
         })
     }
 
-    /// The entries the access log shows, as (key, value): the server's dynamic-metadata keys.
-    pub fn log_entries(&self) -> Vec<(&'static str, &'a str)> {
-        let mut entries = vec![
-            (log_keys::DECISION, self.verdict.as_str()),
-            (log_keys::REASON, self.reason.as_str()),
-        ];
-        if let Some(rule) = self.rule_name() {
-            entries.push((log_keys::RULE, rule));
-        }
-        if let Some(dry_run) = self.dry_run {
-            entries.push((log_keys::DRY_RUN_RULE, dry_run.rule.name.as_str()));
-            entries.push((log_keys::DRY_RUN_DECISION, dry_run.verdict.as_str()));
-        }
-        entries
+    /// The entries the access log shows, as (key, value): the server's dynamic-metadata keys, those
+    /// that apply (no rule when none decided, no dry-run entries when no dry-run rule matched).
+    pub fn log_entries(&self) -> impl Iterator<Item = (&'static str, &'a str)> {
+        let dry_run = self.dry_run;
+        [
+            Some((log_keys::DECISION, self.verdict.as_str())),
+            Some((log_keys::REASON, self.reason.as_str())),
+            self.rule_name().map(|rule| (log_keys::RULE, rule)),
+            dry_run.map(|d| (log_keys::DRY_RUN_RULE, d.rule.name.as_str())),
+            dry_run.map(|d| (log_keys::DRY_RUN_DECISION, d.verdict.as_str())),
+        ]
+        .into_iter()
+        .flatten()
     }
 }
 
@@ -177,9 +176,19 @@ pub mod log_keys {
     /// What dry-run rules would have decided (`allow`/`deny`), when one matched.
     pub const DRY_RUN_DECISION: &str = "dry_run_decision";
 
-    /// Where the filter puts each entry: Envoy filter state under `wasm.` + this prefix + the key
-    /// (`%FILTER_STATE(wasm.egress_authz.reason:PLAIN)%` in an access log format).
-    pub const PROPERTY_PREFIX: &str = "egress_authz.";
+    /// Where the filter puts the entry `key`: the property `egress_authz.<key>`, which Envoy keeps in
+    /// filter state as `wasm.egress_authz.<key>` (`%FILTER_STATE(wasm.egress_authz.reason:PLAIN)%` in
+    /// an access log format). Spelled out, so publishing a decision builds no string.
+    pub fn property(key: &str) -> Option<&'static str> {
+        match key {
+            DECISION => Some("egress_authz.decision"),
+            REASON => Some("egress_authz.reason"),
+            RULE => Some("egress_authz.rule"),
+            DRY_RUN_RULE => Some("egress_authz.dry_run_rule"),
+            DRY_RUN_DECISION => Some("egress_authz.dry_run_decision"),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]

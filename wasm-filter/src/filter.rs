@@ -149,8 +149,10 @@ fn property(path: &[&str]) -> Option<Vec<u8>> {
 /// Puts the outcome where the access log can read it (filter state, see [`log_keys`]).
 fn publish(outcome: &Outcome<'_>) {
     for (key, value) in outcome.log_entries() {
-        let path = format!("{}{key}", log_keys::PROPERTY_PREFIX);
-        if hostcalls::set_property(vec![path.as_str()], Some(value.as_bytes())).is_err() {
+        let Some(path) = log_keys::property(key) else {
+            continue;
+        };
+        if hostcalls::set_property(vec![path], Some(value.as_bytes())).is_err() {
             log::warn!("Could not record {path} for the access log");
         }
     }

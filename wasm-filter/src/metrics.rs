@@ -62,17 +62,29 @@ pub fn configuration_counter(accepted: bool) -> String {
 }
 
 /// The filter's counters in one VM. The check counters are defined up front (every reason at zero, as
-/// the server pre-registers them); per-rule counters when a rule first matches, and then found by name
-/// without building it again.
+/// the server pre-registers them); a rule's counters when it first matches, then found by the rule's
+/// name, so counting allocates nothing once every rule in use has been seen.
 #[derive(Debug)]
 pub struct Stats<H> {
     host: H,
     checks: [[Option<u32>; FilterReason::COUNT]; 2],
-    by_name: RefCell<HashMap<String, Option<u32>>>,
+    configurations: [Option<u32>; 2],
+    by_rule: RefCell<HashMap<String, RuleCounters>>,
+}
+
+/// One rule's counters, each defined on first use (`None` until then; `Some(None)` if the host
+/// refused it). Indexed by `Verdict` declaration order (allow, deny).
+#[derive(Debug, Default)]
+struct RuleCounters {
+    /// By the rule's action, then enforced (0) or dry-run (1): a rule name may come back with another
+    /// action in a new configuration.
+    matched: [[Option<Option<u32>>; 2]; 2],
+    /// By what the dry-run rules would have decided.
+    disagreed: [Option<Option<u32>>; 2],
 }
 
 impl<H: StatHost> Stats<H> {
-    /// Defines the check counters.
+    /// Defines the check and configuration counters.
     pub fn new(host: H) -> Self {
         let mut checks = [[None; FilterReason::COUNT]; 2];
         for (protocol, row) in PROTOCOLS.into_iter().zip(checks.iter_mut()) {
@@ -80,46 +92,67 @@ impl<H: StatHost> Stats<H> {
                 row[reason.index()] = host.define_counter(&check_counter(protocol, reason));
             }
         }
+        let configurations =
+            [false, true].map(|accepted| host.define_counter(&configuration_counter(accepted)));
         Self {
             host,
             checks,
-            by_name: RefCell::new(HashMap::new()),
+            configurations,
+            by_rule: RefCell::new(HashMap::new()),
         }
     }
 
     /// Counts one outcome: the check, the rules that matched, and a dry-run disagreement.
     pub fn record(&self, outcome: &Outcome<'_>, protocol: Protocol) {
+        // Fieldless enums: the casts are their declaration indexes, within the arrays' bounds.
         if let Some(id) = self.checks[protocol as usize][outcome.reason.index()] {
             self.host.increment(id);
         }
         if let Some(rule) = outcome.rule {
-            self.count(&rule_match_counter(&rule.name, rule.action, false));
+            self.count_rule(&rule.name, |counters| {
+                let slot = &mut counters.matched[rule.action as usize][0];
+                *slot.get_or_insert_with(|| {
+                    self.host
+                        .define_counter(&rule_match_counter(&rule.name, rule.action, false))
+                })
+            });
         }
         if let Some(dry_run) = outcome.dry_run {
             let rule = dry_run.rule;
-            self.count(&rule_match_counter(&rule.name, rule.action, true));
+            self.count_rule(&rule.name, |counters| {
+                let slot = &mut counters.matched[rule.action as usize][1];
+                *slot.get_or_insert_with(|| {
+                    self.host
+                        .define_counter(&rule_match_counter(&rule.name, rule.action, true))
+                })
+            });
             if outcome.dry_run_disagrees() {
-                self.count(&dry_run_counter(&rule.name, dry_run.verdict));
+                self.count_rule(&rule.name, |counters| {
+                    let slot = &mut counters.disagreed[dry_run.verdict as usize];
+                    *slot.get_or_insert_with(|| {
+                        self.host
+                            .define_counter(&dry_run_counter(&rule.name, dry_run.verdict))
+                    })
+                });
             }
         }
     }
 
     /// Counts a configuration accepted or rejected.
     pub fn record_configuration(&self, accepted: bool) {
-        self.count(&configuration_counter(accepted));
+        if let Some(id) = self.configurations[usize::from(accepted)] {
+            self.host.increment(id);
+        }
     }
 
-    fn count(&self, name: &str) {
-        let mut by_name = self.by_name.borrow_mut();
-        let id = match by_name.get(name) {
-            Some(id) => *id,
-            None => {
-                let id = self.host.define_counter(name);
-                by_name.insert(name.to_owned(), id);
-                id
-            }
+    /// Increments the counter `counter` picks (defining it if needed) among `rule`'s.
+    fn count_rule(&self, rule: &str, counter: impl FnOnce(&mut RuleCounters) -> Option<u32>) {
+        let mut by_rule = self.by_rule.borrow_mut();
+        let counters = match by_rule.get_mut(rule) {
+            Some(counters) => counters,
+            None => by_rule.entry(rule.to_owned()).or_default(),
         };
-        if let Some(id) = id {
+        if let Some(id) = counter(counters) {
             self.host.increment(id);
         }
     }

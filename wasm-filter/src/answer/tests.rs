@@ -52,7 +52,7 @@ fn rule_deny_names_the_rule_as_the_server_does() {
         "egress-authz: denied_by_rule (rule deny-yahoo)\n"
     );
     assert_eq!(
-        outcome.log_entries(),
+        outcome.log_entries().collect::<Vec<_>>(),
         [
             ("decision", "deny"),
             ("reason", "denied_by_rule"),
@@ -69,7 +69,7 @@ fn deny_without_rule_gives_the_reason_alone() {
     assert_eq!(deny.reason_header, "no_matching_rule");
     assert_eq!(deny.body, "egress-authz: no_matching_rule\n");
     assert_eq!(
-        outcome.log_entries(),
+        outcome.log_entries().collect::<Vec<_>>(),
         [("decision", "deny"), ("reason", "no_matching_rule")]
     );
 }
@@ -81,7 +81,7 @@ fn allow_sends_nothing_and_reports_the_dry_run() {
     assert_eq!(outcome.http_deny(), None);
     assert!(outcome.dry_run_disagrees());
     assert_eq!(
-        outcome.log_entries(),
+        outcome.log_entries().collect::<Vec<_>>(),
         [
             ("decision", "allow"),
             ("reason", "allowed_by_rule"),
@@ -119,4 +119,21 @@ fn reason_indexes_are_distinct_and_dense() {
     let mut seen: Vec<usize> = FilterReason::all().map(FilterReason::index).collect();
     seen.sort_unstable();
     assert_eq!(seen, (0..FilterReason::COUNT).collect::<Vec<_>>());
+}
+
+#[test]
+fn every_log_key_has_its_property() {
+    for key in [
+        log_keys::DECISION,
+        log_keys::REASON,
+        log_keys::RULE,
+        log_keys::DRY_RUN_RULE,
+        log_keys::DRY_RUN_DECISION,
+    ] {
+        assert_eq!(
+            log_keys::property(key),
+            Some(format!("egress_authz.{key}").as_str())
+        );
+    }
+    assert_eq!(log_keys::property("other"), None);
 }
