@@ -12,17 +12,20 @@
 #![allow(clippy::unwrap_used, clippy::await_holding_lock)]
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
 
 use egress_authz::policy::{EgressRequest, HttpRequest, SourceFile, compile};
 use serde_json::Value;
 use testkit::envoy::{
-    Gateway, Variant, envoy_or_skip, envoy_validate, render_template, wasm_module_or_skip,
+    Envoy, Gateway, Variant, envoy_or_skip, envoy_validate, render_template, wasm_module_or_skip,
     wasm_rules_value,
 };
 use testkit::http::HttpOutcome;
 use testkit::net::{HttpsRequest, TcpOutcome};
 use testkit::pki::{DEFAULT_SLEEP, Pki, WORKLOADS, spiffe_of};
 use testkit::scenarios::{self, Expect, assert_metadata, expected, through_http, through_tcp_via};
+use testkit::wait::poll_for;
 use testkit::world::{
     GOOGLE, SerialWorld, Stage, WASM_HTTP_LISTENER_PORT, WASM_TCP_LISTENER_PORT, World, YAHOO,
     serial,
@@ -325,6 +328,131 @@ async fn invalid_configuration_fails_closed() {
         &entry["authz"],
         &Expect::allow("default_allow", None),
         "valid again",
+    );
+}
+
+/// The bootstrap of a rendered gateway with its listener moved to LDS from the file `lds` (watched in
+/// its directory), and that file's content: a DiscoveryResponse with the listener.
+fn split_listener(rendered: &str, lds: &Path) -> (String, String) {
+    let mut bootstrap: yaml_serde::Value = yaml_serde::from_str(rendered).unwrap();
+    let statics = bootstrap["static_resources"].as_mapping_mut().unwrap();
+    let mut listener = statics.remove("listeners").unwrap()[0].clone();
+    listener.as_mapping_mut().unwrap().insert(
+        "@type".into(),
+        "type.googleapis.com/envoy.config.listener.v3.Listener".into(),
+    );
+    let dynamic: yaml_serde::Value = yaml_serde::from_str(&format!(
+        "lds_config: {{resource_api_version: V3, path_config_source: {{path: {:?}, watched_directory: {{path: {:?}}}}}}}",
+        lds.display().to_string(),
+        lds.parent().unwrap().display().to_string(),
+    ))
+    .unwrap();
+    bootstrap
+        .as_mapping_mut()
+        .unwrap()
+        .insert("dynamic_resources".into(), dynamic);
+    let mut response = yaml_serde::Mapping::new();
+    response.insert(
+        "resources".into(),
+        yaml_serde::Value::Sequence(vec![listener]),
+    );
+    (
+        yaml_serde::to_string(&bootstrap).unwrap(),
+        yaml_serde::to_string(&response).unwrap(),
+    )
+}
+
+/// Replaces the LDS file in one step (write beside it, rename over it), as a ConfigMap update does.
+fn write_lds(lds: &Path, content: &str) {
+    let tmp = lds.with_extension("tmp");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, lds).unwrap();
+}
+
+/// A new plugin configuration reaches a running gateway as a listener update (here LDS from a watched
+/// file; istiod pushes one when a WasmPlugin's `pluginConfig` changes): the filter compiles it in
+/// `on_configure` and the new rules decide, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_configuration_swaps_the_rules_in_a_running_gateway() {
+    let test = "new_configuration_swaps_the_rules_in_a_running_gateway";
+    let first = Stage::Final.text();
+    let Some(mut world) =
+        World::for_test(test, &[Gateway::HttpWasm], &first, Variant::ISTIO_DEFAULT).await
+    else {
+        return;
+    };
+    if let Some(started) = world.envoys.remove(&Gateway::HttpWasm) {
+        started.kill().await;
+    }
+    let dir = world.tmp.path().join("lds");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lds = dir.join("listeners.yaml");
+    let mut vars = world.vars.clone();
+    let access_log = Envoy::access_log_path(Gateway::HttpWasm, &dir);
+    vars.insert("ACCESS_LOG", access_log.display().to_string());
+    vars.insert(WASM_HTTP_LISTENER_PORT, free_port().to_string());
+    let (bootstrap, listener) = split_listener(&render_template(Gateway::HttpWasm, &vars), &lds);
+    write_lds(&lds, &listener);
+    let envoy = Envoy::start_config(&world.envoy_bin, Gateway::HttpWasm, &dir, &bootstrap)
+        .await
+        .unwrap_or_else(|e| panic!("{test}: Envoy with LDS did not start: {e}"));
+    world.envoys.insert(Gateway::HttpWasm, envoy);
+
+    let request = (GOOGLE, "GET", "/");
+    let (outcome, entry) = http_via(
+        &world,
+        Gateway::HttpWasm,
+        DEFAULT_SLEEP,
+        GOOGLE,
+        request,
+        "first-rules",
+    )
+    .await;
+    assert_eq!(outcome.status, 200, "{entry}");
+    assert_metadata(
+        &entry["authz"],
+        &expected(Stage::Final, DEFAULT_SLEEP, GOOGLE),
+        "first rules",
+    );
+
+    vars.insert("WASM_RULES", wasm_rules_value(&Stage::AllowNothing.text()));
+    let (_, listener) = split_listener(&render_template(Gateway::HttpWasm, &vars), &lds);
+    write_lds(&lds, &listener);
+    let world = &world;
+    let entry = poll_for(
+        Duration::from_secs(10),
+        "the new configuration to decide",
+        || async move {
+            let (outcome, entry) = http_via(
+                world,
+                Gateway::HttpWasm,
+                DEFAULT_SLEEP,
+                GOOGLE,
+                request,
+                "new-rules",
+            )
+            .await;
+            (outcome.status == 403).then_some(entry)
+        },
+    )
+    .await
+    .unwrap();
+    assert_metadata(
+        &entry["authz"],
+        &expected(Stage::AllowNothing, DEFAULT_SLEEP, GOOGLE),
+        "new rules",
+    );
+    let envoy = world.envoy(Gateway::HttpWasm);
+    let stats = envoy.stats("egress_authz.configurations").await;
+    let accepted: u64 = stats
+        .iter()
+        .filter(|(name, _)| name.ends_with("egress_authz.configurations.accepted"))
+        .map(|(_, value)| *value)
+        .sum();
+    // Counted by the process started above, which the test never restarted.
+    assert!(
+        accepted >= 2,
+        "both configurations were compiled: {stats:?}"
     );
 }
 

@@ -268,12 +268,28 @@ impl Envoy {
         vars: &BTreeMap<&str, String>,
         variant: Variant,
     ) -> Result<Self, String> {
-        let name = gw.template();
-        let access_log = dir.join(format!("{name}.access.log"));
         let mut vars = vars.clone();
-        vars.insert("ACCESS_LOG", access_log.display().to_string());
-        let config_path = dir.join(format!("{name}.yaml"));
+        vars.insert("ACCESS_LOG", Self::access_log_path(gw, dir).display().to_string());
         let config = variant.apply(gw, &render_template(gw, &vars));
+        Self::start_config(bin, gw, dir, &config).await
+    }
+
+    /// Where [`Self::start`] puts the access log of `gw` in `dir` (the `ACCESS_LOG` placeholder).
+    pub fn access_log_path(gw: Gateway, dir: &Path) -> PathBuf {
+        dir.join(format!("{}.access.log", gw.template()))
+    }
+
+    /// Starts Envoy on a bootstrap of `gw` already rendered (and changed) by the caller, with its access
+    /// log at [`Self::access_log_path`].
+    pub async fn start_config(
+        bin: &Path,
+        gw: Gateway,
+        dir: &Path,
+        config: &str,
+    ) -> Result<Self, String> {
+        let name = gw.template();
+        let access_log = Self::access_log_path(gw, dir);
+        let config_path = dir.join(format!("{name}.yaml"));
         std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
         let admin_path = dir.join(format!("{name}.admin"));
         let _ = std::fs::remove_file(&admin_path);
