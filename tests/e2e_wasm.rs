@@ -21,9 +21,10 @@ use testkit::envoy::{
     Envoy, Gateway, Variant, envoy_or_skip, envoy_validate, render_template, wasm_module_or_skip,
     wasm_rules_value,
 };
-use testkit::http::HttpOutcome;
+use testkit::http::{HttpOutcome, http_get};
 use testkit::net::{HttpsRequest, TcpOutcome};
 use testkit::pki::{DEFAULT_SLEEP, Pki, WORKLOADS, spiffe_of};
+use testkit::prom::Metrics;
 use testkit::scenarios::{self, Expect, assert_metadata, expected, through_http, through_tcp_via};
 use testkit::wait::poll_for;
 use testkit::world::{
@@ -304,6 +305,21 @@ async fn invalid_configuration_fails_closed() {
             "{gw:?}: {stats:?}"
         );
         let protocol = if gw.is_tcp() { "tcp" } else { "http" };
+        // The same count with the server's labels, as Prometheus scrapes the gateway.
+        let (_, exposition) = http_get(envoy.admin, "/stats/prometheus").await.unwrap();
+        let scraped = Metrics::parse(&exposition);
+        assert_eq!(
+            scraped.sum(
+                "egress_authz_checks",
+                &[
+                    ("protocol", protocol),
+                    ("decision", "deny"),
+                    ("reason", "invalid_configuration")
+                ]
+            ),
+            1.0,
+            "{gw:?}: {exposition}"
+        );
         assert_eq!(
             counted(&format!(
                 "egress_authz.checks.{protocol}.deny.invalid_configuration"
@@ -459,7 +475,7 @@ async fn new_configuration_swaps_the_rules_in_a_running_gateway() {
 // ---------------------------------------------------------------------------------------------------------
 // Generated corpus
 
-/// A small deterministic generator (xorshift64*), so a failing rule set can be reproduced from its seed.
+/// A small deterministic generator (xorshift64*), so a failing rule set can be reproduced from its number.
 struct Random(u64);
 
 impl Random {
@@ -588,8 +604,8 @@ async fn generated_corpus_filter_agrees_with_decide() {
     };
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut dry_run_reports = 0;
-    for seed in 1..=RULE_SETS {
-        let mut random = Random(0x9e37_79b9_7f4a_7c15 ^ seed);
+    for set in 1..=RULE_SETS {
+        let mut random = Random(0x9e37_79b9_7f4a_7c15 ^ set);
         let ports = [free_port(), free_port()];
         world
             .vars
@@ -604,19 +620,19 @@ async fn generated_corpus_filter_agrees_with_decide() {
             text: rules.clone(),
         }])
         .unwrap_or_else(|errors| {
-            panic!("seed {seed}: generated rules do not compile: {errors:?}\n{rules}")
+            panic!("rule set {set}: generated rules do not compile: {errors:?}\n{rules}")
         });
         for index in 0..REQUESTS {
             let caller = *random.pick(&WORKLOADS);
             let host = *random.pick(&CORPUS_HOSTS);
             let principal = spiffe_of(caller).unwrap_or_default();
-            let ctx = format!("seed {seed} request {index}: {caller} -> {host}");
+            let ctx = format!("rule set {set} request {index}: {caller} -> {host}");
             let (logged, reference) = if random.chance(60) {
                 let method = *random.pick(&METHODS);
                 let path = *random.pick(&["/", "/api/v1", "/api/v1?token=x", "/admin", "/other"]);
                 // Now and then a TLS name other than the host: the SNI/host agreement check.
                 let sni = if random.chance(15) { GOOGLE } else { host };
-                let id = format!("corpus-{seed}-{index}");
+                let id = format!("corpus-{set}-{index}");
                 let (_, entry) = http_via(
                     &world,
                     Gateway::HttpWasm,
