@@ -110,8 +110,9 @@ impl RootContext for Root {
             }
         }
         self.shared = Some(Rc::new(Shared { rules, stats }));
-        // Accepting even an invalid configuration: refusing it would leave Envoy with the previous
-        // rules (or none, and no filter in the chain at all); denying is the closed failure.
+        // Accepted even when invalid: refusing it would fail Envoy's start or its listener update,
+        // and on an update traffic would go on under the rules the operator just replaced. Denying
+        // everything with its own reason fails closed, and shows in every response and log line.
         true
     }
 
@@ -124,7 +125,7 @@ impl RootContext for Root {
     fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
         Some(Box::new(NetworkFilter {
             shared: self.shared(),
-            decided: false,
+            verdict: None,
         }))
     }
 
@@ -230,30 +231,35 @@ impl HttpContext for HttpFilter {
 #[derive(Debug)]
 struct NetworkFilter {
     shared: Rc<Shared>,
-    decided: bool,
+    /// The connection's verdict, once its first data has been seen.
+    verdict: Option<Verdict>,
 }
 
 impl Context for NetworkFilter {}
 
 impl StreamContext for NetworkFilter {
     fn on_downstream_data(&mut self, _data_size: usize, _end_of_stream: bool) -> Action {
-        if self.decided {
-            return Action::Continue;
-        }
-        self.decided = true;
-        let connection = Connection::read(property);
-        let verdict = decide(
-            &self.shared,
-            Protocol::Tcp,
-            &connection.tcp_request(),
-            |outcome| outcome.verdict,
-        );
+        let verdict = match self.verdict {
+            Some(verdict) => verdict,
+            None => {
+                let connection = Connection::read(property);
+                let verdict = decide(
+                    &self.shared,
+                    Protocol::Tcp,
+                    &connection.tcp_request(),
+                    |outcome| outcome.verdict,
+                );
+                self.verdict = Some(verdict);
+                if verdict == Verdict::Deny {
+                    self.close_downstream();
+                }
+                verdict
+            }
+        };
         match verdict {
             Verdict::Allow => Action::Continue,
-            Verdict::Deny => {
-                self.close_downstream();
-                Action::Pause
-            }
+            // Held back, on this call and any later one while the connection closes.
+            Verdict::Deny => Action::Pause,
         }
     }
 }
