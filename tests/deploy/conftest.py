@@ -23,6 +23,8 @@ RENDER_TARGETS = {
     "sidecar": DEPLOY / "overlays" / "sidecar",
     "istio-gateway": DEPLOY / "istio" / "gateway",
     "istio-egress": DEPLOY / "istio" / "egress",
+    "istio-wasm": DEPLOY / "istio" / "wasm",
+    "istio-wasm-file": DEPLOY / "istio" / "wasm" / "file",
     "rules": DEPLOY / "rules",
     "tenants": DEPLOY / "tenants",
 }

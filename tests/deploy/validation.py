@@ -22,6 +22,9 @@ KUBERNETES_VERSIONS = ("1.30.0", "1.33.0")
 ISTIO_GROUPS = ("networking.istio.io", "security.istio.io", "telemetry.istio.io", "extensions.istio.io")
 # Kinds with no schema in this repository, checked by hand-written assertions instead.
 HAND_CHECKED = {("monitoring.coreos.com", "ServiceMonitor"), ("install.istio.io", "IstioOperator")}
+# Image volumes (a pod volume filled from an OCI image) are in the API from Kubernetes 1.31 and beta from
+# 1.33; the bundle's file delivery of the Wasm module needs them, so its object is checked from 1.33 on.
+IMAGE_VOLUME_SINCE = "1.33.0"
 
 
 def group_of(obj: dict) -> str:
@@ -31,6 +34,22 @@ def group_of(obj: dict) -> str:
 
 def is_istio(obj: dict) -> bool:
     return group_of(obj) in ISTIO_GROUPS
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def oldest_kubernetes(obj: dict) -> str:
+    """The oldest Kubernetes version whose API has every field this object uses (of those we track)."""
+    pod = obj.get("spec", {}).get("template", {}).get("spec", {})
+    if any("image" in volume for volume in pod.get("volumes", [])):
+        return IMAGE_VOLUME_SINCE
+    return KUBERNETES_VERSIONS[0]
+
+
+def kubernetes_version_applies(obj: dict, version: str) -> bool:
+    return _version_key(version) >= _version_key(oldest_kubernetes(obj))
 
 
 def _strict(schema):
