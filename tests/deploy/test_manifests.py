@@ -101,14 +101,22 @@ def test_rules_generator_lists_every_rule_file():
 
 # --------------------------------------------------------------------------------------------- schemas
 
-@pytest.mark.parametrize("version", schemas.KUBERNETES_VERSIONS)
-@pytest.mark.parametrize("item", KUBE_OBJECTS, ids=obj_id)
+# Each object against every Kubernetes version it can run on: an object that needs a newer release (the
+# image volume of the Wasm file delivery, see test_istio_wasm.py) is not paired with older schemas, so
+# nothing is collected only to be skipped.
+KUBE_OBJECT_VERSIONS = [
+    pytest.param(item, version, id=f"{obj_id(item)}-{version}")
+    for item in KUBE_OBJECTS
+    for version in schemas.KUBERNETES_VERSIONS
+    if schemas.kubernetes_version_applies(item[1], version)
+]
+
+
+@pytest.mark.parametrize("item,version", KUBE_OBJECT_VERSIONS)
 def test_kubernetes_object_validates(item, version):
     source, obj = item
     if (schemas.group_of(obj), obj["kind"]) in schemas.HAND_CHECKED:
         pytest.skip(f"{obj['kind']}: no schema in this repository; see test_servicemonitor_structure")
-    if not schemas.kubernetes_version_applies(obj, version):
-        pytest.skip(f"needs Kubernetes {schemas.oldest_kubernetes(obj)}+; see test_istio_wasm.py")
     assert schemas.kubernetes_errors(obj, version) == []
 
 
