@@ -44,16 +44,6 @@ ENVOY=${ENVOY_BIN:-$(scripts/install.sh path envoy)}
 
 cargo build --release --quiet --bin egress-authz --example empty_check_server --example gen_rules
 
-# wait_for FILE PID WHAT: until FILE is non-empty (30 s at most).
-wait_for() {
-  for _ in $(seq 1 300); do
-    [[ -s $1 ]] && return 0
-    kill -0 "$2" 2>/dev/null || { echo "$3 exited" >&2; return 1; }
-    sleep 0.1
-  done
-  echo "$3 did not start" >&2; return 1
-}
-
 # start NAME CMD...: runs a Check server and an Envoy in front of it; sets LISTEN_<NAME>, ADMIN_<NAME>
 # (egress-authz's admin address, empty for the empty server).
 start() {
@@ -74,16 +64,6 @@ start() {
   done
   [[ -n $port && $port != 0 ]] || { echo "envoy ($name): no listener port" >&2; exit 1; }
   printf -v "LISTEN_$name" '%s' "127.0.0.1:$port"
-}
-
-# cpu PID: user + system CPU time of a process (all threads), in clock ticks.
-cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-TICK_US=$(( 1000000 / $(getconf CLK_TCK) ))
-
-# h2 OUT LISTEN HOST SECONDS: one h2load run with :authority HOST; its output in OUT.
-h2() {
-  timeout $(( $4 + 30 )) "${client_cpu[@]}" h2load -D "$4" -c "$CLIENTS" -m "$STREAMS" \
-    -H ":authority: $3" "http://$2/" >"$1" 2>&1
 }
 
 # parse OUT -> JSON: h2load's counts and request-time statistics (µs).

@@ -40,22 +40,19 @@ declare -A MIX=(
   [10k_off]="generated:10000 --rules $WORK/rules10k"
 )
 TARGETS=(walkthrough_on walkthrough_off 10k_on 10k_off)
-# cpu_ticks PID: user + system time of the process, in clock ticks.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-TICK=$(getconf CLK_TCK)
 RESULTS="$WORK/results.jsonl"
 failed=0
 echo "# $(date -u +%FT%TZ) $(nproc) CPUs, duration ${DURATION}s x ${ROUNDS} rounds, ${CONNECTIONS} connections, ${CONCURRENCY} streams, server threads ${SERVER_THREADS}, pinned: $([[ ${#server_cpu[@]} -gt 0 ]] && echo "servers CPU 0, generator CPU 1" || echo no)" >&2
 for round in $(seq 1 "$ROUNDS"); do
   for target in "${TARGETS[@]}"; do
     pid_var="SERVER_PID_$target" addr_var="GRPC_$target"
-    c0=$(cpu_ticks "${!pid_var}")
+    c0=$(cpu "${!pid_var}")
     # shellcheck disable=SC2086 # MIX holds several arguments on purpose.
     if ! out=$("${client_cpu[@]}" "$BIN/examples/load_gen" --addr "${!addr_var}" --duration-secs "$DURATION" \
       --connections "$CONNECTIONS" --concurrency "$CONCURRENCY" --mix ${MIX[$target]}); then failed=1; fi
-    c1=$(cpu_ticks "${!pid_var}")
-    jq -c --arg t "$target" --argjson r "$round" --argjson cpu "$(( c1 - c0 ))" --argjson tick "$TICK" \
-      '. + {target: $t, round: $r, cpu_us_per_check: ($cpu / $tick * 1e6 / ((.allow + .deny) | if . == 0 then 1 else . end))}' \
+    c1=$(cpu "${!pid_var}")
+    jq -c --arg t "$target" --argjson r "$round" --argjson cpu_us "$(( (c1 - c0) * TICK_US ))" \
+      '. + {target: $t, round: $r, cpu_us_per_check: ($cpu_us / ((.allow + .deny) | if . == 0 then 1 else . end))}' \
       <<<"$out" | tee -a "$RESULTS" >&2
   done
 done

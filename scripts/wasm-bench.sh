@@ -49,15 +49,6 @@ with_bench_rule deploy/rules/egress.yaml "$WORK/walkthrough.yaml"
 "$BIN/examples/gen_rules" 100000 >"$WORK/gen100k.yaml" && with_bench_rule "$WORK/gen100k.yaml" "$WORK/100k.yaml"
 mkdir -p "$WORK/walkthrough-dir" && cp "$WORK/walkthrough.yaml" "$WORK/walkthrough-dir/rules.yaml"
 
-wait_for() { # FILE PID WHAT
-  for _ in $(seq 1 600); do
-    [[ -s $1 ]] && return 0
-    kill -0 "$2" 2>/dev/null || { echo "$3 exited" >&2; return 1; }
-    sleep 0.1
-  done
-  echo "$3 did not start" >&2; return 1
-}
-
 # envoy NAME BOOTSTRAP: starts an Envoy; sets EPID_<NAME> and LISTEN_<NAME> once its listener is up.
 envoy() {
   local name=$1 bootstrap=$2
@@ -104,12 +95,7 @@ extauthz extauthz "$BIN/egress-authz" serve --grpc-addr 127.0.0.1:0 --admin-addr
   --decision-log none --traffic-max-entries 0 --worker-threads "$SERVER_THREADS" --rules "$WORK/walkthrough-dir"
 extauthz empty "$BIN/examples/empty_check_server" --grpc-addr 127.0.0.1:0 --worker-threads "$SERVER_THREADS"
 
-cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
-TICK_US=$(( 1000000 / $(getconf CLK_TCK) ))
-h2() { # OUT LISTEN HOST SECONDS
-  timeout $(( $4 + 30 )) "${client_cpu[@]}" h2load -D "$4" -c "$CLIENTS" -m "$STREAMS" -H ":authority: $3" "http://$2/" >"$1" 2>&1
-}
 parse() { # OUT -> JSON
   awk '
     /^finished in/ { rps = $4 + 0 }

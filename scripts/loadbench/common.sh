@@ -1,5 +1,6 @@
 # Shared by the load, Envoy and flood benchmarks (sourced, not run): the tools they need, the scratch
-# directory and process cleanup, CPU pinning, starting a Check server, and reading its counters.
+# directory and process cleanup, CPU pinning, starting a Check server, reading its counters, waiting for
+# a process's file, CPU time from /proc, and one h2load run.
 # Expects PIN (1 to pin) and `set -euo pipefail` from the caller.
 
 # need COMMAND: fails, naming the installer, when the command is missing (benchmarks install nothing).
@@ -46,4 +47,25 @@ start_server() {
 # checks DECISION ADMIN: sum of egress_authz_checks_total{decision=…}.
 checks() {
   curl -fsS "http://$2/metrics" | awk -v d="decision=\"$1\"" '/^egress_authz_checks_total\{/ && index($0, d) { s += $NF } END { printf "%d\n", s }'
+}
+
+# wait_for FILE PID WHAT: until FILE is non-empty (60 s at most), failing early if PID exits.
+wait_for() {
+  for _ in $(seq 1 600); do
+    [[ -s $1 ]] && return 0
+    kill -0 "$2" 2>/dev/null || { echo "$3 exited" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "$3 did not start" >&2; return 1
+}
+
+# cpu PID: user + system CPU time of a process (all threads), in clock ticks; TICK_US converts them to µs.
+cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+TICK_US=$(( 1000000 / $(getconf CLK_TCK) ))
+
+# h2 OUT LISTEN HOST SECONDS: one h2load run (CLIENTS connections x STREAMS streams) with :authority HOST;
+# its output in OUT.
+h2() {
+  timeout $(( $4 + 30 )) "${client_cpu[@]}" h2load -D "$4" -c "$CLIENTS" -m "$STREAMS" \
+    -H ":authority: $3" "http://$2/" >"$1" 2>&1
 }
