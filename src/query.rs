@@ -25,6 +25,8 @@ pub use destination::{DestinationCondition, Restrictions};
 pub use what_can::{DestinationResidual, WhatCan, what_can};
 pub use who_can::{CallerResidual, WhoCan, who_can};
 
+use crate::policy::{HttpInput, HttpRequest, Protocol, Verdict};
+
 /// How much an answer covers, in one word, when that can be said for sure. Sound, not complete: `Some`
 /// may still turn out to be everything or nothing on closer reading of its residuals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,4 +49,26 @@ impl Reach {
             Self::Some => "some",
         }
     }
+}
+
+/// The HTTP part of a request as rules match it (the path without its query), or none on TCP.
+fn http_input<'a>(protocol: Protocol, method: &'a str, path: &'a str) -> Option<HttpInput<'a>> {
+    let path = HttpRequest {
+        authority: "",
+        method,
+        path,
+    }
+    .path_without_query();
+    (protocol == Protocol::Http).then_some(HttpInput { method, path })
+}
+
+/// The decision's precedence over an answer's residuals: any matching carve-out (DENY) denies, else
+/// any matching grant (ALLOW) allows, else the default decides.
+fn allowed_by<T>(
+    denied: &[T],
+    allowed: &[T],
+    default: Verdict,
+    matches: impl Fn(&T) -> bool,
+) -> bool {
+    !denied.iter().any(&matches) && (allowed.iter().any(&matches) || default == Verdict::Allow)
 }

@@ -3,9 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::policy::{
-    HttpInput, HttpRequest, Identity, OwnedIdentity, Policy, Protocol, Rule, Verdict,
-};
+use crate::policy::{Identity, OwnedIdentity, Policy, Protocol, Rule, Verdict};
 
 use super::Reach;
 use super::caller::{CallerCondition, identity_problem, trusted_identity};
@@ -107,19 +105,10 @@ impl WhatCan<'_> {
         let Ok(host) = self.policy.destination_host(&request, &mut scratch) else {
             return false;
         };
-        let path = HttpRequest {
-            authority: "",
-            method,
-            path,
-        }
-        .path_without_query();
-        let http = (self.protocol == Protocol::Http).then_some(HttpInput { method, path });
+        let http = super::http_input(self.protocol, method, path);
         let matches =
             |r: &DestinationResidual<'_>| r.destination.matches(r.rule.action, host, port, http);
-        if self.denied.iter().any(matches) {
-            return false;
-        }
-        self.allowed.iter().any(matches) || self.default() == Verdict::Allow
+        super::allowed_by(&self.denied, &self.allowed, self.default(), matches)
     }
 
     /// The default action: where no rule matches.

@@ -186,19 +186,10 @@ impl WhoCan<'_> {
         if self.destination.is_err() {
             return false;
         }
-        let path = HttpRequest {
-            authority: "",
-            method,
-            path,
-        }
-        .path_without_query();
-        let http = (self.protocol == Protocol::Http).then_some(HttpInput { method, path });
+        let http = super::http_input(self.protocol, method, path);
         let port = self.port.or(port);
         let matches = |r: &CallerResidual<'_>| r.matches(principal, self.policy, port, http);
-        if self.denied.iter().any(matches) {
-            return false;
-        }
-        self.allowed.iter().any(matches) || self.default() == Verdict::Allow
+        super::allowed_by(&self.denied, &self.allowed, self.default(), matches)
     }
 
     /// The default action: what a caller no rule matches gets.
